@@ -1,0 +1,101 @@
+//! The `user` operator: who made each post. `user_name` from first and last name, `age`
+//! as an integer, `date_joined` to microsecond UTC.
+
+use std::sync::Arc;
+
+use deltalake::arrow::array::{ArrayRef, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use serde_json::{Map, Value};
+
+use super::{field, required_key, values, Reject};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRow {
+    pub ind: i64,
+    pub user_name: Option<String>,
+    pub age: Option<i64>,
+    pub date_joined: Option<i64>,
+}
+
+impl UserRow {
+    pub fn parse(obj: &Map<String, Value>) -> Result<Self, Reject> {
+        let ind = required_key(obj, "ind")?;
+        let first = field(obj, "first_name", |v| values::text(v, &[]))?;
+        let last = field(obj, "last_name", |v| values::text(v, &[]))?;
+        let user_name = match (first, last) {
+            (Some(f), Some(l)) => Some(format!("{f} {l}")),
+            (one, other) => one.or(other),
+        };
+        Ok(UserRow {
+            ind,
+            user_name,
+            age: field(obj, "age", values::integer)?,
+            date_joined: field(obj, "date_joined", values::timestamp_micros)?,
+        })
+    }
+}
+
+pub struct UserColumns {
+    ind: Int64Builder,
+    user_name: StringBuilder,
+    age: Int64Builder,
+    date_joined: TimestampMicrosecondBuilder,
+}
+
+impl Default for UserColumns {
+    fn default() -> Self {
+        UserColumns {
+            ind: Int64Builder::new(),
+            user_name: StringBuilder::new(),
+            age: Int64Builder::new(),
+            date_joined: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+        }
+    }
+}
+
+impl UserColumns {
+    pub fn append(&mut self, r: UserRow) {
+        self.ind.append_value(r.ind);
+        self.user_name.append_option(r.user_name);
+        self.age.append_option(r.age);
+        self.date_joined.append_option(r.date_joined);
+    }
+
+    pub fn finish(&mut self) -> Vec<ArrayRef> {
+        vec![
+            Arc::new(self.ind.finish()),
+            Arc::new(self.user_name.finish()),
+            Arc::new(self.age.finish()),
+            Arc::new(self.date_joined.finish()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clean::RejectReason;
+    use serde_json::json;
+
+    fn name(first: Value, last: Value) -> Option<String> {
+        UserRow::parse(json!({"ind": 1, "first_name": first, "last_name": last}).as_object().unwrap()).unwrap().user_name
+    }
+
+    #[test]
+    fn user_name_rules() {
+        assert_eq!(name(json!("Adam"), json!("Acosta")).as_deref(), Some("Adam Acosta"));
+        assert_eq!(name(json!("Adam"), json!("")).as_deref(), Some("Adam"));
+        assert_eq!(name(Value::Null, json!("Acosta")).as_deref(), Some("Acosta"));
+        assert_eq!(name(json!(""), Value::Null), None);
+    }
+
+    #[test]
+    fn age_and_date_joined() {
+        let r = UserRow::parse(json!({"ind": 0, "age": "20", "date_joined": "2015-10-21 21:26:45"}).as_object().unwrap()).unwrap();
+        assert_eq!(r.age, Some(20));
+        assert_eq!(r.date_joined, Some(1_445_462_805_000_000));
+        let e = UserRow::parse(json!({"ind": 0, "age": "old"}).as_object().unwrap()).unwrap_err();
+        assert_eq!((e.reason, e.field), (RejectReason::InvalidValue, Some("age")));
+        let e = UserRow::parse(json!({"ind": 0, "age": 30.5}).as_object().unwrap()).unwrap_err();
+        assert_eq!(e.field, Some("age"));
+    }
+}

@@ -1,0 +1,343 @@
+//! Configuration: the TOML file (raw, `deny_unknown_fields`) and the `run` flags are merged
+//! once, at start, into a validated [`Settings`]; nothing else reads configuration. AWS
+//! region, credentials and endpoints are not here: they come from the standard AWS chain.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::clean::Kind;
+
+/// A configuration problem, always naming the key and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {message}\n  fix: check the key's spelling and type against the README's configuration reference")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}`: {message}\n  fix: {fix}")]
+    Invalid { key: String, message: String, fix: String },
+}
+
+fn invalid(key: &str, message: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), message: message.into(), fix: fix.into() }
+}
+
+/// The TOML file as written. Every field is optional; defaults live in [`Settings`].
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub application: Option<String>,
+    pub lease_table: Option<String>,
+    pub table_root: Option<String>,
+    #[serde(default)]
+    pub streams: StreamsConfig,
+    #[serde(default)]
+    pub flush: FlushConfig,
+    #[serde(default)]
+    pub lease: LeaseConfig,
+    #[serde(default)]
+    pub reader: ReaderConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamsConfig {
+    pub pin: Option<String>,
+    pub geo: Option<String>,
+    pub user: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlushConfig {
+    pub max_batch_age: Option<String>,
+    pub max_batch_rows: Option<usize>,
+    pub max_batch_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseConfig {
+    pub failover_time: Option<String>,
+    pub shard_sync_interval: Option<String>,
+    pub initial_position: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReaderConfig {
+    pub max_records: Option<i32>,
+    pub idle_poll_interval: Option<String>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+    }
+}
+
+/// Flag values of `pinstream run` that override the file (flags win).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub application: Option<String>,
+    pub streams: Vec<(Kind, String)>,
+    pub lease_table: Option<String>,
+    pub table_root: Option<String>,
+}
+
+/// Where the Delta tables live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableRoot {
+    Local(PathBuf),
+    S3(url::Url),
+}
+
+impl TableRoot {
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        let fix = "use a local directory or s3://bucket/prefix";
+        if s.trim().is_empty() {
+            return Err(invalid("table_root", "empty", fix));
+        }
+        if let Some(rest) = s.strip_prefix("s3://") {
+            if rest.split('/').next().unwrap_or("").is_empty() {
+                return Err(invalid("table_root", format!("`{s}` names no bucket"), fix));
+            }
+            let url = url::Url::parse(s.trim_end_matches('/')).map_err(|e| invalid("table_root", e.to_string(), fix))?;
+            return Ok(TableRoot::S3(url));
+        }
+        if s.contains("://") {
+            return Err(invalid("table_root", format!("`{s}`: only local paths and s3:// are supported"), fix));
+        }
+        Ok(TableRoot::Local(PathBuf::from(s)))
+    }
+
+    /// Location of one table under the root, as a string delta-rs accepts.
+    pub fn table_url(&self, table: &str) -> String {
+        match self {
+            TableRoot::Local(p) => p.join(table).to_string_lossy().into_owned(),
+            TableRoot::S3(u) => format!("{}/{}", u.as_str().trim_end_matches('/'), table),
+        }
+    }
+}
+
+impl std::fmt::Display for TableRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TableRoot::Local(p) => write!(f, "{}", p.display()),
+            TableRoot::S3(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+/// Where a shard without a checkpoint starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InitialPosition {
+    TrimHorizon,
+    Latest,
+    /// Milliseconds since the epoch.
+    AtTimestamp(i64),
+}
+
+impl InitialPosition {
+    pub fn parse(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "TRIM_HORIZON" => Ok(InitialPosition::TrimHorizon),
+            "LATEST" => Ok(InitialPosition::Latest),
+            other => other
+                .strip_prefix("AT_TIMESTAMP:")
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| InitialPosition::AtTimestamp(t.timestamp_millis()))
+                .ok_or_else(|| {
+                    invalid(
+                        "lease.initial_position",
+                        format!("`{other}` is not a position"),
+                        "use TRIM_HORIZON, LATEST or AT_TIMESTAMP:<RFC 3339 time>",
+                    )
+                }),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FlushPolicy {
+    pub max_batch_age: Duration,
+    pub max_batch_rows: usize,
+    pub max_batch_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct LeasePolicy {
+    pub failover_time: Duration,
+    pub shard_sync_interval: Duration,
+    pub initial_position: InitialPosition,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReaderPolicy {
+    pub max_records: i32,
+    pub idle_poll_interval: Duration,
+}
+
+/// Validated settings of one worker.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub application: String,
+    pub streams: BTreeMap<Kind, String>,
+    pub lease_table: String,
+    pub table_root: TableRoot,
+    pub flush: FlushPolicy,
+    pub lease: LeasePolicy,
+    pub reader: ReaderPolicy,
+}
+
+pub const DEFAULT_TABLE_ROOT: &str = "pinstream-data/tables";
+
+fn duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => match humantime::parse_duration(s) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => Err(invalid(key, "must be above zero", "write a duration such as \"5s\" or \"500ms\"")),
+            Err(e) => Err(invalid(key, format!("`{s}`: {e}"), "write a duration such as \"5s\" or \"500ms\"")),
+        },
+    }
+}
+
+fn positive<T: PartialOrd + Default + Copy + std::fmt::Display>(key: &str, v: Option<T>, default: T) -> Result<T, ConfigError> {
+    match v {
+        Some(n) if n <= T::default() => Err(invalid(key, format!("{n} is not above zero"), "use a positive number")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    }
+}
+
+/// Kinesis stream names: 1-128 of `[a-zA-Z0-9_.-]`.
+fn valid_stream_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+/// DynamoDB table names: 3-255 of `[a-zA-Z0-9_.-]`.
+fn valid_table_name(s: &str) -> bool {
+    (3..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
+impl Settings {
+    pub fn resolve(file: FileConfig, flags: Overrides) -> Result<Self, ConfigError> {
+        let application = flags.application.or(file.application).unwrap_or_else(|| "pinstream".into());
+        if application.is_empty() || application.contains('/') {
+            return Err(invalid("application", format!("`{application}`"), "use a non-empty name without `/`"));
+        }
+        let mut streams: BTreeMap<Kind, String> = BTreeMap::new();
+        for kind in Kind::ALL {
+            let from_file = match kind {
+                Kind::Pin => &file.streams.pin,
+                Kind::Geo => &file.streams.geo,
+                Kind::User => &file.streams.user,
+            };
+            streams.insert(kind, from_file.clone().unwrap_or_else(|| kind.name().to_owned()));
+        }
+        for (kind, name) in flags.streams {
+            streams.insert(kind, name);
+        }
+        for (kind, name) in &streams {
+            if !valid_stream_name(name) {
+                return Err(invalid(&format!("streams.{kind}"), format!("`{name}` is not a Kinesis stream name"), "use 1-128 letters, digits, `_`, `.` or `-`"));
+            }
+        }
+        let lease_table = flags.lease_table.or(file.lease_table).unwrap_or_else(|| format!("{application}-leases"));
+        if !valid_table_name(&lease_table) {
+            return Err(invalid("lease_table", format!("`{lease_table}` is not a DynamoDB table name"), "use 3-255 letters, digits, `_`, `.` or `-`"));
+        }
+        let table_root = TableRoot::parse(&flags.table_root.or(file.table_root).unwrap_or_else(|| DEFAULT_TABLE_ROOT.into()))?;
+        let flush = FlushPolicy {
+            max_batch_age: duration("flush.max_batch_age", file.flush.max_batch_age.as_deref(), Duration::from_secs(5))?,
+            max_batch_rows: positive("flush.max_batch_rows", file.flush.max_batch_rows, 200_000)?,
+            max_batch_bytes: positive("flush.max_batch_bytes", file.flush.max_batch_bytes, 64 << 20)?,
+        };
+        let lease = LeasePolicy {
+            failover_time: duration("lease.failover_time", file.lease.failover_time.as_deref(), Duration::from_secs(10))?,
+            shard_sync_interval: duration("lease.shard_sync_interval", file.lease.shard_sync_interval.as_deref(), Duration::from_secs(60))?,
+            initial_position: InitialPosition::parse(file.lease.initial_position.as_deref().unwrap_or("TRIM_HORIZON"))?,
+        };
+        let max_records = positive("reader.max_records", file.reader.max_records, 10_000)?;
+        if max_records > 10_000 {
+            return Err(invalid("reader.max_records", format!("{max_records} is above the GetRecords limit"), "use 1 to 10000"));
+        }
+        let reader = ReaderPolicy {
+            max_records,
+            idle_poll_interval: duration("reader.idle_poll_interval", file.reader.idle_poll_interval.as_deref(), Duration::from_millis(1000))?,
+        };
+        Ok(Settings { application, streams, lease_table, table_root, flush, lease, reader })
+    }
+
+    /// Parses `KIND=NAME` of `--stream`.
+    pub fn parse_stream_flag(s: &str) -> Result<(Kind, String), String> {
+        let (kind, name) = s.split_once('=').ok_or_else(|| format!("`{s}`: expected KIND=NAME, e.g. pin=my-pin-stream"))?;
+        let kind = Kind::parse(kind).ok_or_else(|| format!("`{kind}`: KIND is one of pin, geo, user"))?;
+        Ok((kind, name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(toml: &str, flags: Overrides) -> Result<Settings, ConfigError> {
+        Settings::resolve(FileConfig::parse(toml, Path::new("t.toml"))?, flags)
+    }
+
+    #[test]
+    fn defaults() {
+        let s = resolve("", Overrides::default()).unwrap();
+        assert_eq!(s.application, "pinstream");
+        assert_eq!(s.lease_table, "pinstream-leases");
+        assert_eq!(s.streams[&Kind::Geo], "geo");
+        assert_eq!(s.table_root, TableRoot::Local(DEFAULT_TABLE_ROOT.into()));
+        assert_eq!(s.flush.max_batch_age, Duration::from_secs(5));
+        assert_eq!(s.lease.failover_time, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let toml = "application = \"a\"\ntable_root = \"/x\"\n[streams]\npin = \"p1\"\n";
+        let flags = Overrides {
+            application: Some("b".into()),
+            streams: vec![(Kind::Pin, "p2".into())],
+            lease_table: None,
+            table_root: Some("s3://bucket/pre".into()),
+        };
+        let s = resolve(toml, flags).unwrap();
+        assert_eq!(s.application, "b");
+        assert_eq!(s.lease_table, "b-leases");
+        assert_eq!(s.streams[&Kind::Pin], "p2");
+        assert_eq!(s.table_root.table_url("pin"), "s3://bucket/pre/pin");
+    }
+
+    #[test]
+    fn unknown_key_is_refused_by_name() {
+        let e = resolve("[flush]\nmax_batch_rowz = 5\n", Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("max_batch_rowz"), "{e}");
+        let e = resolve("aplication = \"x\"\n", Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("aplication"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_fix() {
+        let e = resolve("[flush]\nmax_batch_age = \"soon\"\n", Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("flush.max_batch_age") && e.contains("fix:"), "{e}");
+        let e = resolve("[lease]\ninitial_position = \"START\"\n", Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("lease.initial_position"), "{e}");
+        let e = resolve("table_root = \"gs://b/x\"\n", Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("table_root"), "{e}");
+        assert!(Settings::parse_stream_flag("pins=x").is_err());
+        assert_eq!(Settings::parse_stream_flag("geo=g1").unwrap(), (Kind::Geo, "g1".into()));
+    }
+}

@@ -1,0 +1,3 @@
+//! pinstream
+pub mod clean;
+pub mod config;
