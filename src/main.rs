@@ -1,1 +1,150 @@
-fn main(){}
+//! The `pinstream` binary: parses the command line, sets up logging and signals, runs the
+//! command, and maps errors to exit codes (2: the user's input, 1: everything else).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use tokio_util::sync::CancellationToken;
+
+use pinstream::aws::AwsClients;
+use pinstream::cli::{Cli, Command, LogFormat, PipelineArgs, ReportFormat};
+use pinstream::config::{ConfigError, FileConfig, Overrides, Settings};
+use pinstream::{demo, kinesis, producer, worker};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PINSTREAM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,pinstream=info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Cancelled on the first Ctrl-C or SIGTERM; a second signal exits at once.
+fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut first = true;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
+            }
+            if first {
+                eprintln!("stopping gracefully (flush, commit, checkpoint, release); signal again to exit now");
+                t.cancel();
+                first = false;
+            } else {
+                eprintln!("second signal: exiting now");
+                std::process::exit(130);
+            }
+        }
+    });
+    token
+}
+
+fn settings(p: PipelineArgs) -> Result<Settings, ConfigError> {
+    let file = match &p.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    Settings::resolve(file, Overrides { application: p.application, streams: p.streams, lease_table: p.lease_table, table_root: p.table_root })
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    let shutdown = shutdown_on_signals();
+    match command {
+        Command::Run(args) => {
+            let settings = settings(args.pipeline)?;
+            if let pinstream::config::TableRoot::S3(_) = settings.table_root {
+                deltalake::aws::register_handlers(None);
+            }
+            let aws = AwsClients::from_env().await;
+            let opts = worker::RunOptions {
+                available_now: args.available_now,
+                worker_id: args.worker_id.unwrap_or_else(worker::default_worker_id),
+                shutdown_deadline: args.shutdown_timeout,
+                progress: Default::default(),
+            };
+            let summary = worker::run(settings, aws, opts, shutdown).await.context("worker failed")?;
+            let rows: Vec<String> = summary.rows.iter().map(|(t, n)| format!("{t}={n}")).collect();
+            eprintln!("read {} records; committed {} in {} commits; {:.1}s", summary.records_read, rows.join(" "), summary.commits, summary.elapsed.as_secs_f64());
+            Ok(())
+        }
+        Command::Produce(args) => {
+            let settings = settings(args.pipeline)?;
+            if !(0.0..=1.0).contains(&args.dirty_rate) {
+                return Err(ConfigError::Invalid { key: "--dirty-rate".into(), message: format!("{}", args.dirty_rate), fix: "use a share between 0 and 1".into() }.into());
+            }
+            if args.rate.is_some_and(|r| !(r > 0.0)) {
+                return Err(ConfigError::Invalid { key: "--rate".into(), message: "must be above zero".into(), fix: "give records per second, e.g. --rate 1000".into() }.into());
+            }
+            let aws = AwsClients::from_env().await;
+            if let Some(shards) = args.create_streams {
+                for stream in settings.streams.values() {
+                    kinesis::ensure_stream(&aws.kinesis, stream, shards, Duration::from_secs(60)).await?;
+                }
+            }
+            let source = if args.from.is_empty() {
+                producer::Source::Synthetic { seed: args.seed, dirty_rate: args.dirty_rate }
+            } else {
+                producer::Source::Replay { files: args.from, looping: args.looping }
+            };
+            let opts = producer::ProduceOptions {
+                streams: settings.streams.clone(),
+                source,
+                rate: args.rate,
+                count: args.count,
+                duration: args.duration,
+                partition_key: args.partition_key,
+                in_flight: args.in_flight,
+                progress_every: Some(Duration::from_secs(2)),
+            };
+            let report = producer::produce(aws.kinesis.clone(), opts, shutdown).await?;
+            match args.report {
+                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                ReportFormat::Text => println!(
+                    "sent {} records in {:.1}s ({:.0} rec/s): {} failed, {} throttled, {} retried, {} PutRecords calls; per stream: {:?}",
+                    report.sent, report.elapsed_seconds, report.records_per_second, report.failed, report.throttled, report.retries, report.calls, report.per_stream
+                ),
+            }
+            if report.failed > 0 {
+                anyhow::bail!("{} records could not be sent", report.failed);
+            }
+            Ok(())
+        }
+        Command::Demo(args) => {
+            let opts = demo::DemoOptions { records: args.records, shards: args.shards, dirty_rate: args.dirty_rate, data_dir: args.data_dir, timeout: args.timeout };
+            demo::run(opts, shutdown).await?;
+            Ok(())
+        }
+    }
+}

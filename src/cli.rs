@@ -1,0 +1,160 @@
+//! Command-line interface (clap derive). Raw flags only; `main.rs` turns them into
+//! validated settings once, at start.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::clean::Kind;
+use crate::config::Settings;
+
+/// pinstream: Kinesis -> clean -> Delta Lake, exactly once.
+///
+/// Consumes the pin, geo and user Kinesis streams with any number of workers sharing the
+/// shards through a DynamoDB lease table, cleans every record, and appends micro-batches to
+/// Delta tables on local disk or S3. AWS region, credentials and endpoints come from the
+/// standard AWS chain; set AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_KINESIS,
+/// AWS_ENDPOINT_URL_DYNAMODB, AWS_ENDPOINT_URL_S3) to use local emulators.
+#[derive(Debug, Parser)]
+#[command(name = "pinstream", version, propagate_version = true)]
+pub struct Cli {
+    /// Log format: human-readable text or one JSON object per line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "PINSTREAM_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a worker: take shard leases, read, clean, commit to Delta, checkpoint.
+    ///
+    /// Start as many workers as you like with the same application name and lease table:
+    /// they share the shards of all three streams. Ctrl-C or SIGTERM stops gracefully
+    /// (flush, commit, checkpoint, release leases); a second signal exits at once.
+    Run(RunArgs),
+    /// Put synthetic (or replayed) Pinterest records into the streams.
+    ///
+    /// Synthetic records come as pin/geo/user triples sharing an `ind`, with the real data's
+    /// formats and dirty values; --dirty-rate adds malformed records. --from replays NDJSON.
+    Produce(ProduceArgs),
+    /// Run the whole job locally: emulators, streams, producer, worker, summary.
+    ///
+    /// Starts kinesalite and dynalite on loopback (installing them on first use), creates
+    /// run-specific streams and a lease table, produces records while a worker consumes
+    /// them into Delta tables on local disk, prints what landed, and stops the emulators it
+    /// started.
+    Demo(DemoArgs),
+}
+
+/// Settings shared by commands that address the pipeline (flags win over the config file).
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// TOML configuration file (see the README's configuration reference).
+    #[arg(long, env = "PINSTREAM_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Application name: names the lease table and the Delta txn app ids [default: pinstream].
+    #[arg(long = "app", env = "PINSTREAM_APP")]
+    pub application: Option<String>,
+    /// Stream name of a kind, as KIND=NAME (KIND: pin, geo, user); repeatable [default: the kind's name].
+    #[arg(long = "stream", value_name = "KIND=NAME", value_parser = Settings::parse_stream_flag)]
+    pub streams: Vec<(Kind, String)>,
+    /// DynamoDB lease table [default: <app>-leases].
+    #[arg(long, env = "PINSTREAM_LEASE_TABLE")]
+    pub lease_table: Option<String>,
+    /// Where the Delta tables live: a local directory or s3://bucket/prefix [default: pinstream-data/tables].
+    #[arg(long, value_name = "PATH_OR_S3_URI", env = "PINSTREAM_TABLE_ROOT")]
+    pub table_root: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Drain what is in the streams now, commit, checkpoint, release the leases and exit 0.
+    #[arg(long)]
+    pub available_now: bool,
+    /// This worker's id in the lease table [default: host-pid-random].
+    #[arg(long, env = "PINSTREAM_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// How long a graceful shutdown may take, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Records per stream to send (synthetic: triples). Default: until --duration, the end
+    /// of the replay files, or Ctrl-C.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Target records per second over all streams (steady pacing). Default: flat out.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Stop after this long, e.g. 30s or 5m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<std::time::Duration>,
+    /// Seed of the synthetic generator (same seed, same records).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Share of synthetic records replaced by malformed ones (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub dirty_rate: f64,
+    /// Replay NDJSON files instead of generating, as KIND=FILE; repeatable.
+    #[arg(long = "from", value_name = "KIND=FILE", value_parser = parse_from)]
+    pub from: Vec<(Kind, PathBuf)>,
+    /// With --from: start the files over when they end.
+    #[arg(long = "loop")]
+    pub looping: bool,
+    /// Use this partition key for every record (default: spread over all shards).
+    #[arg(long)]
+    pub partition_key: Option<String>,
+    /// PutRecords calls in flight per stream.
+    #[arg(long, default_value_t = 4)]
+    pub in_flight: usize,
+    /// Create missing streams with this many shards first.
+    #[arg(long, value_name = "SHARDS")]
+    pub create_streams: Option<i32>,
+    /// Final report format.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub report: ReportFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Records per stream to produce.
+    #[arg(long, default_value_t = 2000)]
+    pub records: u64,
+    /// Shards per stream.
+    #[arg(long, default_value_t = 2)]
+    pub shards: i32,
+    /// Share of malformed records, to show the rejects tables.
+    #[arg(long, default_value_t = 0.01)]
+    pub dirty_rate: f64,
+    /// Where the demo's tables and the emulators' state go.
+    #[arg(long, default_value = "pinstream-data")]
+    pub data_dir: PathBuf,
+    /// Give up if the records have not landed within this long.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+fn parse_from(s: &str) -> Result<(Kind, PathBuf), String> {
+    let (kind, file) = s.split_once('=').ok_or_else(|| format!("`{s}`: expected KIND=FILE, e.g. pin=pin.ndjson"))?;
+    let kind = Kind::parse(kind).ok_or_else(|| format!("`{kind}`: KIND is one of pin, geo, user"))?;
+    Ok((kind, PathBuf::from(file)))
+}

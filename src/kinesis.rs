@@ -1,0 +1,156 @@
+//! Kinesis Data Streams: stream administration (create, wait, list shards with their
+//! lineage) and [`ShardReader`], GetRecords polling of one shard with iterator renewal.
+//! Knows nothing of leases, cleaning or Delta.
+
+use std::time::Duration;
+
+use aws_sdk_kinesis::primitives::DateTime;
+use aws_sdk_kinesis::types::{Record, ShardIteratorType, StreamStatus};
+use aws_sdk_kinesis::Client;
+
+use crate::aws::ServiceError;
+
+/// A shard and its parents (present after a split or merge).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardInfo {
+    pub shard_id: String,
+    pub parents: Vec<String>,
+    /// The shard is closed (has an ending sequence number): it will reach SHARD_END.
+    pub closed: bool,
+}
+
+/// Creates the stream with `shards` shards unless it exists, then waits until it is
+/// ACTIVE, at most `timeout`.
+pub async fn ensure_stream(client: &Client, name: &str, shards: i32, timeout: Duration) -> Result<(), ServiceError> {
+    if let Err(e) = client.create_stream().stream_name(name).shard_count(shards).send().await {
+        let e = ServiceError::kinesis("CreateStream", e);
+        if !e.code_is("ResourceInUseException") {
+            return Err(e);
+        }
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let out = client.describe_stream_summary().stream_name(name).send().await.map_err(|e| ServiceError::kinesis("DescribeStreamSummary", e))?;
+        if out.stream_description_summary().map(|d| d.stream_status()) == Some(&StreamStatus::Active) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(ServiceError {
+                service: "Kinesis",
+                op: "DescribeStreamSummary",
+                code: None,
+                message: format!("stream {name} not ACTIVE after {timeout:?}"),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every shard of the stream, open and closed, with parent links.
+pub async fn list_shards(client: &Client, stream: &str) -> Result<Vec<ShardInfo>, ServiceError> {
+    let mut shards = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        // ListShards takes either the stream name or a continuation token, never both.
+        let req = match &token {
+            Some(t) => client.list_shards().next_token(t),
+            None => client.list_shards().stream_name(stream),
+        };
+        let out = req.send().await.map_err(|e| ServiceError::kinesis("ListShards", e))?;
+        for s in out.shards() {
+            let parents = s.parent_shard_id().into_iter().chain(s.adjacent_parent_shard_id()).map(str::to_owned).collect();
+            let closed = s.sequence_number_range().and_then(|r| r.ending_sequence_number()).is_some();
+            shards.push(ShardInfo { shard_id: s.shard_id().to_owned(), parents, closed });
+        }
+        match out.next_token() {
+            Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+            _ => break,
+        }
+    }
+    Ok(shards)
+}
+
+/// Where a reader starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartAt {
+    TrimHorizon,
+    Latest,
+    /// Milliseconds since the epoch.
+    AtTimestamp(i64),
+    AfterSequence(String),
+}
+
+/// One GetRecords answer.
+#[derive(Debug)]
+pub struct Fetched {
+    pub records: Vec<Record>,
+    pub millis_behind_latest: Option<i64>,
+    /// The shard is closed and every record has been returned.
+    pub end_of_shard: bool,
+}
+
+/// Polls one shard with GetRecords. Keeps the position of the last record it returned so
+/// an expired iterator is renewed from there, not from the start.
+pub struct ShardReader {
+    client: Client,
+    stream: String,
+    shard_id: String,
+    max_records: i32,
+    start: StartAt,
+    iterator: Option<String>,
+}
+
+impl ShardReader {
+    pub fn new(client: Client, stream: &str, shard_id: &str, start: StartAt, max_records: i32) -> Self {
+        ShardReader { client, stream: stream.into(), shard_id: shard_id.into(), max_records, start, iterator: None }
+    }
+
+    async fn acquire_iterator(&mut self) -> Result<String, ServiceError> {
+        let req = self.client.get_shard_iterator().stream_name(&self.stream).shard_id(&self.shard_id);
+        let req = match &self.start {
+            StartAt::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            StartAt::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
+            StartAt::AtTimestamp(ms) => req.shard_iterator_type(ShardIteratorType::AtTimestamp).timestamp(DateTime::from_millis(*ms)),
+            StartAt::AfterSequence(seq) => req.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(seq),
+        };
+        let out = req.send().await.map_err(|e| ServiceError::kinesis("GetShardIterator", e))?;
+        out.shard_iterator().map(str::to_owned).ok_or_else(|| ServiceError {
+            service: "Kinesis",
+            op: "GetShardIterator",
+            code: None,
+            message: format!("no iterator returned for {}/{}", self.stream, self.shard_id),
+        })
+    }
+
+    /// Fetches the next records. Throttling and other retryable errors are returned to the
+    /// caller, who backs off; an expired iterator is renewed here transparently.
+    pub async fn next(&mut self) -> Result<Fetched, ServiceError> {
+        let iterator = match self.iterator.take() {
+            Some(it) => it,
+            None => self.acquire_iterator().await?,
+        };
+        let res = self.client.get_records().shard_iterator(&iterator).limit(self.max_records).send().await;
+        let out = match res {
+            Ok(out) => out,
+            Err(e) => {
+                let e = ServiceError::kinesis("GetRecords", e);
+                if e.code_is("ExpiredIteratorException") {
+                    tracing::debug!(stream = %self.stream, shard_id = %self.shard_id, "iterator expired; renewing from the last position");
+                    let fresh = self.acquire_iterator().await?;
+                    self.iterator = Some(fresh);
+                    return Ok(Fetched { records: Vec::new(), millis_behind_latest: None, end_of_shard: false });
+                }
+                // Keep the iterator for the retry.
+                self.iterator = Some(iterator);
+                return Err(e);
+            }
+        };
+        let records = out.records().to_vec();
+        if let Some(last) = records.last() {
+            self.start = StartAt::AfterSequence(last.sequence_number().to_owned());
+        }
+        let end_of_shard = out.next_shard_iterator().is_none();
+        self.iterator = out.next_shard_iterator().map(str::to_owned);
+        Ok(Fetched { records, millis_behind_latest: out.millis_behind_latest(), end_of_shard })
+    }
+}

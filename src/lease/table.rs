@@ -1,0 +1,310 @@
+//! The DynamoDB lease table: one item per shard of every configured stream, keyed
+//! `"<stream>:<shard_id>"`. Every write is conditional; a failed condition is
+//! [`LeaseError::Lost`] (someone else changed the lease), never retried blindly.
+//!
+//! Knows nothing of cleaning or Delta: it stores positions it is given.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
+};
+use aws_sdk_dynamodb::Client;
+
+use super::{Checkpoint, Lease};
+use crate::aws::ServiceError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// A conditional write failed: the lease changed owner or counter under us.
+    #[error("lease {0} was lost (changed by another worker)")]
+    Lost(String),
+    #[error(transparent)]
+    Service(#[from] ServiceError),
+    #[error("lease table {table}: {message}")]
+    Table { table: String, message: String },
+    #[error("lease item {key} is malformed: {message}")]
+    Malformed { key: String, message: String },
+}
+
+impl LeaseError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, LeaseError::Service(e) if e.is_retryable())
+    }
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// Maps a conditional-write failure to [`LeaseError::Lost`], everything else to a service error.
+fn cond<E, R>(op: &'static str, key: &str, err: aws_sdk_dynamodb::error::SdkError<E, R>) -> LeaseError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let e = ServiceError::dynamodb(op, err);
+    if e.code_is("ConditionalCheckFailedException") {
+        metrics::counter!("pinstream_dynamodb_condition_failures_total", "op" => op).increment(1);
+        LeaseError::Lost(key.to_owned())
+    } else {
+        LeaseError::Service(e)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LeaseTable {
+    client: Client,
+    name: String,
+}
+
+impl LeaseTable {
+    pub fn new(client: Client, name: impl Into<String>) -> Self {
+        LeaseTable { client, name: name.into() }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Creates the table (on-demand billing) when it does not exist, and waits until it is
+    /// ACTIVE, at most `timeout`.
+    pub async fn ensure_exists(&self, timeout: Duration) -> Result<(), LeaseError> {
+        let described = self.client.describe_table().table_name(&self.name).send().await;
+        match described {
+            Ok(_) => {}
+            Err(e) => {
+                let e = ServiceError::dynamodb("DescribeTable", e);
+                if !e.code_is("ResourceNotFoundException") {
+                    return Err(e.into());
+                }
+                let created = self
+                    .client
+                    .create_table()
+                    .table_name(&self.name)
+                    .billing_mode(BillingMode::PayPerRequest)
+                    .attribute_definitions(
+                        AttributeDefinition::builder()
+                            .attribute_name("lease_key")
+                            .attribute_type(ScalarAttributeType::S)
+                            .build()
+                            .map_err(|e| LeaseError::Table { table: self.name.clone(), message: e.to_string() })?,
+                    )
+                    .key_schema(
+                        KeySchemaElement::builder()
+                            .attribute_name("lease_key")
+                            .key_type(KeyType::Hash)
+                            .build()
+                            .map_err(|e| LeaseError::Table { table: self.name.clone(), message: e.to_string() })?,
+                    )
+                    .send()
+                    .await;
+                if let Err(e) = created {
+                    let e = ServiceError::dynamodb("CreateTable", e);
+                    // Another worker created it first: fine.
+                    if !e.code_is("ResourceInUseException") {
+                        return Err(e.into());
+                    }
+                }
+                tracing::info!(table = %self.name, "created lease table");
+            }
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let out = self.client.describe_table().table_name(&self.name).send().await.map_err(|e| ServiceError::dynamodb("DescribeTable", e))?;
+            if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LeaseError::Table { table: self.name.clone(), message: format!("not ACTIVE after {timeout:?}") });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Creates the lease of a shard unless it exists, starting at `start`. Returns whether
+    /// it was created.
+    pub async fn create_if_absent(&self, stream: &str, shard_id: &str, parents: &[String], start: &Checkpoint) -> Result<bool, LeaseError> {
+        let key = Lease::key_of(stream, shard_id);
+        let res = self
+            .client
+            .put_item()
+            .table_name(&self.name)
+            .item("lease_key", s(&key))
+            .item("stream", s(stream))
+            .item("shard_id", s(shard_id))
+            .item("counter", n(0))
+            .item("checkpoint", s(&start.as_str()))
+            .item("sub_sequence", n(0))
+            .item("batch_version", n(0))
+            .item("owner_switches_since_checkpoint", n(0))
+            .item("parent_shard_ids", AttributeValue::L(parents.iter().map(|p| s(p)).collect()))
+            .condition_expression("attribute_not_exists(lease_key)")
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(e) => match cond("PutItem", &key, e) {
+                LeaseError::Lost(_) => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Every lease, read consistently.
+    pub async fn scan(&self) -> Result<Vec<Lease>, LeaseError> {
+        let mut leases = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = self
+                .client
+                .scan()
+                .table_name(&self.name)
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| ServiceError::dynamodb("Scan", e))?;
+            for item in out.items() {
+                leases.push(Lease::from_item(item)?);
+            }
+            match out.last_evaluated_key() {
+                Some(k) if !k.is_empty() => start = Some(k.clone()),
+                _ => break,
+            }
+        }
+        leases.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(leases)
+    }
+
+    /// Takes a free or expired lease: succeeds only if nobody touched it since we read
+    /// `observed_counter`. Returns the new counter.
+    pub async fn take(&self, key: &str, me: &str, observed_counter: u64, from_owner: Option<&str>) -> Result<u64, LeaseError> {
+        let next = observed_counter + 1;
+        let switch = if from_owner.is_some_and(|o| o != me) { 1 } else { 0 };
+        self.client
+            .update_item()
+            .table_name(&self.name)
+            .key("lease_key", s(key))
+            .update_expression("SET #owner = :me, #counter = :next, owner_switches_since_checkpoint = if_not_exists(owner_switches_since_checkpoint, :zero) + :switch")
+            .condition_expression("attribute_exists(lease_key) AND #counter = :observed")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#counter", "counter")
+            .expression_attribute_values(":me", s(me))
+            .expression_attribute_values(":next", n(next))
+            .expression_attribute_values(":observed", n(observed_counter))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":switch", n(switch))
+            .send()
+            .await
+            .map_err(|e| cond("UpdateItem", key, e))?;
+        Ok(next)
+    }
+
+    /// Renews a held lease (bumps the counter other workers watch). Also records the
+    /// shard's lag for operators. Returns the new counter.
+    pub async fn renew(&self, key: &str, me: &str, counter: u64, millis_behind: Option<i64>) -> Result<u64, LeaseError> {
+        let next = counter + 1;
+        let mut req = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .key("lease_key", s(key))
+            .condition_expression("#owner = :me AND #counter = :c")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#counter", "counter")
+            .expression_attribute_values(":me", s(me))
+            .expression_attribute_values(":c", n(counter))
+            .expression_attribute_values(":next", n(next));
+        req = match millis_behind {
+            Some(ms) => req
+                .update_expression("SET #counter = :next, millis_behind_latest = :lag")
+                .expression_attribute_values(":lag", n(ms)),
+            None => req.update_expression("SET #counter = :next"),
+        };
+        req.send().await.map_err(|e| cond("UpdateItem", key, e))?;
+        Ok(next)
+    }
+
+    /// Records a committed position. Conditional on still holding the lease.
+    pub async fn checkpoint(&self, key: &str, me: &str, counter: u64, checkpoint: &Checkpoint, sub_sequence: i64, batch_version: i64) -> Result<u64, LeaseError> {
+        let next = counter + 1;
+        self.client
+            .update_item()
+            .table_name(&self.name)
+            .key("lease_key", s(key))
+            .update_expression("SET #counter = :next, checkpoint = :cp, sub_sequence = :sub, batch_version = :bv, owner_switches_since_checkpoint = :zero")
+            .condition_expression("#owner = :me AND #counter = :c")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#counter", "counter")
+            .expression_attribute_values(":me", s(me))
+            .expression_attribute_values(":c", n(counter))
+            .expression_attribute_values(":next", n(next))
+            .expression_attribute_values(":cp", s(&checkpoint.as_str()))
+            .expression_attribute_values(":sub", n(sub_sequence))
+            .expression_attribute_values(":bv", n(batch_version))
+            .expression_attribute_values(":zero", n(0))
+            .send()
+            .await
+            .map_err(|e| cond("UpdateItem", key, e))?;
+        Ok(next)
+    }
+
+    /// Gives a lease up so another worker can take it on its next cycle.
+    pub async fn release(&self, key: &str, me: &str, counter: u64) -> Result<(), LeaseError> {
+        self.client
+            .update_item()
+            .table_name(&self.name)
+            .key("lease_key", s(key))
+            .update_expression("REMOVE #owner SET #counter = :next")
+            .condition_expression("#owner = :me AND #counter = :c")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#counter", "counter")
+            .expression_attribute_values(":me", s(me))
+            .expression_attribute_values(":c", n(counter))
+            .expression_attribute_values(":next", n(counter + 1))
+            .send()
+            .await
+            .map_err(|e| cond("UpdateItem", key, e))?;
+        Ok(())
+    }
+}
+
+impl Lease {
+    pub(crate) fn from_item(item: &HashMap<String, AttributeValue>) -> Result<Lease, LeaseError> {
+        let key = item.get("lease_key").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
+        let bad = |m: &str| LeaseError::Malformed { key: key.clone(), message: m.to_owned() };
+        let get_s = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+        let get_n = |name: &str| -> Result<Option<i64>, LeaseError> {
+            match item.get(name) {
+                None => Ok(None),
+                Some(v) => v.as_n().ok().and_then(|n| n.parse().ok()).map(Some).ok_or_else(|| bad(&format!("`{name}` is not a number"))),
+            }
+        };
+        let stream = get_s("stream").ok_or_else(|| bad("no `stream`"))?;
+        let shard_id = get_s("shard_id").ok_or_else(|| bad("no `shard_id`"))?;
+        let checkpoint = Checkpoint::parse(&get_s("checkpoint").unwrap_or_else(|| "TRIM_HORIZON".into()));
+        let parents = match item.get("parent_shard_ids") {
+            Some(AttributeValue::L(l)) => l.iter().filter_map(|v| v.as_s().ok().cloned()).collect(),
+            _ => Vec::new(),
+        };
+        Ok(Lease {
+            owner: get_s("owner"),
+            counter: get_n("counter")?.unwrap_or(0).max(0) as u64,
+            checkpoint,
+            sub_sequence: get_n("sub_sequence")?.unwrap_or(0),
+            batch_version: get_n("batch_version")?.unwrap_or(0),
+            parent_shard_ids: parents,
+            owner_switches_since_checkpoint: get_n("owner_switches_since_checkpoint")?.unwrap_or(0),
+            millis_behind_latest: get_n("millis_behind_latest")?,
+            key,
+            stream,
+            shard_id,
+        })
+    }
+}

@@ -1,0 +1,361 @@
+//! The table sink: one task per stream kind, owning its cleaned table and its rejects
+//! table. Shard readers send it [`Chunk`]s (already cleaned Arrow batches); it buffers the
+//! rows of every shard this worker holds and flushes by age, rows or bytes, whichever
+//! comes first: one Delta commit per table carrying a `txn` per shard, then one
+//! conditional checkpoint per shard. Acknowledge only after delivery.
+//!
+//! Rows of a shard whose lease was lost are dropped, never committed.
+
+pub mod delta;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::DeltaTable;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::clean::Kind;
+use crate::config::FlushPolicy;
+use crate::lease::{Checkpoint, HeldLease, LeaseError, LeaseTable};
+use delta::ShardPosition;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("commit to {table} failed (rows kept for the next flush): {source}")]
+    Commit { table: String, source: deltalake::DeltaTableError },
+    #[error("building a batch for {table}: {source}")]
+    Arrow { table: String, source: deltalake::arrow::error::ArrowError },
+    #[error("the {0} sink has stopped")]
+    Stopped(Kind),
+}
+
+/// The cleaned output of one GetRecords call of one shard.
+pub struct Chunk {
+    pub lease: Arc<HeldLease>,
+    pub rows: RecordBatch,
+    pub rejects: RecordBatch,
+    /// Position of the last record in this chunk (`None`: no records, e.g. only a shard end).
+    pub last: Option<(String, i64)>,
+    pub end_of_shard: bool,
+    /// Bytes of record data this chunk came from.
+    pub bytes: usize,
+}
+
+pub enum SinkMsg {
+    Chunk(Chunk),
+    /// Flush now and answer when committed and checkpointed.
+    Flush(oneshot::Sender<Result<(), SinkError>>),
+}
+
+/// Running totals of one sink, read by the demo summary and tests.
+#[derive(Debug, Default)]
+pub struct SinkTotals {
+    pub rows_committed: AtomicU64,
+    pub rejects_committed: AtomicU64,
+    pub commits: AtomicU64,
+    pub rows_dropped_lost_lease: AtomicU64,
+}
+
+/// Handle to a running sink.
+#[derive(Clone)]
+pub struct SinkHandle {
+    pub kind: Kind,
+    pub tx: mpsc::Sender<SinkMsg>,
+    pub totals: Arc<SinkTotals>,
+}
+
+impl SinkHandle {
+    pub async fn flush(&self) -> Result<(), SinkError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(SinkMsg::Flush(tx)).await.map_err(|_| SinkError::Stopped(self.kind))?;
+        rx.await.map_err(|_| SinkError::Stopped(self.kind))?
+    }
+}
+
+struct ShardBuf {
+    lease: Arc<HeldLease>,
+    rows: Vec<RecordBatch>,
+    rejects: Vec<RecordBatch>,
+    last: Option<(String, i64)>,
+    end_of_shard: bool,
+}
+
+/// Everything the sink needs to run.
+pub struct TableSink {
+    pub kind: Kind,
+    pub application: String,
+    pub worker_id: String,
+    pub table: DeltaTable,
+    pub rejects_table: DeltaTable,
+    pub leases: LeaseTable,
+    pub policy: FlushPolicy,
+    pub progress: Arc<crate::worker::RunProgress>,
+}
+
+/// Chunks in flight per sink before readers wait (backpressure).
+const CHANNEL_CHUNKS: usize = 16;
+
+impl TableSink {
+    /// Starts the sink task. It ends when every sender is dropped, after a last flush.
+    pub fn spawn(self) -> (SinkHandle, tokio::task::JoinHandle<()>) {
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let totals = Arc::new(SinkTotals::default());
+        let handle = SinkHandle { kind: self.kind, tx, totals: totals.clone() };
+        let task = tokio::spawn(self.run(rx, totals));
+        (handle, task)
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<SinkMsg>, totals: Arc<SinkTotals>) {
+        let mut buf: BTreeMap<String, ShardBuf> = BTreeMap::new();
+        let (mut rows, mut bytes) = (0usize, 0usize);
+        let mut first_at: Option<Instant> = None;
+        let mut retry_at: Option<Instant> = None;
+        let mut failures = 0u32;
+        loop {
+            let due = match (first_at, retry_at) {
+                (_, Some(r)) => Some(r),
+                (Some(f), None) => Some(f + self.policy.max_batch_age),
+                (None, None) => None,
+            };
+            let msg = tokio::select! {
+                m = rx.recv() => m,
+                _ = sleep_until_opt(due) => {
+                    self.flush_or_retry(&mut buf, &totals, &mut failures, &mut retry_at, &mut rows, &mut bytes, &mut first_at).await;
+                    continue;
+                }
+            };
+            match msg {
+                Some(SinkMsg::Chunk(c)) => {
+                    rows += c.rows.num_rows() + c.rejects.num_rows();
+                    bytes += c.bytes;
+                    first_at.get_or_insert_with(Instant::now);
+                    add_chunk(&mut buf, c);
+                    let full = rows >= self.policy.max_batch_rows || bytes >= self.policy.max_batch_bytes;
+                    if full && retry_at.is_none() {
+                        self.flush_or_retry(&mut buf, &totals, &mut failures, &mut retry_at, &mut rows, &mut bytes, &mut first_at).await;
+                    }
+                }
+                Some(SinkMsg::Flush(reply)) => {
+                    let res = self.flush(&mut buf, &totals).await;
+                    if res.is_ok() {
+                        (rows, bytes, first_at, retry_at, failures) = (0, 0, None, None, 0);
+                    }
+                    let _ = reply.send(res);
+                }
+                None => {
+                    if let Err(e) = self.flush(&mut buf, &totals).await {
+                        tracing::error!(table = self.kind.name(), error = %e, "final flush failed; rows stay uncommitted and will be read again from the last checkpoint");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn flush_or_retry(
+        &mut self,
+        buf: &mut BTreeMap<String, ShardBuf>,
+        totals: &SinkTotals,
+        failures: &mut u32,
+        retry_at: &mut Option<Instant>,
+        rows: &mut usize,
+        bytes: &mut usize,
+        first_at: &mut Option<Instant>,
+    ) {
+        match self.flush(buf, totals).await {
+            Ok(()) => (*rows, *bytes, *first_at, *retry_at, *failures) = (0, 0, None, None, 0),
+            Err(e) => {
+                *failures += 1;
+                let wait = backoff(*failures);
+                tracing::warn!(table = self.kind.name(), error = %e, retry_in = ?wait, "flush failed; will retry");
+                *retry_at = Some(Instant::now() + wait);
+            }
+        }
+    }
+
+    /// Commits everything buffered, then checkpoints each shard. On a commit error the
+    /// buffer is kept whole for the next attempt.
+    async fn flush(&mut self, buf: &mut BTreeMap<String, ShardBuf>, totals: &SinkTotals) -> Result<(), SinkError> {
+        // Drop shards whose lease was lost, and fence: the table's txn version must still be
+        // the version our checkpoint says, or someone else has committed for the shard.
+        let mut planned: Vec<(String, i64)> = Vec::new();
+        let keys: Vec<String> = buf.keys().cloned().collect();
+        for key in keys {
+            let sb = &buf[&key];
+            let state = sb.lease.state.lock().await;
+            let expected = state.batch_version;
+            let lost = state.lost;
+            drop(state);
+            if lost {
+                drop_shard(buf, &key, totals);
+                continue;
+            }
+            if sb.last.is_none() && !sb.end_of_shard {
+                buf.remove(&key);
+                continue;
+            }
+            let app_id = sb.lease.app_id(&self.application);
+            let t = delta::txn_version(&mut self.table, &app_id)
+                .await
+                .map_err(|source| SinkError::Commit { table: self.kind.name().into(), source })?
+                .unwrap_or(0);
+            if t != expected {
+                tracing::warn!(lease = %key, table_version = t, lease_version = expected, "another writer committed for this shard; dropping our rows");
+                let mut state = sb.lease.state.lock().await;
+                sb.lease.mark_lost(&mut state);
+                drop(state);
+                drop_shard(buf, &key, totals);
+                continue;
+            }
+            planned.push((key, expected + 1));
+        }
+        if planned.is_empty() {
+            return Ok(());
+        }
+        let positions: Vec<ShardPosition> = planned
+            .iter()
+            .map(|(key, version)| {
+                let sb = &buf[key];
+                let (seq, sub) = sb.last.clone().unwrap_or_default();
+                ShardPosition {
+                    app_id: sb.lease.app_id(&self.application),
+                    lease_key: key.clone(),
+                    version: *version,
+                    last_sequence: seq,
+                    last_sub_sequence: sub,
+                    shard_end: sb.end_of_shard,
+                }
+            })
+            .collect();
+
+        // Rejects first: a crash between the two commits re-reads the batch (the rejects
+        // carry their unique key), it never loses a reject.
+        let rejects: Vec<RecordBatch> = planned.iter().flat_map(|(k, _)| buf[k].rejects.iter().cloned()).collect();
+        let reject_rows: usize = rejects.iter().map(RecordBatch::num_rows).sum();
+        if reject_rows > 0 {
+            let with_rejects: Vec<ShardPosition> =
+                positions.iter().filter(|p| buf[&p.lease_key].rejects.iter().any(|b| b.num_rows() > 0)).cloned().collect();
+            self.commit(true, &rejects, &with_rejects).await?;
+        }
+        let batches: Vec<RecordBatch> = planned.iter().flat_map(|(k, _)| buf[k].rows.iter().cloned()).collect();
+        let good_rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        self.commit(false, &batches, &positions).await?;
+        totals.rows_committed.fetch_add(good_rows as u64, Ordering::Relaxed);
+        totals.rejects_committed.fetch_add(reject_rows as u64, Ordering::Relaxed);
+        totals.commits.fetch_add(1, Ordering::Relaxed);
+        self.progress.rows_committed.fetch_add((good_rows + reject_rows) as u64, Ordering::Relaxed);
+        metrics::counter!("pinstream_records_written_total", "table" => self.kind.name()).increment(good_rows as u64);
+        metrics::counter!("pinstream_records_rejected_written_total", "table" => self.kind.rejects_table()).increment(reject_rows as u64);
+        metrics::histogram!("pinstream_flush_rows", "table" => self.kind.name()).record((good_rows + reject_rows) as f64);
+
+        // Checkpoint after commit, conditional on still holding each lease.
+        for (pos, (key, version)) in positions.iter().zip(&planned) {
+            let sb = buf.remove(key).expect("planned shard is buffered");
+            let checkpoint = if sb.end_of_shard { Checkpoint::ShardEnd } else { Checkpoint::Sequence(pos.last_sequence.clone()) };
+            self.checkpoint(&sb.lease, &checkpoint, pos.last_sub_sequence, *version).await;
+        }
+        Ok(())
+    }
+
+    async fn commit(&mut self, rejects: bool, batches: &[RecordBatch], positions: &[ShardPosition]) -> Result<(), SinkError> {
+        let (table, name) = if rejects {
+            (&mut self.rejects_table, self.kind.rejects_table())
+        } else {
+            (&mut self.table, self.kind.name())
+        };
+        let started = Instant::now();
+        let res = delta::append(table, batches, positions).await;
+        metrics::histogram!("pinstream_delta_commit_duration_seconds", "table" => name).record(started.elapsed().as_secs_f64());
+        match res {
+            Ok(version) => {
+                metrics::counter!("pinstream_delta_commits_total", "table" => name).increment(1);
+                tracing::info!(table = name, version, rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>(), shards = positions.len(), "committed");
+                Ok(())
+            }
+            Err(source) => {
+                metrics::counter!("pinstream_delta_commit_failures_total", "table" => name).increment(1);
+                Err(SinkError::Commit { table: name.into(), source })
+            }
+        }
+    }
+
+    async fn checkpoint(&self, lease: &HeldLease, checkpoint: &Checkpoint, sub: i64, version: i64) {
+        let mut state = lease.state.lock().await;
+        if state.lost {
+            return;
+        }
+        let res = self.leases.checkpoint(&lease.key, &self.worker_id, state.counter, checkpoint, sub, version).await;
+        match res {
+            Ok(counter) => {
+                state.counter = counter;
+                state.batch_version = version;
+                tracing::debug!(lease = %lease.key, checkpoint = %checkpoint.as_str(), version, "checkpointed");
+            }
+            // The commit landed; the next owner finds it through the table's txn version.
+            Err(LeaseError::Lost(_)) => lease.mark_lost(&mut state),
+            Err(e) => {
+                // Unknown outcome: stop this shard; the next owner resolves it from the table.
+                tracing::error!(lease = %lease.key, error = %e, "checkpoint failed; giving the shard up");
+                lease.mark_lost(&mut state);
+            }
+        }
+    }
+}
+
+fn add_chunk(buf: &mut BTreeMap<String, ShardBuf>, c: Chunk) {
+    let key = c.lease.key.clone();
+    let entry = buf.entry(key).or_insert_with(|| ShardBuf { lease: c.lease.clone(), rows: Vec::new(), rejects: Vec::new(), last: None, end_of_shard: false });
+    if !Arc::ptr_eq(&entry.lease, &c.lease) {
+        // The lease was lost and taken again: what was buffered under the old hold is void.
+        *entry = ShardBuf { lease: c.lease.clone(), rows: Vec::new(), rejects: Vec::new(), last: None, end_of_shard: false };
+    }
+    if c.rows.num_rows() > 0 {
+        entry.rows.push(c.rows);
+    }
+    if c.rejects.num_rows() > 0 {
+        entry.rejects.push(c.rejects);
+    }
+    if c.last.is_some() {
+        entry.last = c.last;
+    }
+    entry.end_of_shard |= c.end_of_shard;
+}
+
+fn drop_shard(buf: &mut BTreeMap<String, ShardBuf>, key: &str, totals: &SinkTotals) {
+    if let Some(sb) = buf.remove(key) {
+        let n: usize = sb.rows.iter().chain(&sb.rejects).map(RecordBatch::num_rows).sum();
+        totals.rows_dropped_lost_lease.fetch_add(n as u64, Ordering::Relaxed);
+        tracing::info!(lease = %key, rows = n, "dropped uncommitted rows of a lost lease");
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Exponential backoff with a cap: 200 ms, 400 ms, ... up to 25.6 s.
+pub fn backoff(failures: u32) -> Duration {
+    let ms = 200u64.saturating_mul(1u64 << failures.min(8).saturating_sub(1));
+    Duration::from_millis(ms.min(30_000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_then_caps() {
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(2), Duration::from_millis(400));
+        assert_eq!(backoff(5), Duration::from_millis(3200));
+        assert_eq!(backoff(50), Duration::from_millis(25_600));
+    }
+}

@@ -1,0 +1,478 @@
+//! The worker: the lease coordinator loop (sync shards into leases, renew, take) and one
+//! reader task per held lease, feeding the three table sinks.
+//!
+//! Data flow: lease taken -> recovery (table txn version vs lease `batch_version`) ->
+//! [`ShardReader`] -> clean -> [`Chunk`] -> sink (commit, then checkpoint). Shutdown: stop
+//! reading, flush, commit, checkpoint, release every lease.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use deltalake::DeltaTable;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::aws::{AwsClients, ServiceError};
+use crate::clean::{self, Kind, RecordMeta, RejectsColumns, TableColumns};
+use crate::config::{InitialPosition, ReaderPolicy, Settings};
+use crate::kinesis::{self, ShardReader, StartAt};
+use crate::lease::{self, Checkpoint, ExpiryTracker, HeldLease, Lease, LeaseError, LeaseTable};
+use crate::sink::delta::{self, DeltaError};
+use crate::sink::{backoff, Chunk, SinkError, SinkHandle, SinkMsg, TableSink};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
+    #[error(transparent)]
+    Kinesis(#[from] ServiceError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("recovery of {lease}: {message}")]
+    Recovery { lease: String, message: String },
+}
+
+/// How `run` behaves.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Drain what is in the streams now, commit, checkpoint, release and return.
+    pub available_now: bool,
+    /// This worker's identity in the lease table; unique per process.
+    pub worker_id: String,
+    /// How long a graceful shutdown may take before the worker gives up waiting.
+    pub shutdown_deadline: Duration,
+    /// Live counters, for whoever runs the worker (the demo waits on them).
+    pub progress: Arc<RunProgress>,
+}
+
+/// Live counters of a running worker.
+#[derive(Debug, Default)]
+pub struct RunProgress {
+    pub records_read: AtomicU64,
+    /// Rows committed to cleaned and rejects tables together.
+    pub rows_committed: AtomicU64,
+}
+
+/// What a run did, for the summary.
+#[derive(Debug, Default, Clone)]
+pub struct RunSummary {
+    pub records_read: u64,
+    /// Rows committed per table name (cleaned and rejects tables).
+    pub rows: BTreeMap<String, u64>,
+    pub commits: u64,
+    pub elapsed: Duration,
+}
+
+/// A unique worker id: host, pid and a random suffix.
+pub fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()).unwrap_or_else(|| "worker".into());
+    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+}
+
+/// Where a shard without a committed position starts, as stored in a new lease.
+fn initial_checkpoint(p: InitialPosition) -> Checkpoint {
+    match p {
+        InitialPosition::TrimHorizon => Checkpoint::TrimHorizon,
+        InitialPosition::Latest => Checkpoint::Latest,
+        InitialPosition::AtTimestamp(ms) => Checkpoint::AtTimestamp(ms),
+    }
+}
+
+/// Creates a lease for every shard of every configured stream that has none. Shards whose
+/// parents are listed too are children of a reshard: they start at TRIM_HORIZON so nothing
+/// between the parent's end and the child's start is skipped.
+pub async fn sync_shards(aws: &AwsClients, leases: &LeaseTable, settings: &Settings) -> Result<usize, WorkerError> {
+    let mut created = 0;
+    for stream in settings.streams.values() {
+        let shards = kinesis::list_shards(&aws.kinesis, stream).await?;
+        let ids: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
+        for s in &shards {
+            let is_child = s.parents.iter().any(|p| ids.contains(p.as_str()));
+            let start = if is_child { Checkpoint::TrimHorizon } else { initial_checkpoint(settings.lease.initial_position) };
+            if leases.create_if_absent(stream, &s.shard_id, &s.parents, &start).await? {
+                tracing::info!(%stream, shard_id = %s.shard_id, parents = ?s.parents, "new shard lease");
+                created += 1;
+            }
+        }
+    }
+    Ok(created)
+}
+
+/// Why a shard task ended.
+#[derive(Debug)]
+enum ShardExit {
+    /// Read to the end of a closed shard (the sink checkpoints SHARD_END).
+    ShardEnd,
+    /// `--available-now`: nothing more to read right now.
+    CaughtUp,
+    /// Lease lost or shutdown.
+    Cancelled,
+}
+
+struct Shared {
+    settings: Settings,
+    aws: AwsClients,
+    leases: LeaseTable,
+    me: String,
+    progress: Arc<RunProgress>,
+}
+
+/// Runs the worker until `shutdown` is cancelled or, with `available_now`, until every
+/// shard it could take has been drained and committed.
+pub async fn run(settings: Settings, aws: AwsClients, opts: RunOptions, shutdown: CancellationToken) -> Result<RunSummary, WorkerError> {
+    let started = Instant::now();
+    let leases = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
+    leases.ensure_exists(Duration::from_secs(60)).await?;
+
+    let mut sinks: BTreeMap<Kind, SinkHandle> = BTreeMap::new();
+    let mut sink_tasks = Vec::new();
+    let mut recovery_tables: BTreeMap<Kind, DeltaTable> = BTreeMap::new();
+    for &kind in settings.streams.keys() {
+        let table = delta::open_or_create(&settings.table_root, kind.name(), &kind.schema()).await?;
+        let rejects_table = delta::open_or_create(&settings.table_root, kind.rejects_table(), &clean::schema::REJECTS).await?;
+        recovery_tables.insert(kind, delta::open_or_create(&settings.table_root, kind.name(), &kind.schema()).await?);
+        let sink = TableSink {
+            kind,
+            application: settings.application.clone(),
+            worker_id: opts.worker_id.clone(),
+            table,
+            rejects_table,
+            leases: leases.clone(),
+            policy: settings.flush.clone(),
+            progress: opts.progress.clone(),
+        };
+        let (handle, task) = sink.spawn();
+        sinks.insert(kind, handle);
+        sink_tasks.push(task);
+    }
+    let kind_of: HashMap<String, Kind> = settings.streams.iter().map(|(k, s)| (s.clone(), *k)).collect();
+    let shared = Arc::new(Shared { settings, aws, leases, me: opts.worker_id.clone(), progress: opts.progress.clone() });
+    sync_shards(&shared.aws, &shared.leases, &shared.settings).await?;
+    tracing::info!(worker_id = %shared.me, lease_table = %shared.leases.name(), available_now = opts.available_now, "worker started");
+
+    let failover = shared.settings.lease.failover_time;
+    let mut tick = tokio::time::interval(failover / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_sync = Instant::now() + shared.settings.lease.shard_sync_interval;
+    let mut tracker = ExpiryTracker::default();
+    let mut held: HashMap<String, Arc<HeldLease>> = HashMap::new();
+    let mut refused: HashSet<String> = HashSet::new();
+    // `--available-now`: shards already drained in this run are not taken again.
+    let mut drained: HashSet<String> = HashSet::new();
+    let mut tasks: JoinSet<(String, ShardExit)> = JoinSet::new();
+    let readers = CancellationToken::new();
+
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                match joined {
+                    Ok((key, exit)) => {
+                        tracing::debug!(lease = %key, ?exit, "shard task ended");
+                        if !matches!(exit, ShardExit::Cancelled) {
+                            drained.insert(key);
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "shard task panicked"),
+                }
+                if !(opts.available_now && tasks.is_empty()) {
+                    continue;
+                }
+            }
+            _ = tick.tick() => {}
+        }
+
+        renew_all(&shared, &mut held).await;
+        if Instant::now() >= next_sync {
+            if let Err(e) = sync_shards(&shared.aws, &shared.leases, &shared.settings).await {
+                tracing::warn!(error = %e, "shard sync failed; will retry");
+            }
+            next_sync = Instant::now() + shared.settings.lease.shard_sync_interval;
+        }
+        if opts.available_now && tasks.is_empty() {
+            // Everything taken so far is drained: commit it, hand the leases back, and see
+            // whether finishing parents made children ready.
+            for s in sinks.values() {
+                s.flush().await?;
+            }
+            release_all(&shared, &mut held).await;
+        }
+        let all = match shared.leases.scan().await {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::warn!(error = %e, "lease scan failed; will retry");
+                continue;
+            }
+        };
+        tracker.observe(&all, Instant::now());
+        release_finished(&shared, &mut held, &all).await;
+        let candidates: Vec<Lease> = lease::leases_to_take(&all, &shared.me, &tracker, Instant::now(), failover, opts.available_now)
+            .into_iter()
+            .filter(|l| !refused.contains(&l.key) && !drained.contains(&l.key) && kind_of.contains_key(&l.stream))
+            .cloned()
+            .collect();
+        for lease in candidates {
+            let Some(&kind) = kind_of.get(&lease.stream) else { continue };
+            let counter = match shared.leases.take(&lease.key, &shared.me, lease.counter, lease.owner.as_deref()).await {
+                Ok(c) => c,
+                Err(LeaseError::Lost(_)) => continue, // someone else was faster
+                Err(e) => {
+                    tracing::warn!(lease = %lease.key, error = %e, "take failed");
+                    continue;
+                }
+            };
+            metrics::counter!("pinstream_leases_taken_total").increment(1);
+            tracing::info!(lease = %lease.key, previous_owner = lease.owner.as_deref().unwrap_or("-"), "lease taken");
+            let handle = Arc::new(HeldLease::new(&lease, counter, &readers));
+            let table = recovery_tables.get_mut(&kind).expect("a recovery table per configured kind");
+            match resume_position(&shared, &lease, &handle, table).await {
+                Ok(Some(start)) => {
+                    held.insert(lease.key.clone(), handle.clone());
+                    let sink = sinks[&kind].tx.clone();
+                    let span = tracing::info_span!("shard", stream = %lease.stream, shard_id = %lease.shard_id);
+                    let shared = shared.clone();
+                    let drain = opts.available_now;
+                    tasks.spawn(async move { let key = handle.key.clone(); (key, read_shard(shared, kind, handle, start, sink, drain).await) }.instrument(span));
+                }
+                Ok(None) => {
+                    // Already at SHARD_END per the table: recorded; give it back.
+                    held.insert(lease.key.clone(), handle);
+                }
+                Err(e) => {
+                    tracing::error!(lease = %lease.key, error = %e, "refusing this lease");
+                    refused.insert(lease.key.clone());
+                    let state = handle.state.lock().await;
+                    let _ = shared.leases.release(&handle.key, &shared.me, state.counter).await;
+                }
+            }
+        }
+        metrics::gauge!("pinstream_leases_held").set(held.len() as f64);
+        if opts.available_now && tasks.is_empty() && held.values().all(|h| h.token.is_cancelled()) {
+            break;
+        }
+    }
+
+    // Graceful stop: stop reading, flush and commit, checkpoint, release.
+    readers.cancel();
+    let deadline = Instant::now() + opts.shutdown_deadline;
+    while !tasks.is_empty() {
+        if tokio::time::timeout_at(deadline, tasks.join_next()).await.is_err() {
+            tracing::warn!("shard tasks did not stop before the shutdown deadline");
+            tasks.abort_all();
+            break;
+        }
+    }
+    let mut flush_error = None;
+    for s in sinks.values() {
+        match tokio::time::timeout_at(deadline, s.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => flush_error = Some(e),
+            Err(_) => tracing::warn!(table = s.kind.name(), "flush did not finish before the shutdown deadline"),
+        }
+    }
+    release_all(&shared, &mut held).await;
+    let mut summary = RunSummary { records_read: shared.progress.records_read.load(Ordering::Relaxed), elapsed: started.elapsed(), ..Default::default() };
+    for (kind, s) in &sinks {
+        summary.rows.insert(kind.name().into(), s.totals.rows_committed.load(Ordering::Relaxed));
+        summary.rows.insert(kind.rejects_table().into(), s.totals.rejects_committed.load(Ordering::Relaxed));
+        summary.commits += s.totals.commits.load(Ordering::Relaxed);
+    }
+    drop(sinks);
+    for t in sink_tasks {
+        let _ = t.await;
+    }
+    tracing::info!(records_read = summary.records_read, "worker stopped");
+    match flush_error {
+        Some(e) => Err(e.into()),
+        None => Ok(summary),
+    }
+}
+
+/// Renews every held lease; a lease whose renewal is refused is lost.
+async fn renew_all(shared: &Shared, held: &mut HashMap<String, Arc<HeldLease>>) {
+    let renewals = held.values().map(|h| async move {
+        let mut state = h.state.lock().await;
+        if state.lost {
+            return;
+        }
+        match shared.leases.renew(&h.key, &shared.me, state.counter, state.millis_behind).await {
+            Ok(c) => state.counter = c,
+            Err(LeaseError::Lost(_)) => h.mark_lost(&mut state),
+            Err(e) => tracing::warn!(lease = %h.key, error = %e, "renewal failed; will retry"),
+        }
+    });
+    futures::future::join_all(renewals).await;
+    held.retain(|_, h| !h.state.try_lock().map(|s| s.lost).unwrap_or(false));
+}
+
+/// Releases held leases whose shard is finished (SHARD_END checkpointed).
+async fn release_finished(shared: &Shared, held: &mut HashMap<String, Arc<HeldLease>>, all: &[Lease]) {
+    for l in all.iter().filter(|l| l.is_finished() && l.owner.as_deref() == Some(&shared.me)) {
+        if let Some(h) = held.remove(&l.key) {
+            release_one(shared, &h).await;
+        }
+    }
+}
+
+async fn release_all(shared: &Shared, held: &mut HashMap<String, Arc<HeldLease>>) {
+    for (_, h) in held.drain() {
+        release_one(shared, &h).await;
+    }
+}
+
+async fn release_one(shared: &Shared, h: &HeldLease) {
+    let mut state = h.state.lock().await;
+    h.token.cancel();
+    if state.lost {
+        return;
+    }
+    match shared.leases.release(&h.key, &shared.me, state.counter).await {
+        Ok(()) => {
+            state.lost = true; // no longer ours: nothing may be committed for it
+            metrics::counter!("pinstream_leases_released_total").increment(1);
+            tracing::info!(lease = %h.key, "lease released");
+        }
+        Err(e) => tracing::warn!(lease = %h.key, error = %e, "release failed; the lease will expire instead"),
+    }
+}
+
+/// Decides where a newly taken shard resumes, comparing the table's txn version `T` for
+/// the shard with the lease's `batch_version` `B` (docs/DESIGN.md, exactly once).
+/// `Ok(None)`: the shard is already finished.
+async fn resume_position(shared: &Shared, lease: &Lease, handle: &HeldLease, table: &mut DeltaTable) -> Result<Option<StartAt>, WorkerError> {
+    let app_id = handle.app_id(&shared.settings.application);
+    let t = delta::txn_version(table, &app_id)
+        .await
+        .map_err(|e| WorkerError::Recovery { lease: lease.key.clone(), message: e.to_string() })?
+        .unwrap_or(0);
+    let b = lease.batch_version;
+    if t < b {
+        return Err(WorkerError::Recovery {
+            lease: lease.key.clone(),
+            message: format!("table txn version {t} is behind the lease's batch_version {b}: the table was replaced or rolled back; refusing to read (fix the table or reset the lease)"),
+        });
+    }
+    let checkpoint = if t == b {
+        lease.checkpoint.clone()
+    } else {
+        // The commit landed, the checkpoint did not: take the position from the commit.
+        let pos = delta::position_at(table, &lease.key, t)
+            .await
+            .map_err(|e| WorkerError::Recovery { lease: lease.key.clone(), message: e.to_string() })?
+            .ok_or_else(|| WorkerError::Recovery { lease: lease.key.clone(), message: format!("no commit carries version {t} for this shard") })?;
+        let cp = if pos.shard_end { Checkpoint::ShardEnd } else { Checkpoint::Sequence(pos.last_sequence.clone()) };
+        let mut state = handle.state.lock().await;
+        state.counter = shared.leases.checkpoint(&lease.key, &shared.me, state.counter, &cp, pos.last_sub_sequence, t).await?;
+        state.batch_version = t;
+        tracing::info!(lease = %lease.key, version = t, checkpoint = %cp.as_str(), "recovered a position committed but not checkpointed");
+        cp
+    };
+    Ok(match checkpoint {
+        Checkpoint::ShardEnd => None,
+        Checkpoint::TrimHorizon => Some(StartAt::TrimHorizon),
+        Checkpoint::Latest => Some(StartAt::Latest),
+        Checkpoint::AtTimestamp(ms) => Some(StartAt::AtTimestamp(ms)),
+        Checkpoint::Sequence(s) => Some(StartAt::AfterSequence(s)),
+    })
+}
+
+fn arrival_micros(r: &aws_sdk_kinesis::types::Record) -> Option<i64> {
+    r.approximate_arrival_timestamp().map(|t| t.secs() * 1_000_000 + i64::from(t.subsec_nanos() / 1_000))
+}
+
+/// Reads one shard until the lease is lost, shutdown, the shard ends, or (draining) it has
+/// caught up.
+async fn read_shard(shared: Arc<Shared>, kind: Kind, lease: Arc<HeldLease>, start: StartAt, sink: mpsc::Sender<SinkMsg>, drain: bool) -> ShardExit {
+    let ReaderPolicy { max_records, idle_poll_interval } = shared.settings.reader.clone();
+    let mut reader = ShardReader::new(shared.aws.kinesis.clone(), &lease.stream, &lease.shard_id, start, max_records);
+    let mut failures = 0u32;
+    let stream_label = lease.stream.clone();
+    loop {
+        let fetched = tokio::select! {
+            _ = lease.token.cancelled() => return ShardExit::Cancelled,
+            f = reader.next() => f,
+        };
+        let fetched = match fetched {
+            Ok(f) => {
+                failures = 0;
+                f
+            }
+            Err(e) => {
+                failures += 1;
+                if e.is_throttle() {
+                    metrics::counter!("pinstream_get_records_throttles_total", "stream" => stream_label.clone()).increment(1);
+                }
+                let wait = backoff(failures);
+                if e.is_retryable() {
+                    tracing::debug!(error = %e, retry_in = ?wait, "GetRecords failed; backing off");
+                } else {
+                    tracing::warn!(error = %e, retry_in = ?wait, "GetRecords failed; backing off");
+                }
+                tokio::select! {
+                    _ = lease.token.cancelled() => return ShardExit::Cancelled,
+                    _ = tokio::time::sleep(wait) => continue,
+                }
+            }
+        };
+        if let Some(ms) = fetched.millis_behind_latest {
+            lease.state.lock().await.millis_behind = Some(ms);
+            metrics::gauge!("pinstream_millis_behind_latest", "stream" => stream_label.clone(), "shard_id" => lease.shard_id.clone()).set(ms as f64);
+        }
+        let n = fetched.records.len();
+        if n > 0 || fetched.end_of_shard {
+            let chunk = match build_chunk(kind, &lease, &fetched) {
+                Ok(c) => c,
+                Err(e) => {
+                    // Our schemas and builders disagree: a bug, not bad data. Stop the shard
+                    // without committing; its records stay in the stream.
+                    tracing::error!(error = %e, "cannot build a batch; stopping this shard");
+                    return ShardExit::Cancelled;
+                }
+            };
+            shared.progress.records_read.fetch_add(n as u64, Ordering::Relaxed);
+            metrics::counter!("pinstream_records_received_total", "stream" => stream_label.clone()).increment(n as u64);
+            metrics::counter!("pinstream_bytes_received_total", "stream" => stream_label.clone()).increment(chunk.bytes as u64);
+            tokio::select! {
+                _ = lease.token.cancelled() => return ShardExit::Cancelled,
+                sent = sink.send(SinkMsg::Chunk(chunk)) => if sent.is_err() { return ShardExit::Cancelled },
+            }
+        }
+        if fetched.end_of_shard {
+            tracing::info!("reached the end of the shard");
+            return ShardExit::ShardEnd;
+        }
+        if n == 0 {
+            if drain && fetched.millis_behind_latest.unwrap_or(0) == 0 {
+                return ShardExit::CaughtUp;
+            }
+            tokio::select! {
+                _ = lease.token.cancelled() => return ShardExit::Cancelled,
+                _ = tokio::time::sleep(idle_poll_interval) => {}
+            }
+        }
+    }
+}
+
+/// Cleans one GetRecords answer into a chunk for the sink.
+fn build_chunk(kind: Kind, lease: &Arc<HeldLease>, fetched: &kinesis::Fetched) -> Result<Chunk, deltalake::arrow::error::ArrowError> {
+    let mut rows = TableColumns::new(kind);
+    let mut rejects = RejectsColumns::default();
+    let mut bytes = 0;
+    for r in &fetched.records {
+        let data = r.data().as_ref();
+        bytes += data.len();
+        let meta = RecordMeta { shard_id: &lease.shard_id, sequence_number: r.sequence_number(), sub_sequence_number: 0, arrival_micros: arrival_micros(r) };
+        if !clean::clean_into(kind, data, &meta, &lease.stream, &mut rows, &mut rejects) {
+            metrics::counter!("pinstream_records_rejected_total", "stream" => lease.stream.clone()).increment(1);
+        }
+    }
+    let last = fetched.records.last().map(|r| (r.sequence_number().to_owned(), 0));
+    Ok(Chunk { lease: lease.clone(), rows: rows.finish()?, rejects: rejects.finish()?, last, end_of_shard: fetched.end_of_shard, bytes })
+}
