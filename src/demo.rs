@@ -141,6 +141,7 @@ async fn run_on_stack(opts: &DemoOptions, stack: &LocalStack, run_id: &str, run_
     println!("  elapsed {:.1}s end to end, {:.0} records/s", elapsed.as_secs_f64(), landed as f64 / elapsed.as_secs_f64().max(1e-9));
     let abs = std::fs::canonicalize(&tables).unwrap_or(tables.clone());
     println!("  Delta tables: {}/{{pin,geo,user,pin_rejects,geo_rejects,user_rejects}}", abs.display());
-    println!("  read them with e.g.: python3 -c \"import deltalake; print(deltalake.DeltaTable('{}/pin').to_pyarrow_table().num_rows)\"", abs.display());
+    let python = crate::stack::locate().ok().map(|d| d.join(".venv/bin/python")).filter(|p| p.is_file()).map(|p| p.display().to_string()).unwrap_or_else(|| "python3".into());
+    println!("  read one back: {python} -c \"import deltalake; print(deltalake.DeltaTable('{}/pin').to_pyarrow_table().num_rows)\"", abs.display());
     Ok(())
 }

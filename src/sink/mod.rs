@@ -241,6 +241,7 @@ impl TableSink {
             let with_rejects: Vec<ShardPosition> =
                 positions.iter().filter(|p| buf[&p.lease_key].rejects.iter().any(|b| b.num_rows() > 0)).cloned().collect();
             self.commit(true, &rejects, &with_rejects).await?;
+            totals.commits.fetch_add(1, Ordering::Relaxed);
         }
         let batches: Vec<RecordBatch> = planned.iter().flat_map(|(k, _)| buf[k].rows.iter().cloned()).collect();
         let good_rows: usize = batches.iter().map(RecordBatch::num_rows).sum();

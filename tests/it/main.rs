@@ -1,1 +1,10 @@
+//! pinstream's integration tests: ONE test binary (link time matters on 2 cores). They talk
+//! to real emulators on loopback started by `infra/local/with-stack.sh`; each test makes its
+//! own uniquely named streams, lease table and table directory, and waits with deadlines.
 
+mod cli;
+mod leases;
+mod pipeline;
+mod readers;
+mod real_data;
+mod support;
