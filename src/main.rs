@@ -106,7 +106,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             if !(0.0..=1.0).contains(&args.dirty_rate) {
                 return Err(ConfigError::Invalid { key: "--dirty-rate".into(), message: format!("{}", args.dirty_rate), fix: "use a share between 0 and 1".into() }.into());
             }
-            if args.rate.is_some_and(|r| !(r > 0.0)) {
+            if args.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
                 return Err(ConfigError::Invalid { key: "--rate".into(), message: "must be above zero".into(), fix: "give records per second, e.g. --rate 1000".into() }.into());
             }
             let aws = AwsClients::from_env().await;

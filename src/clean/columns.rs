@@ -49,7 +49,7 @@ impl MetaColumns {
 }
 
 enum KindColumns {
-    Pin(PinColumns),
+    Pin(Box<PinColumns>),
     Geo(GeoColumns),
     User(UserColumns),
 }
@@ -66,7 +66,7 @@ pub struct TableColumns {
 impl TableColumns {
     pub fn new(kind: Kind) -> Self {
         let cols = match kind {
-            Kind::Pin => KindColumns::Pin(PinColumns::default()),
+            Kind::Pin => KindColumns::Pin(Box::default()),
             Kind::Geo => KindColumns::Geo(GeoColumns::default()),
             Kind::User => KindColumns::User(UserColumns::default()),
         };

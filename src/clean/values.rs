@@ -85,7 +85,7 @@ fn number_to_i64(i: Option<i64>, f: Option<f64>, v: &Value) -> Result<Option<i64
     match f {
         Some(f) if f.fract() == 0.0 => {
             // 2^63 is exactly representable; anything at or beyond it does not fit.
-            if f >= -9_223_372_036_854_775_808.0 && f < 9_223_372_036_854_775_808.0 {
+            if (-9_223_372_036_854_775_808.0..9_223_372_036_854_775_808.0).contains(&f) {
                 Ok(Some(f as i64))
             } else {
                 Err(ValueError::OutOfRange(show(v)))

@@ -96,14 +96,14 @@ struct Item {
 
 /// Yields records from the configured source.
 enum Feed {
-    Synthetic(Generator, Vec<Item>),
+    Synthetic(Box<Generator>, Vec<Item>),
     Replay { lines: Vec<(Kind, Vec<Vec<u8>>)>, pos: Vec<usize>, looping: bool, turn: usize, n: u64 },
 }
 
 impl Feed {
     fn new(source: &Source, streams: &BTreeMap<Kind, String>) -> Result<Self, ProduceError> {
         match source {
-            Source::Synthetic { seed, dirty_rate } => Ok(Feed::Synthetic(Generator::new(*seed, *dirty_rate), Vec::new())),
+            Source::Synthetic { seed, dirty_rate } => Ok(Feed::Synthetic(Box::new(Generator::new(*seed, *dirty_rate)), Vec::new())),
             Source::Replay { files, looping } => {
                 let mut lines = Vec::new();
                 for (kind, path) in files {
