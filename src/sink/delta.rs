@@ -109,9 +109,19 @@ async fn try_open(url: &url::Url, opts: &HashMap<String, String>) -> Result<Opti
 
 /// The txn version of `app_id` in the table's latest state (refreshed first).
 pub async fn txn_version(table: &mut DeltaTable, app_id: &str) -> Result<Option<i64>, DeltaTableError> {
+    Ok(txn_versions(table, &[app_id]).await?.pop().flatten())
+}
+
+/// The txn versions of several app ids, in order, after ONE refresh of the table state.
+pub async fn txn_versions(table: &mut DeltaTable, app_ids: &[&str]) -> Result<Vec<Option<i64>>, DeltaTableError> {
     table.update_state().await?;
     let log_store = table.log_store();
-    table.snapshot()?.transaction_version(log_store.as_ref(), app_id).await
+    let snapshot = table.snapshot()?;
+    let mut out = Vec::with_capacity(app_ids.len());
+    for app_id in app_ids {
+        out.push(snapshot.transaction_version(log_store.as_ref(), *app_id).await?);
+    }
+    Ok(out)
 }
 
 /// Appends `batches` as one commit with a txn per shard in `shards`. A shard with no rows

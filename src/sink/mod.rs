@@ -181,33 +181,40 @@ impl TableSink {
     /// Commits everything buffered, then checkpoints each shard. On a commit error the
     /// buffer is kept whole for the next attempt.
     async fn flush(&mut self, buf: &mut BTreeMap<String, ShardBuf>, totals: &SinkTotals) -> Result<(), SinkError> {
-        // Drop shards whose lease was lost, and fence: the table's txn version must still be
-        // the version our checkpoint says, or someone else has committed for the shard.
-        let mut planned: Vec<(String, i64)> = Vec::new();
+        // Drop shards whose lease was lost or that have nothing to commit.
         let keys: Vec<String> = buf.keys().cloned().collect();
+        let mut candidates: Vec<(String, i64)> = Vec::new();
         for key in keys {
             let sb = &buf[&key];
             let state = sb.lease.state.lock().await;
-            let expected = state.batch_version;
-            let lost = state.lost;
+            let (expected, lost) = (state.batch_version, state.lost);
             drop(state);
             if lost {
                 drop_shard(buf, &key, totals);
-                continue;
-            }
-            if sb.last.is_none() && !sb.end_of_shard {
+            } else if sb.last.is_none() && !sb.end_of_shard {
                 buf.remove(&key);
-                continue;
+            } else {
+                candidates.push((key, expected));
             }
-            let app_id = sb.lease.app_id(&self.application);
-            let t = delta::txn_version(&mut self.table, &app_id)
-                .await
-                .map_err(|source| SinkError::Commit { table: self.kind.name().into(), source })?
-                .unwrap_or(0);
+        }
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        // Fence: the table's txn version of each shard must still be the version our
+        // checkpoint says, or someone else has committed for the shard since we took it.
+        let app_ids: Vec<String> = candidates.iter().map(|(k, _)| buf[k].lease.app_id(&self.application)).collect();
+        let app_refs: Vec<&str> = app_ids.iter().map(String::as_str).collect();
+        let versions = delta::txn_versions(&mut self.table, &app_refs)
+            .await
+            .map_err(|source| SinkError::Commit { table: self.kind.name().into(), source })?;
+        let mut planned: Vec<(String, i64)> = Vec::new();
+        for ((key, expected), t) in candidates.into_iter().zip(versions) {
+            let t = t.unwrap_or(0);
             if t != expected {
                 tracing::warn!(lease = %key, table_version = t, lease_version = expected, "another writer committed for this shard; dropping our rows");
-                let mut state = sb.lease.state.lock().await;
-                sb.lease.mark_lost(&mut state);
+                let lease = buf[&key].lease.clone();
+                let mut state = lease.state.lock().await;
+                lease.mark_lost(&mut state);
                 drop(state);
                 drop_shard(buf, &key, totals);
                 continue;
