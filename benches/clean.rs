@@ -30,7 +30,7 @@ fn clean_batches(c: &mut Criterion) {
                 for (i, d) in data.iter().enumerate() {
                     let seq = i.to_string();
                     let meta = RecordMeta { shard_id: "shardId-000000000000", sequence_number: &seq, sub_sequence_number: 0, arrival_micros: Some(0) };
-                    clean_into(kind, d, &meta, kind.name(), &mut rows, &mut rejects);
+                    let _ = clean_into(kind, d, &meta, kind.name(), &mut rows, &mut rejects);
                 }
                 black_box((rows.finish().unwrap(), rejects.finish().unwrap()))
             })

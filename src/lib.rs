@@ -13,6 +13,8 @@
 //!   handle the reader and the flusher share.
 //! - [`kinesis`]: stream administration, shard lineage, and [`kinesis::ShardReader`]
 //!   (GetRecords polling with iterator renewal).
+//! - [`kpl`]: splits Kinesis Producer Library aggregates into user records (and builds
+//!   them for the producer).
 //! - [`clean`]: pure, synchronous operators for pin, geo and user: JSON bytes in, Arrow
 //!   rows of the cleaned table or of its rejects table out. Knows nothing of Kinesis,
 //!   Delta or DynamoDB.
@@ -37,6 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod kinesis;
+pub mod kpl;
 pub mod lease;
 pub mod producer;
 pub mod sink;

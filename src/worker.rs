@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::aws::{AwsClients, ServiceError};
-use crate::clean::{self, Kind, RecordMeta, RejectsColumns, TableColumns};
+use crate::clean::{self, Kind, RecordMeta, Reject, RejectReason, RejectsColumns, TableColumns};
+use crate::kpl::{self, Decoded};
 use crate::config::{InitialPosition, ReaderPolicy, Settings};
 use crate::kinesis::{self, ShardReader, StartAt};
 use crate::lease::{self, Checkpoint, ExpiryTracker, HeldLease, Lease, LeaseError, LeaseTable};
@@ -460,19 +461,47 @@ async fn read_shard(shared: Arc<Shared>, kind: Kind, lease: Arc<HeldLease>, star
     }
 }
 
-/// Cleans one GetRecords answer into a chunk for the sink.
+/// Decodes (KPL) and cleans one GetRecords answer into a chunk for the sink. Reject
+/// counts are emitted once per chunk, by reason.
 fn build_chunk(kind: Kind, lease: &Arc<HeldLease>, fetched: &kinesis::Fetched) -> Result<Chunk, deltalake::arrow::error::ArrowError> {
     let mut rows = TableColumns::new(kind);
     let mut rejects = RejectsColumns::default();
+    let mut rejected = [0u64; RejectReason::ALL.len()];
     let mut bytes = 0;
+    let mut last = None;
     for r in &fetched.records {
         let data = r.data().as_ref();
         bytes += data.len();
-        let meta = RecordMeta { shard_id: &lease.shard_id, sequence_number: r.sequence_number(), sub_sequence_number: 0, arrival_micros: arrival_micros(r) };
-        if !clean::clean_into(kind, data, &meta, &lease.stream, &mut rows, &mut rejects) {
-            metrics::counter!("pinstream_records_rejected_total", "stream" => lease.stream.clone()).increment(1);
+        let seq = r.sequence_number();
+        let meta = RecordMeta { shard_id: &lease.shard_id, sequence_number: seq, sub_sequence_number: 0, arrival_micros: arrival_micros(r) };
+        match kpl::decode(data) {
+            Ok(Decoded::Plain(d)) => {
+                if let Err(reason) = clean::clean_into(kind, d, &meta, &lease.stream, &mut rows, &mut rejects) {
+                    rejected[reason as usize] += 1;
+                }
+                last = Some((seq.to_owned(), 0));
+            }
+            Ok(Decoded::Aggregated(users)) => {
+                for (i, d) in users.iter().enumerate() {
+                    let meta = RecordMeta { sub_sequence_number: i as i64, ..meta };
+                    if let Err(reason) = clean::clean_into(kind, d, &meta, &lease.stream, &mut rows, &mut rejects) {
+                        rejected[reason as usize] += 1;
+                    }
+                }
+                last = Some((seq.to_owned(), users.len().saturating_sub(1) as i64));
+            }
+            Err(e) => {
+                let reject = Reject::new(RejectReason::CorruptAggregate, None, e.to_string());
+                rejects.push(data, &reject, &lease.stream, &meta);
+                rejected[RejectReason::CorruptAggregate as usize] += 1;
+                last = Some((seq.to_owned(), 0));
+            }
         }
     }
-    let last = fetched.records.last().map(|r| (r.sequence_number().to_owned(), 0));
+    for (reason, n) in RejectReason::ALL.iter().zip(rejected) {
+        if n > 0 {
+            metrics::counter!("pinstream_records_rejected_total", "stream" => lease.stream.clone(), "reason" => reason.as_str()).increment(n);
+        }
+    }
     Ok(Chunk { lease: lease.clone(), rows: rows.finish()?, rejects: rejects.finish()?, last, end_of_shard: fetched.end_of_shard, bytes })
 }

@@ -94,6 +94,16 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
+    pub const ALL: [RejectReason; 7] = [
+        RejectReason::InvalidUtf8,
+        RejectReason::InvalidJson,
+        RejectReason::NotAnObject,
+        RejectReason::MissingKey,
+        RejectReason::InvalidKey,
+        RejectReason::InvalidValue,
+        RejectReason::CorruptAggregate,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RejectReason::InvalidUtf8 => "invalid_utf8",
@@ -169,8 +179,8 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-/// The streaming operator: cleans one record into `rows`, or routes it whole to `rejects`.
-/// Returns whether it was accepted.
+/// The streaming operator: cleans one record into `rows`, or routes it whole to `rejects`
+/// and says why.
 pub fn clean_into(
     kind: Kind,
     data: &[u8],
@@ -178,13 +188,88 @@ pub fn clean_into(
     stream: &str,
     rows: &mut TableColumns,
     rejects: &mut RejectsColumns,
-) -> bool {
+) -> Result<(), RejectReason> {
+    debug_assert_eq!(rows.kind(), kind);
     match parse_object(data).and_then(|obj| rows.push(&obj, meta)) {
-        Ok(()) => true,
+        Ok(()) => Ok(()),
         Err(reject) => {
-            debug_assert_eq!(rows.kind(), kind);
             rejects.push(data, &reject, stream, meta);
-            false
+            Err(reject.reason)
+        }
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::collection::{btree_map, vec};
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn leaf() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+            any::<String>().prop_map(Value::String),
+            "-?[0-9]{0,20}(\\.[0-9]{0,6})?[kKmMbB]?".prop_map(Value::String),
+            "20[0-9]{2}-[01][0-9]-[0-3][0-9][T t][0-2][0-9]:[0-5][0-9]:[0-6][0-9](\\.[0-9]{1,9})?(Z|[+-][01][0-9]:[0-5][0-9])?".prop_map(Value::String),
+            Just(json!("User Info Error")),
+            Just(json!("")),
+        ]
+    }
+
+    fn value() -> impl Strategy<Value = Value> {
+        leaf().prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![vec(inner.clone(), 0..4).prop_map(Value::Array), btree_map("[a-z]{1,3}", inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect()))]
+        })
+    }
+
+    const KEYS: [&str; 20] = [
+        "index", "ind", "unique_id", "title", "description", "poster_name", "follower_count", "tag_list", "is_image_or_video",
+        "image_src", "downloaded", "save_location", "category", "timestamp", "latitude", "longitude", "country", "first_name",
+        "last_name", "age",
+    ];
+
+    fn object() -> impl Strategy<Value = Map<String, Value>> {
+        let key = prop_oneof![(0..KEYS.len()).prop_map(|i| KEYS[i].to_owned()), Just("date_joined".to_owned()), "[a-z_]{1,8}"];
+        btree_map(key, value(), 0..12).prop_map(|m| m.into_iter().collect())
+    }
+
+    fn run(kind: Kind, data: &[u8]) -> (Result<(), RejectReason>, RecordBatch, RecordBatch) {
+        let meta = RecordMeta { shard_id: "s", sequence_number: "1", sub_sequence_number: 0, arrival_micros: Some(1) };
+        let mut rows = TableColumns::new(kind);
+        let mut rejects = RejectsColumns::default();
+        let res = clean_into(kind, data, &meta, "s", &mut rows, &mut rejects);
+        (res, rows.finish().expect("rows batch"), rejects.finish().expect("rejects batch"))
+    }
+
+    use deltalake::arrow::record_batch::RecordBatch;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any JSON object cleans or rejects (exactly one row somewhere), never panics, and
+        /// the outcome is deterministic.
+        #[test]
+        fn any_object_cleans_or_rejects_deterministically(obj in object(), k in 0usize..3) {
+            let kind = Kind::ALL[k];
+            let data = serde_json::to_vec(&Value::Object(obj)).unwrap();
+            let (res, rows, rejects) = run(kind, &data);
+            prop_assert_eq!(rows.num_rows() + rejects.num_rows(), 1);
+            prop_assert_eq!(res.is_ok(), rows.num_rows() == 1);
+            let (res2, rows2, rejects2) = run(kind, &data);
+            prop_assert_eq!(res, res2);
+            prop_assert_eq!(rows, rows2);
+            prop_assert_eq!(rejects, rejects2);
+        }
+
+        /// Arbitrary bytes never panic and never vanish.
+        #[test]
+        fn any_bytes_land_somewhere(data in vec(any::<u8>(), 0..256), k in 0usize..3) {
+            let (_, rows, rejects) = run(Kind::ALL[k], &data);
+            prop_assert_eq!(rows.num_rows() + rejects.num_rows(), 1);
         }
     }
 }

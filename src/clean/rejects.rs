@@ -77,7 +77,7 @@ mod tests {
     fn run(kind: Kind, data: &[u8]) -> (usize, RecordBatch) {
         let mut rows = TableColumns::new(kind);
         let mut rejects = RejectsColumns::default();
-        clean_into(kind, data, &META, "s", &mut rows, &mut rejects);
+        let _ = clean_into(kind, data, &META, "s", &mut rows, &mut rejects);
         (rows.len(), rejects.finish().unwrap())
     }
 

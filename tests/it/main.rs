@@ -7,4 +7,5 @@ mod leases;
 mod pipeline;
 mod readers;
 mod real_data;
+mod rejects;
 mod support;

@@ -14,7 +14,7 @@ fn clean_file(kind: Kind) -> (RecordBatch, usize) {
     for (i, line) in text.lines().enumerate() {
         let seq = i.to_string();
         let meta = RecordMeta { shard_id: "s", sequence_number: &seq, sub_sequence_number: 0, arrival_micros: None };
-        clean_into(kind, line.as_bytes(), &meta, kind.name(), &mut rows, &mut rejects);
+        let _ = clean_into(kind, line.as_bytes(), &meta, kind.name(), &mut rows, &mut rejects);
     }
     (rows.finish().unwrap(), rejects.len())
 }
