@@ -21,12 +21,26 @@ impl AwsClients {
     pub async fn for_emulators(kinesis: &str, dynamodb: &str) -> Self {
         let sdk = aws_config::defaults(BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_kinesis::config::Credentials::new("test", "test", None, None, "pinstream-local"))
+            .credentials_provider(aws_sdk_kinesis::config::Credentials::new(
+                "test",
+                "test",
+                None,
+                None,
+                "pinstream-local",
+            ))
             .load()
             .await;
-        let k = aws_sdk_kinesis::config::Builder::from(&sdk).endpoint_url(kinesis).build();
-        let d = aws_sdk_dynamodb::config::Builder::from(&sdk).endpoint_url(dynamodb).build();
-        AwsClients { kinesis: aws_sdk_kinesis::Client::from_conf(k), dynamodb: aws_sdk_dynamodb::Client::from_conf(d), sdk }
+        let k = aws_sdk_kinesis::config::Builder::from(&sdk)
+            .endpoint_url(kinesis)
+            .build();
+        let d = aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .endpoint_url(dynamodb)
+            .build();
+        AwsClients {
+            kinesis: aws_sdk_kinesis::Client::from_conf(k),
+            dynamodb: aws_sdk_dynamodb::Client::from_conf(d),
+            sdk,
+        }
     }
 
     /// Loads region, credentials and endpoints from the standard AWS chain.
@@ -45,7 +59,9 @@ impl AwsClients {
 /// only when that endpoint is `http://`. Credentials are left to delta-rs's own AWS chain.
 pub fn s3_storage_options() -> HashMap<String, String> {
     let mut opts = HashMap::new();
-    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL")).ok();
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        .ok();
     if let Some(ep) = endpoint.filter(|e| !e.is_empty()) {
         if ep.starts_with("http://") {
             opts.insert("AWS_ALLOW_HTTP".into(), "true".into());
@@ -105,7 +121,12 @@ impl ServiceError {
     pub fn is_throttle(&self) -> bool {
         matches!(
             self.code.as_deref(),
-            Some("ProvisionedThroughputExceededException" | "LimitExceededException" | "ThrottlingException" | "RequestLimitExceeded")
+            Some(
+                "ProvisionedThroughputExceededException"
+                    | "LimitExceededException"
+                    | "ThrottlingException"
+                    | "RequestLimitExceeded"
+            )
         )
     }
 
@@ -114,6 +135,14 @@ impl ServiceError {
     pub fn is_retryable(&self) -> bool {
         self.is_throttle()
             || self.code.is_none()
-            || matches!(self.code.as_deref(), Some("InternalFailure" | "InternalFailureException" | "ServiceUnavailable" | "InternalServerError"))
+            || matches!(
+                self.code.as_deref(),
+                Some(
+                    "InternalFailure"
+                        | "InternalFailureException"
+                        | "ServiceUnavailable"
+                        | "InternalServerError"
+                )
+            )
     }
 }

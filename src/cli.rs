@@ -154,7 +154,10 @@ pub struct DemoArgs {
 }
 
 fn parse_from(s: &str) -> Result<(Kind, PathBuf), String> {
-    let (kind, file) = s.split_once('=').ok_or_else(|| format!("`{s}`: expected KIND=FILE, e.g. pin=pin.ndjson"))?;
-    let kind = Kind::parse(kind).ok_or_else(|| format!("`{kind}`: KIND is one of pin, geo, user"))?;
+    let (kind, file) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected KIND=FILE, e.g. pin=pin.ndjson"))?;
+    let kind =
+        Kind::parse(kind).ok_or_else(|| format!("`{kind}`: KIND is one of pin, geo, user"))?;
     Ok((kind, PathBuf::from(file)))
 }

@@ -14,15 +14,26 @@ use crate::clean::Kind;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {message}\n  fix: check the key's spelling and type against the README's configuration reference")]
     Parse { path: PathBuf, message: String },
     #[error("invalid value for `{key}`: {message}\n  fix: {fix}")]
-    Invalid { key: String, message: String, fix: String },
+    Invalid {
+        key: String,
+        message: String,
+        fix: String,
+    },
 }
 
 fn invalid(key: &str, message: impl Into<String>, fix: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), message: message.into(), fix: fix.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+        fix: fix.into(),
+    }
 }
 
 /// The TOML file as written. Every field is optional; defaults live in [`Settings`].
@@ -75,12 +86,18 @@ pub struct ReaderConfig {
 
 impl FileConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })
     }
 }
 
@@ -110,11 +127,16 @@ impl TableRoot {
             if rest.split('/').next().unwrap_or("").is_empty() {
                 return Err(invalid("table_root", format!("`{s}` names no bucket"), fix));
             }
-            let url = url::Url::parse(s.trim_end_matches('/')).map_err(|e| invalid("table_root", e.to_string(), fix))?;
+            let url = url::Url::parse(s.trim_end_matches('/'))
+                .map_err(|e| invalid("table_root", e.to_string(), fix))?;
             return Ok(TableRoot::S3(url));
         }
         if s.contains("://") {
-            return Err(invalid("table_root", format!("`{s}`: only local paths and s3:// are supported"), fix));
+            return Err(invalid(
+                "table_root",
+                format!("`{s}`: only local paths and s3:// are supported"),
+                fix,
+            ));
         }
         Ok(TableRoot::Local(PathBuf::from(s)))
     }
@@ -205,15 +227,31 @@ fn duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, C
         None => Ok(default),
         Some(s) => match humantime::parse_duration(s) {
             Ok(d) if !d.is_zero() => Ok(d),
-            Ok(_) => Err(invalid(key, "must be above zero", "write a duration such as \"5s\" or \"500ms\"")),
-            Err(e) => Err(invalid(key, format!("`{s}`: {e}"), "write a duration such as \"5s\" or \"500ms\"")),
+            Ok(_) => Err(invalid(
+                key,
+                "must be above zero",
+                "write a duration such as \"5s\" or \"500ms\"",
+            )),
+            Err(e) => Err(invalid(
+                key,
+                format!("`{s}`: {e}"),
+                "write a duration such as \"5s\" or \"500ms\"",
+            )),
         },
     }
 }
 
-fn positive<T: PartialOrd + Default + Copy + std::fmt::Display>(key: &str, v: Option<T>, default: T) -> Result<T, ConfigError> {
+fn positive<T: PartialOrd + Default + Copy + std::fmt::Display>(
+    key: &str,
+    v: Option<T>,
+    default: T,
+) -> Result<T, ConfigError> {
     match v {
-        Some(n) if n <= T::default() => Err(invalid(key, format!("{n} is not above zero"), "use a positive number")),
+        Some(n) if n <= T::default() => Err(invalid(
+            key,
+            format!("{n} is not above zero"),
+            "use a positive number",
+        )),
         Some(n) => Ok(n),
         None => Ok(default),
     }
@@ -221,19 +259,31 @@ fn positive<T: PartialOrd + Default + Copy + std::fmt::Display>(key: &str, v: Op
 
 /// Kinesis stream names: 1-128 of `[a-zA-Z0-9_.-]`.
 fn valid_stream_name(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 /// DynamoDB table names: 3-255 of `[a-zA-Z0-9_.-]`.
 fn valid_table_name(s: &str) -> bool {
-    (3..=255).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+    (3..=255).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
 }
 
 impl Settings {
     pub fn resolve(file: FileConfig, flags: Overrides) -> Result<Self, ConfigError> {
-        let application = flags.application.or(file.application).unwrap_or_else(|| "pinstream".into());
+        let application = flags
+            .application
+            .or(file.application)
+            .unwrap_or_else(|| "pinstream".into());
         if application.is_empty() || application.contains('/') {
-            return Err(invalid("application", format!("`{application}`"), "use a non-empty name without `/`"));
+            return Err(invalid(
+                "application",
+                format!("`{application}`"),
+                "use a non-empty name without `/`",
+            ));
         }
         let mut streams: BTreeMap<Kind, String> = BTreeMap::new();
         for kind in Kind::ALL {
@@ -242,46 +292,105 @@ impl Settings {
                 Kind::Geo => &file.streams.geo,
                 Kind::User => &file.streams.user,
             };
-            streams.insert(kind, from_file.clone().unwrap_or_else(|| kind.name().to_owned()));
+            streams.insert(
+                kind,
+                from_file.clone().unwrap_or_else(|| kind.name().to_owned()),
+            );
         }
         for (kind, name) in flags.streams {
             streams.insert(kind, name);
         }
         for (kind, name) in &streams {
             if !valid_stream_name(name) {
-                return Err(invalid(&format!("streams.{kind}"), format!("`{name}` is not a Kinesis stream name"), "use 1-128 letters, digits, `_`, `.` or `-`"));
+                return Err(invalid(
+                    &format!("streams.{kind}"),
+                    format!("`{name}` is not a Kinesis stream name"),
+                    "use 1-128 letters, digits, `_`, `.` or `-`",
+                ));
             }
         }
-        let lease_table = flags.lease_table.or(file.lease_table).unwrap_or_else(|| format!("{application}-leases"));
+        let lease_table = flags
+            .lease_table
+            .or(file.lease_table)
+            .unwrap_or_else(|| format!("{application}-leases"));
         if !valid_table_name(&lease_table) {
-            return Err(invalid("lease_table", format!("`{lease_table}` is not a DynamoDB table name"), "use 3-255 letters, digits, `_`, `.` or `-`"));
+            return Err(invalid(
+                "lease_table",
+                format!("`{lease_table}` is not a DynamoDB table name"),
+                "use 3-255 letters, digits, `_`, `.` or `-`",
+            ));
         }
-        let table_root = TableRoot::parse(&flags.table_root.or(file.table_root).unwrap_or_else(|| DEFAULT_TABLE_ROOT.into()))?;
+        let table_root = TableRoot::parse(
+            &flags
+                .table_root
+                .or(file.table_root)
+                .unwrap_or_else(|| DEFAULT_TABLE_ROOT.into()),
+        )?;
         let flush = FlushPolicy {
-            max_batch_age: duration("flush.max_batch_age", file.flush.max_batch_age.as_deref(), Duration::from_secs(5))?,
+            max_batch_age: duration(
+                "flush.max_batch_age",
+                file.flush.max_batch_age.as_deref(),
+                Duration::from_secs(5),
+            )?,
             max_batch_rows: positive("flush.max_batch_rows", file.flush.max_batch_rows, 200_000)?,
-            max_batch_bytes: positive("flush.max_batch_bytes", file.flush.max_batch_bytes, 64 << 20)?,
+            max_batch_bytes: positive(
+                "flush.max_batch_bytes",
+                file.flush.max_batch_bytes,
+                64 << 20,
+            )?,
         };
         let lease = LeasePolicy {
-            failover_time: duration("lease.failover_time", file.lease.failover_time.as_deref(), Duration::from_secs(10))?,
-            shard_sync_interval: duration("lease.shard_sync_interval", file.lease.shard_sync_interval.as_deref(), Duration::from_secs(60))?,
-            initial_position: InitialPosition::parse(file.lease.initial_position.as_deref().unwrap_or("TRIM_HORIZON"))?,
+            failover_time: duration(
+                "lease.failover_time",
+                file.lease.failover_time.as_deref(),
+                Duration::from_secs(10),
+            )?,
+            shard_sync_interval: duration(
+                "lease.shard_sync_interval",
+                file.lease.shard_sync_interval.as_deref(),
+                Duration::from_secs(60),
+            )?,
+            initial_position: InitialPosition::parse(
+                file.lease
+                    .initial_position
+                    .as_deref()
+                    .unwrap_or("TRIM_HORIZON"),
+            )?,
         };
         let max_records = positive("reader.max_records", file.reader.max_records, 10_000)?;
         if max_records > 10_000 {
-            return Err(invalid("reader.max_records", format!("{max_records} is above the GetRecords limit"), "use 1 to 10000"));
+            return Err(invalid(
+                "reader.max_records",
+                format!("{max_records} is above the GetRecords limit"),
+                "use 1 to 10000",
+            ));
         }
         let reader = ReaderPolicy {
             max_records,
-            idle_poll_interval: duration("reader.idle_poll_interval", file.reader.idle_poll_interval.as_deref(), Duration::from_millis(1000))?,
+            idle_poll_interval: duration(
+                "reader.idle_poll_interval",
+                file.reader.idle_poll_interval.as_deref(),
+                Duration::from_millis(1000),
+            )?,
         };
-        Ok(Settings { application, streams, lease_table, table_root, flush, lease, reader })
+        Ok(Settings {
+            application,
+            streams,
+            lease_table,
+            table_root,
+            flush,
+            lease,
+            reader,
+        })
     }
 
     /// Parses `KIND=NAME` of `--stream`.
     pub fn parse_stream_flag(s: &str) -> Result<(Kind, String), String> {
-        let (kind, name) = s.split_once('=').ok_or_else(|| format!("`{s}`: expected KIND=NAME, e.g. pin=my-pin-stream"))?;
-        let kind = Kind::parse(kind).ok_or_else(|| format!("`{kind}`: KIND is one of pin, geo, user"))?;
+        let (kind, name) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}`: expected KIND=NAME, e.g. pin=my-pin-stream"))?;
+        let kind =
+            Kind::parse(kind).ok_or_else(|| format!("`{kind}`: KIND is one of pin, geo, user"))?;
         Ok((kind, name.to_owned()))
     }
 }
@@ -323,21 +432,40 @@ mod tests {
 
     #[test]
     fn unknown_key_is_refused_by_name() {
-        let e = resolve("[flush]\nmax_batch_rowz = 5\n", Overrides::default()).unwrap_err().to_string();
+        let e = resolve("[flush]\nmax_batch_rowz = 5\n", Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_batch_rowz"), "{e}");
-        let e = resolve("aplication = \"x\"\n", Overrides::default()).unwrap_err().to_string();
+        let e = resolve("aplication = \"x\"\n", Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("aplication"), "{e}");
     }
 
     #[test]
     fn bad_values_name_key_and_fix() {
-        let e = resolve("[flush]\nmax_batch_age = \"soon\"\n", Overrides::default()).unwrap_err().to_string();
-        assert!(e.contains("flush.max_batch_age") && e.contains("fix:"), "{e}");
-        let e = resolve("[lease]\ninitial_position = \"START\"\n", Overrides::default()).unwrap_err().to_string();
+        let e = resolve("[flush]\nmax_batch_age = \"soon\"\n", Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("flush.max_batch_age") && e.contains("fix:"),
+            "{e}"
+        );
+        let e = resolve(
+            "[lease]\ninitial_position = \"START\"\n",
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("lease.initial_position"), "{e}");
-        let e = resolve("table_root = \"gs://b/x\"\n", Overrides::default()).unwrap_err().to_string();
+        let e = resolve("table_root = \"gs://b/x\"\n", Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("table_root"), "{e}");
         assert!(Settings::parse_stream_flag("pins=x").is_err());
-        assert_eq!(Settings::parse_stream_flag("geo=g1").unwrap(), (Kind::Geo, "g1".into()));
+        assert_eq!(
+            Settings::parse_stream_flag("geo=g1").unwrap(),
+            (Kind::Geo, "g1".into())
+        );
     }
 }

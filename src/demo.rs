@@ -43,7 +43,11 @@ pub enum DemoError {
     #[error(transparent)]
     Worker(#[from] crate::worker::WorkerError),
     #[error("only {landed} of {sent} records landed within {timeout:?}")]
-    Incomplete { landed: u64, sent: u64, timeout: Duration },
+    Incomplete {
+        landed: u64,
+        sent: u64,
+        timeout: Duration,
+    },
     #[error("interrupted")]
     Interrupted,
 }
@@ -57,29 +61,57 @@ pub async fn run(opts: DemoOptions, interrupt: CancellationToken) -> Result<(), 
         fix: "choose a writable directory".into(),
     })?;
     println!("pinstream demo: starting the local stack (kinesalite, dynalite)...");
-    let stack = LocalStack::start(&["kinesalite", "dynalite"], &opts.data_dir.join("stack")).await?;
+    let stack =
+        LocalStack::start(&["kinesalite", "dynalite"], &opts.data_dir.join("stack")).await?;
     let res = run_on_stack(&opts, &stack, &run_id, &run_dir, interrupt).await;
     stack.stop().await;
     res
 }
 
-async fn run_on_stack(opts: &DemoOptions, stack: &LocalStack, run_id: &str, run_dir: &std::path::Path, interrupt: CancellationToken) -> Result<(), DemoError> {
-    let kinesis = stack.var("AWS_ENDPOINT_URL_KINESIS").ok_or(DemoError::Endpoint("AWS_ENDPOINT_URL_KINESIS"))?;
-    let dynamodb = stack.var("AWS_ENDPOINT_URL_DYNAMODB").ok_or(DemoError::Endpoint("AWS_ENDPOINT_URL_DYNAMODB"))?;
+async fn run_on_stack(
+    opts: &DemoOptions,
+    stack: &LocalStack,
+    run_id: &str,
+    run_dir: &std::path::Path,
+    interrupt: CancellationToken,
+) -> Result<(), DemoError> {
+    let kinesis = stack
+        .var("AWS_ENDPOINT_URL_KINESIS")
+        .ok_or(DemoError::Endpoint("AWS_ENDPOINT_URL_KINESIS"))?;
+    let dynamodb = stack
+        .var("AWS_ENDPOINT_URL_DYNAMODB")
+        .ok_or(DemoError::Endpoint("AWS_ENDPOINT_URL_DYNAMODB"))?;
     let aws = AwsClients::for_emulators(kinesis, dynamodb).await;
     let tables = run_dir.join("tables");
     let overrides = Overrides {
         application: Some(format!("pinstream-demo-{run_id}")),
-        streams: Kind::ALL.iter().map(|k| (*k, format!("demo-{run_id}-{k}"))).collect(),
+        streams: Kind::ALL
+            .iter()
+            .map(|k| (*k, format!("demo-{run_id}-{k}")))
+            .collect(),
         lease_table: None,
         table_root: Some(tables.to_string_lossy().into_owned()),
     };
-    let file = FileConfig::parse("[flush]\nmax_batch_age = \"1s\"\n[lease]\nfailover_time = \"6s\"\n", std::path::Path::new("<demo defaults>"))?;
+    let file = FileConfig::parse(
+        "[flush]\nmax_batch_age = \"1s\"\n[lease]\nfailover_time = \"6s\"\n",
+        std::path::Path::new("<demo defaults>"),
+    )?;
     let settings = Settings::resolve(file, overrides)?;
     for stream in settings.streams.values() {
-        crate::kinesis::ensure_stream(&aws.kinesis, stream, opts.shards, Duration::from_secs(30)).await?;
+        crate::kinesis::ensure_stream(&aws.kinesis, stream, opts.shards, Duration::from_secs(30))
+            .await?;
     }
-    println!("pinstream demo: streams {} ({} shards each), lease table {}", settings.streams.values().cloned().collect::<Vec<_>>().join(", "), opts.shards, settings.lease_table);
+    println!(
+        "pinstream demo: streams {} ({} shards each), lease table {}",
+        settings
+            .streams
+            .values()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
+        opts.shards,
+        settings.lease_table
+    );
 
     let started = Instant::now();
     let progress = Arc::new(RunProgress::default());
@@ -87,12 +119,20 @@ async fn run_on_stack(opts: &DemoOptions, stack: &LocalStack, run_id: &str, run_
     let worker = tokio::spawn(worker::run(
         settings.clone(),
         aws.clone(),
-        RunOptions { available_now: false, worker_id: worker::default_worker_id(), shutdown_deadline: Duration::from_secs(30), progress: progress.clone() },
+        RunOptions {
+            available_now: false,
+            worker_id: worker::default_worker_id(),
+            shutdown_deadline: Duration::from_secs(30),
+            progress: progress.clone(),
+        },
         stop_worker.clone(),
     ));
     let produce_opts = ProduceOptions {
         streams: settings.streams.clone(),
-        source: Source::Synthetic { seed: 42, dirty_rate: opts.dirty_rate },
+        source: Source::Synthetic {
+            seed: 42,
+            dirty_rate: opts.dirty_rate,
+        },
         rate: None,
         count: Some(opts.records),
         duration: None,
@@ -100,11 +140,18 @@ async fn run_on_stack(opts: &DemoOptions, stack: &LocalStack, run_id: &str, run_
         in_flight: 4,
         progress_every: Some(Duration::from_secs(2)),
     };
-    println!("pinstream demo: producing {} records per stream while the worker consumes...", opts.records);
+    println!(
+        "pinstream demo: producing {} records per stream while the worker consumes...",
+        opts.records
+    );
     let report = producer::produce(aws.kinesis.clone(), produce_opts, interrupt.clone()).await?;
     println!(
         "pinstream demo: produced {} records in {:.1}s ({:.0} rec/s), {} failed, {} throttled",
-        report.sent, report.elapsed_seconds, report.records_per_second, report.failed, report.throttled
+        report.sent,
+        report.elapsed_seconds,
+        report.records_per_second,
+        report.failed,
+        report.throttled
     );
 
     // Wait until every record sent is committed (cleaned or rejected).
@@ -118,14 +165,24 @@ async fn run_on_stack(opts: &DemoOptions, stack: &LocalStack, run_id: &str, run_
             break Err(DemoError::Interrupted);
         }
         if Instant::now() >= deadline || worker.is_finished() {
-            break Err(DemoError::Incomplete { landed, sent: report.sent, timeout: opts.timeout });
+            break Err(DemoError::Incomplete {
+                landed,
+                sent: report.sent,
+                timeout: opts.timeout,
+            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     stop_worker.cancel();
     let summary = match worker.await {
         Ok(res) => res?,
-        Err(e) => return Err(crate::worker::WorkerError::Recovery { lease: "-".into(), message: format!("worker task failed: {e}") }.into()),
+        Err(e) => {
+            return Err(crate::worker::WorkerError::Recovery {
+                lease: "-".into(),
+                message: format!("worker task failed: {e}"),
+            }
+            .into())
+        }
     };
     outcome?;
     let elapsed = started.elapsed();
@@ -136,12 +193,34 @@ async fn run_on_stack(opts: &DemoOptions, stack: &LocalStack, run_id: &str, run_
     for (table, rows) in &summary.rows {
         println!("  {table:<14} {rows:>8}");
     }
-    let rejects: u64 = summary.rows.iter().filter(|(t, _)| t.ends_with("_rejects")).map(|(_, r)| r).sum();
-    println!("  records produced {}, landed {landed} ({} cleaned, {rejects} rejected), {} Delta commits", report.sent, landed - rejects, summary.commits);
-    println!("  elapsed {:.1}s end to end, {:.0} records/s", elapsed.as_secs_f64(), landed as f64 / elapsed.as_secs_f64().max(1e-9));
+    let rejects: u64 = summary
+        .rows
+        .iter()
+        .filter(|(t, _)| t.ends_with("_rejects"))
+        .map(|(_, r)| r)
+        .sum();
+    println!(
+        "  records produced {}, landed {landed} ({} cleaned, {rejects} rejected), {} Delta commits",
+        report.sent,
+        landed - rejects,
+        summary.commits
+    );
+    println!(
+        "  elapsed {:.1}s end to end, {:.0} records/s",
+        elapsed.as_secs_f64(),
+        landed as f64 / elapsed.as_secs_f64().max(1e-9)
+    );
     let abs = std::fs::canonicalize(&tables).unwrap_or(tables.clone());
-    println!("  Delta tables: {}/{{pin,geo,user,pin_rejects,geo_rejects,user_rejects}}", abs.display());
-    let python = crate::stack::locate().ok().map(|d| d.join(".venv/bin/python")).filter(|p| p.is_file()).map(|p| p.display().to_string()).unwrap_or_else(|| "python3".into());
+    println!(
+        "  Delta tables: {}/{{pin,geo,user,pin_rejects,geo_rejects,user_rejects}}",
+        abs.display()
+    );
+    let python = crate::stack::locate()
+        .ok()
+        .map(|d| d.join(".venv/bin/python"))
+        .filter(|p| p.is_file())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "python3".into());
     println!("  read one back: {python} -c \"import deltalake; print(deltalake.DeltaTable('{}/pin').to_pyarrow_table().num_rows)\"", abs.display());
     Ok(())
 }

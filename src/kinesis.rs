@@ -21,8 +21,19 @@ pub struct ShardInfo {
 
 /// Creates the stream with `shards` shards unless it exists, then waits until it is
 /// ACTIVE, at most `timeout`.
-pub async fn ensure_stream(client: &Client, name: &str, shards: i32, timeout: Duration) -> Result<(), ServiceError> {
-    if let Err(e) = client.create_stream().stream_name(name).shard_count(shards).send().await {
+pub async fn ensure_stream(
+    client: &Client,
+    name: &str,
+    shards: i32,
+    timeout: Duration,
+) -> Result<(), ServiceError> {
+    if let Err(e) = client
+        .create_stream()
+        .stream_name(name)
+        .shard_count(shards)
+        .send()
+        .await
+    {
         let e = ServiceError::kinesis("CreateStream", e);
         if !e.code_is("ResourceInUseException") {
             return Err(e);
@@ -30,8 +41,15 @@ pub async fn ensure_stream(client: &Client, name: &str, shards: i32, timeout: Du
     }
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let out = client.describe_stream_summary().stream_name(name).send().await.map_err(|e| ServiceError::kinesis("DescribeStreamSummary", e))?;
-        if out.stream_description_summary().map(|d| d.stream_status()) == Some(&StreamStatus::Active) {
+        let out = client
+            .describe_stream_summary()
+            .stream_name(name)
+            .send()
+            .await
+            .map_err(|e| ServiceError::kinesis("DescribeStreamSummary", e))?;
+        if out.stream_description_summary().map(|d| d.stream_status())
+            == Some(&StreamStatus::Active)
+        {
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
@@ -56,11 +74,26 @@ pub async fn list_shards(client: &Client, stream: &str) -> Result<Vec<ShardInfo>
             Some(t) => client.list_shards().next_token(t),
             None => client.list_shards().stream_name(stream),
         };
-        let out = req.send().await.map_err(|e| ServiceError::kinesis("ListShards", e))?;
+        let out = req
+            .send()
+            .await
+            .map_err(|e| ServiceError::kinesis("ListShards", e))?;
         for s in out.shards() {
-            let parents = s.parent_shard_id().into_iter().chain(s.adjacent_parent_shard_id()).map(str::to_owned).collect();
-            let closed = s.sequence_number_range().and_then(|r| r.ending_sequence_number()).is_some();
-            shards.push(ShardInfo { shard_id: s.shard_id().to_owned(), parents, closed });
+            let parents = s
+                .parent_shard_id()
+                .into_iter()
+                .chain(s.adjacent_parent_shard_id())
+                .map(str::to_owned)
+                .collect();
+            let closed = s
+                .sequence_number_range()
+                .and_then(|r| r.ending_sequence_number())
+                .is_some();
+            shards.push(ShardInfo {
+                shard_id: s.shard_id().to_owned(),
+                parents,
+                closed,
+            });
         }
         match out.next_token() {
             Some(t) if !t.is_empty() => token = Some(t.to_owned()),
@@ -101,25 +134,51 @@ pub struct ShardReader {
 }
 
 impl ShardReader {
-    pub fn new(client: Client, stream: &str, shard_id: &str, start: StartAt, max_records: i32) -> Self {
-        ShardReader { client, stream: stream.into(), shard_id: shard_id.into(), max_records, start, iterator: None }
+    pub fn new(
+        client: Client,
+        stream: &str,
+        shard_id: &str,
+        start: StartAt,
+        max_records: i32,
+    ) -> Self {
+        ShardReader {
+            client,
+            stream: stream.into(),
+            shard_id: shard_id.into(),
+            max_records,
+            start,
+            iterator: None,
+        }
     }
 
     async fn acquire_iterator(&mut self) -> Result<String, ServiceError> {
-        let req = self.client.get_shard_iterator().stream_name(&self.stream).shard_id(&self.shard_id);
+        let req = self
+            .client
+            .get_shard_iterator()
+            .stream_name(&self.stream)
+            .shard_id(&self.shard_id);
         let req = match &self.start {
             StartAt::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
             StartAt::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
-            StartAt::AtTimestamp(ms) => req.shard_iterator_type(ShardIteratorType::AtTimestamp).timestamp(DateTime::from_millis(*ms)),
-            StartAt::AfterSequence(seq) => req.shard_iterator_type(ShardIteratorType::AfterSequenceNumber).starting_sequence_number(seq),
+            StartAt::AtTimestamp(ms) => req
+                .shard_iterator_type(ShardIteratorType::AtTimestamp)
+                .timestamp(DateTime::from_millis(*ms)),
+            StartAt::AfterSequence(seq) => req
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(seq),
         };
-        let out = req.send().await.map_err(|e| ServiceError::kinesis("GetShardIterator", e))?;
-        out.shard_iterator().map(str::to_owned).ok_or_else(|| ServiceError {
-            service: "Kinesis",
-            op: "GetShardIterator",
-            code: None,
-            message: format!("no iterator returned for {}/{}", self.stream, self.shard_id),
-        })
+        let out = req
+            .send()
+            .await
+            .map_err(|e| ServiceError::kinesis("GetShardIterator", e))?;
+        out.shard_iterator()
+            .map(str::to_owned)
+            .ok_or_else(|| ServiceError {
+                service: "Kinesis",
+                op: "GetShardIterator",
+                code: None,
+                message: format!("no iterator returned for {}/{}", self.stream, self.shard_id),
+            })
     }
 
     /// Fetches the next records. Throttling and other retryable errors are returned to the
@@ -129,7 +188,13 @@ impl ShardReader {
             Some(it) => it,
             None => self.acquire_iterator().await?,
         };
-        let res = self.client.get_records().shard_iterator(&iterator).limit(self.max_records).send().await;
+        let res = self
+            .client
+            .get_records()
+            .shard_iterator(&iterator)
+            .limit(self.max_records)
+            .send()
+            .await;
         let out = match res {
             Ok(out) => out,
             Err(e) => {
@@ -138,7 +203,11 @@ impl ShardReader {
                     tracing::debug!(stream = %self.stream, shard_id = %self.shard_id, "iterator expired; renewing from the last position");
                     let fresh = self.acquire_iterator().await?;
                     self.iterator = Some(fresh);
-                    return Ok(Fetched { records: Vec::new(), millis_behind_latest: None, end_of_shard: false });
+                    return Ok(Fetched {
+                        records: Vec::new(),
+                        millis_behind_latest: None,
+                        end_of_shard: false,
+                    });
                 }
                 // Keep the iterator for the retry.
                 self.iterator = Some(iterator);
@@ -151,6 +220,10 @@ impl ShardReader {
         }
         let end_of_shard = out.next_shard_iterator().is_none();
         self.iterator = out.next_shard_iterator().map(str::to_owned);
-        Ok(Fetched { records, millis_behind_latest: out.millis_behind_latest(), end_of_shard })
+        Ok(Fetched {
+            records,
+            millis_behind_latest: out.millis_behind_latest(),
+            end_of_shard,
+        })
     }
 }

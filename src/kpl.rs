@@ -111,7 +111,8 @@ impl<'a> Reader<'a> {
     }
 
     fn bytes(&mut self) -> Result<&'a [u8], KplError> {
-        let len = usize::try_from(self.varint()?).map_err(|_| KplError::Protobuf("length overflow"))?;
+        let len =
+            usize::try_from(self.varint()?).map_err(|_| KplError::Protobuf("length overflow"))?;
         if len > self.0.len() {
             return Err(KplError::Protobuf("truncated field"));
         }
@@ -197,7 +198,10 @@ mod tests {
         let recs: [(&str, &[u8]); 3] = [("a", b"{\"ind\":1}"), ("b", b"{\"ind\":2}"), ("a", b"")];
         let agg = encode(&recs);
         assert!(agg.starts_with(&MAGIC));
-        assert_eq!(decode(&agg), Ok(Decoded::Aggregated(recs.iter().map(|(_, d)| *d).collect())));
+        assert_eq!(
+            decode(&agg),
+            Ok(Decoded::Aggregated(recs.iter().map(|(_, d)| *d).collect()))
+        );
     }
 
     /// A fixed aggregate as the KPL writes it (two keys, explicit field order), so the
@@ -206,7 +210,9 @@ mod tests {
     fn decodes_a_hand_built_kpl_aggregate() {
         let mut body = vec![0x0a, 0x01, b'k', 0x0a, 0x01, b'j'];
         // Record{partition_key_index: 1, data: "x"} with an unknown tag field 4 included.
-        body.extend_from_slice(&[0x1a, 0x0a, 0x08, 0x01, 0x1a, 0x01, b'x', 0x22, 0x03, 0x0a, 0x01, b't']);
+        body.extend_from_slice(&[
+            0x1a, 0x0a, 0x08, 0x01, 0x1a, 0x01, b'x', 0x22, 0x03, 0x0a, 0x01, b't',
+        ]);
         let mut agg = MAGIC.to_vec();
         agg.extend_from_slice(&body);
         agg.extend_from_slice(&Md5::digest(&body));
@@ -231,6 +237,9 @@ mod tests {
         let mut bad = MAGIC.to_vec();
         bad.extend_from_slice(&body);
         bad.extend_from_slice(&Md5::digest(body));
-        assert_eq!(decode(&bad), Err(KplError::Protobuf("partition key index out of range")));
+        assert_eq!(
+            decode(&bad),
+            Err(KplError::Protobuf("partition key index out of range"))
+        );
     }
 }

@@ -16,9 +16,16 @@ use pinstream::{demo, kinesis, producer, worker};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own progress; its workers' info lines would drown it.
-    let default_filter = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "warn,pinstream=info" };
+    let default_filter = if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "warn,pinstream=info"
+    };
     init_logging(cli.log_format, default_filter);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -40,10 +47,17 @@ fn main() -> ExitCode {
 
 /// Logs go to stderr; `PINSTREAM_LOG` (tracing's env-filter syntax) overrides the level.
 fn init_logging(format: LogFormat, default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PINSTREAM_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PINSTREAM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
         LogFormat::Text => builder.init(),
     }
 }
@@ -53,7 +67,8 @@ fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let mut first = true;
         loop {
             tokio::select! {
@@ -78,7 +93,15 @@ fn settings(p: PipelineArgs) -> Result<Settings, ConfigError> {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
-    Settings::resolve(file, Overrides { application: p.application, streams: p.streams, lease_table: p.lease_table, table_root: p.table_root })
+    Settings::resolve(
+        file,
+        Overrides {
+            application: p.application,
+            streams: p.streams,
+            lease_table: p.lease_table,
+            table_root: p.table_root,
+        },
+    )
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -96,29 +119,58 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 shutdown_deadline: args.shutdown_timeout,
                 progress: Default::default(),
             };
-            let summary = worker::run(settings, aws, opts, shutdown).await.context("worker failed")?;
-            let rows: Vec<String> = summary.rows.iter().map(|(t, n)| format!("{t}={n}")).collect();
-            eprintln!("read {} records; committed {} in {} commits; {:.1}s", summary.records_read, rows.join(" "), summary.commits, summary.elapsed.as_secs_f64());
+            let summary = worker::run(settings, aws, opts, shutdown)
+                .await
+                .context("worker failed")?;
+            let rows: Vec<String> = summary
+                .rows
+                .iter()
+                .map(|(t, n)| format!("{t}={n}"))
+                .collect();
+            eprintln!(
+                "read {} records; committed {} in {} commits; {:.1}s",
+                summary.records_read,
+                rows.join(" "),
+                summary.commits,
+                summary.elapsed.as_secs_f64()
+            );
             Ok(())
         }
         Command::Produce(args) => {
             let settings = settings(args.pipeline)?;
             if !(0.0..=1.0).contains(&args.dirty_rate) {
-                return Err(ConfigError::Invalid { key: "--dirty-rate".into(), message: format!("{}", args.dirty_rate), fix: "use a share between 0 and 1".into() }.into());
+                return Err(ConfigError::Invalid {
+                    key: "--dirty-rate".into(),
+                    message: format!("{}", args.dirty_rate),
+                    fix: "use a share between 0 and 1".into(),
+                }
+                .into());
             }
             if args.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
-                return Err(ConfigError::Invalid { key: "--rate".into(), message: "must be above zero".into(), fix: "give records per second, e.g. --rate 1000".into() }.into());
+                return Err(ConfigError::Invalid {
+                    key: "--rate".into(),
+                    message: "must be above zero".into(),
+                    fix: "give records per second, e.g. --rate 1000".into(),
+                }
+                .into());
             }
             let aws = AwsClients::from_env().await;
             if let Some(shards) = args.create_streams {
                 for stream in settings.streams.values() {
-                    kinesis::ensure_stream(&aws.kinesis, stream, shards, Duration::from_secs(60)).await?;
+                    kinesis::ensure_stream(&aws.kinesis, stream, shards, Duration::from_secs(60))
+                        .await?;
                 }
             }
             let source = if args.from.is_empty() {
-                producer::Source::Synthetic { seed: args.seed, dirty_rate: args.dirty_rate }
+                producer::Source::Synthetic {
+                    seed: args.seed,
+                    dirty_rate: args.dirty_rate,
+                }
             } else {
-                producer::Source::Replay { files: args.from, looping: args.looping }
+                producer::Source::Replay {
+                    files: args.from,
+                    looping: args.looping,
+                }
             };
             let opts = producer::ProduceOptions {
                 streams: settings.streams.clone(),
@@ -144,7 +196,13 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo(args) => {
-            let opts = demo::DemoOptions { records: args.records, shards: args.shards, dirty_rate: args.dirty_rate, data_dir: args.data_dir, timeout: args.timeout };
+            let opts = demo::DemoOptions {
+                records: args.records,
+                shards: args.shards,
+                dirty_rate: args.dirty_rate,
+                data_dir: args.data_dir,
+                timeout: args.timeout,
+            };
             demo::run(opts, shutdown).await?;
             Ok(())
         }

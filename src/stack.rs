@@ -8,10 +8,15 @@ use tokio::process::Command;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StackError {
-    #[error("cannot find infra/local/start.sh (looked in {0}); run the demo from a pinstream checkout")]
+    #[error(
+        "cannot find infra/local/start.sh (looked in {0}); run the demo from a pinstream checkout"
+    )]
     NotFound(String),
     #[error("cannot run {script}: {source}")]
-    Spawn { script: String, source: std::io::Error },
+    Spawn {
+        script: String,
+        source: std::io::Error,
+    },
     #[error("local stack did not start (exit {code:?}); see the lines above")]
     Failed { code: Option<i32> },
 }
@@ -27,12 +32,23 @@ pub struct LocalStack {
 
 /// Finds `infra/local` from the working directory, else from where the crate was built.
 pub fn locate() -> Result<PathBuf, StackError> {
-    let candidates = [PathBuf::from("infra/local"), Path::new(env!("CARGO_MANIFEST_DIR")).join("infra/local")];
+    let candidates = [
+        PathBuf::from("infra/local"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("infra/local"),
+    ];
     candidates
         .iter()
         .find(|p| p.join("start.sh").is_file())
         .cloned()
-        .ok_or_else(|| StackError::NotFound(candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")))
+        .ok_or_else(|| {
+            StackError::NotFound(
+                candidates
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+        })
 }
 
 impl LocalStack {
@@ -47,9 +63,14 @@ impl LocalStack {
             .stderr(std::process::Stdio::inherit())
             .output()
             .await
-            .map_err(|source| StackError::Spawn { script: script.display().to_string(), source })?;
+            .map_err(|source| StackError::Spawn {
+                script: script.display().to_string(),
+                source,
+            })?;
         if !out.status.success() {
-            return Err(StackError::Failed { code: out.status.code() });
+            return Err(StackError::Failed {
+                code: out.status.code(),
+            });
         }
         let env = parse_exports(&String::from_utf8_lossy(&out.stdout));
         let started = env
@@ -57,11 +78,19 @@ impl LocalStack {
             .find(|(k, _)| k == "PINSTREAM_STACK_STARTED")
             .map(|(_, v)| v.split_whitespace().map(str::to_owned).collect())
             .unwrap_or_default();
-        Ok(LocalStack { dir, state_dir: state_dir.to_owned(), started, env })
+        Ok(LocalStack {
+            dir,
+            state_dir: state_dir.to_owned(),
+            started,
+            env,
+        })
     }
 
     pub fn var(&self, key: &str) -> Option<&str> {
-        self.env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.env
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// Stops the servers this stack started (none if it reused running ones).
@@ -88,8 +117,15 @@ fn parse_exports(text: &str) -> Vec<(String, String)> {
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| {
             let v = v.trim_matches('"');
-            let v = match v.strip_prefix("${").and_then(|r| r.strip_suffix('}')).and_then(|r| r.split_once(":-")) {
-                Some((var, default)) => std::env::var(var).ok().filter(|x| !x.is_empty()).unwrap_or_else(|| default.to_owned()),
+            let v = match v
+                .strip_prefix("${")
+                .and_then(|r| r.strip_suffix('}'))
+                .and_then(|r| r.split_once(":-"))
+            {
+                Some((var, default)) => std::env::var(var)
+                    .ok()
+                    .filter(|x| !x.is_empty())
+                    .unwrap_or_else(|| default.to_owned()),
                 None => v.to_owned(),
             };
             (k.to_owned(), v)
@@ -104,7 +140,13 @@ mod tests {
     #[test]
     fn parses_start_sh_output() {
         let env = parse_exports("export AWS_ENDPOINT_URL_KINESIS=http://127.0.0.1:1\nexport PINSTREAM_STACK_STARTED=\"kinesalite dynalite\"\nexport PINSTREAM_UNSET_X=${PINSTREAM_UNSET_X:-dflt}\n");
-        assert_eq!(env[0], ("AWS_ENDPOINT_URL_KINESIS".into(), "http://127.0.0.1:1".into()));
+        assert_eq!(
+            env[0],
+            (
+                "AWS_ENDPOINT_URL_KINESIS".into(),
+                "http://127.0.0.1:1".into()
+            )
+        );
         assert_eq!(env[1].1, "kinesalite dynalite");
         assert_eq!(env[2].1, "dflt");
     }

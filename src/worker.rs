@@ -19,9 +19,9 @@ use tracing::Instrument as _;
 
 use crate::aws::{AwsClients, ServiceError};
 use crate::clean::{self, Kind, RecordMeta, Reject, RejectReason, RejectsColumns, TableColumns};
-use crate::kpl::{self, Decoded};
 use crate::config::{InitialPosition, ReaderPolicy, Settings};
 use crate::kinesis::{self, ShardReader, StartAt};
+use crate::kpl::{self, Decoded};
 use crate::lease::{self, Checkpoint, ExpiryTracker, HeldLease, Lease, LeaseError, LeaseTable};
 use crate::sink::delta::{self, DeltaError};
 use crate::sink::{backoff, Chunk, SinkError, SinkHandle, SinkMsg, TableSink};
@@ -73,8 +73,16 @@ pub struct RunSummary {
 
 /// A unique worker id: host, pid and a random suffix.
 pub fn default_worker_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()).filter(|h| !h.is_empty()).unwrap_or_else(|| "worker".into());
-    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".into());
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
 }
 
 /// Where a shard without a committed position starts, as stored in a new lease.
@@ -89,15 +97,26 @@ fn initial_checkpoint(p: InitialPosition) -> Checkpoint {
 /// Creates a lease for every shard of every configured stream that has none. Shards whose
 /// parents are listed too are children of a reshard: they start at TRIM_HORIZON so nothing
 /// between the parent's end and the child's start is skipped.
-pub async fn sync_shards(aws: &AwsClients, leases: &LeaseTable, settings: &Settings) -> Result<usize, WorkerError> {
+pub async fn sync_shards(
+    aws: &AwsClients,
+    leases: &LeaseTable,
+    settings: &Settings,
+) -> Result<usize, WorkerError> {
     let mut created = 0;
     for stream in settings.streams.values() {
         let shards = kinesis::list_shards(&aws.kinesis, stream).await?;
         let ids: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
         for s in &shards {
             let is_child = s.parents.iter().any(|p| ids.contains(p.as_str()));
-            let start = if is_child { Checkpoint::TrimHorizon } else { initial_checkpoint(settings.lease.initial_position) };
-            if leases.create_if_absent(stream, &s.shard_id, &s.parents, &start).await? {
+            let start = if is_child {
+                Checkpoint::TrimHorizon
+            } else {
+                initial_checkpoint(settings.lease.initial_position)
+            };
+            if leases
+                .create_if_absent(stream, &s.shard_id, &s.parents, &start)
+                .await?
+            {
                 tracing::info!(%stream, shard_id = %s.shard_id, parents = ?s.parents, "new shard lease");
                 created += 1;
             }
@@ -127,7 +146,12 @@ struct Shared {
 
 /// Runs the worker until `shutdown` is cancelled or, with `available_now`, until every
 /// shard it could take has been drained and committed.
-pub async fn run(settings: Settings, aws: AwsClients, opts: RunOptions, shutdown: CancellationToken) -> Result<RunSummary, WorkerError> {
+pub async fn run(
+    settings: Settings,
+    aws: AwsClients,
+    opts: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<RunSummary, WorkerError> {
     let started = Instant::now();
     let leases = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
     leases.ensure_exists(Duration::from_secs(60)).await?;
@@ -136,9 +160,18 @@ pub async fn run(settings: Settings, aws: AwsClients, opts: RunOptions, shutdown
     let mut sink_tasks = Vec::new();
     let mut recovery_tables: BTreeMap<Kind, DeltaTable> = BTreeMap::new();
     for &kind in settings.streams.keys() {
-        let table = delta::open_or_create(&settings.table_root, kind.name(), &kind.schema()).await?;
-        let rejects_table = delta::open_or_create(&settings.table_root, kind.rejects_table(), &clean::schema::REJECTS).await?;
-        recovery_tables.insert(kind, delta::open_or_create(&settings.table_root, kind.name(), &kind.schema()).await?);
+        let table =
+            delta::open_or_create(&settings.table_root, kind.name(), &kind.schema()).await?;
+        let rejects_table = delta::open_or_create(
+            &settings.table_root,
+            kind.rejects_table(),
+            &clean::schema::REJECTS,
+        )
+        .await?;
+        recovery_tables.insert(
+            kind,
+            delta::open_or_create(&settings.table_root, kind.name(), &kind.schema()).await?,
+        );
         let sink = TableSink {
             kind,
             application: settings.application.clone(),
@@ -153,8 +186,18 @@ pub async fn run(settings: Settings, aws: AwsClients, opts: RunOptions, shutdown
         sinks.insert(kind, handle);
         sink_tasks.push(task);
     }
-    let kind_of: HashMap<String, Kind> = settings.streams.iter().map(|(k, s)| (s.clone(), *k)).collect();
-    let shared = Arc::new(Shared { settings, aws, leases, me: opts.worker_id.clone(), progress: opts.progress.clone() });
+    let kind_of: HashMap<String, Kind> = settings
+        .streams
+        .iter()
+        .map(|(k, s)| (s.clone(), *k))
+        .collect();
+    let shared = Arc::new(Shared {
+        settings,
+        aws,
+        leases,
+        me: opts.worker_id.clone(),
+        progress: opts.progress.clone(),
+    });
     sync_shards(&shared.aws, &shared.leases, &shared.settings).await?;
     tracing::info!(worker_id = %shared.me, lease_table = %shared.leases.name(), available_now = opts.available_now, "worker started");
 
@@ -214,14 +257,36 @@ pub async fn run(settings: Settings, aws: AwsClients, opts: RunOptions, shutdown
         };
         tracker.observe(&all, Instant::now());
         release_finished(&shared, &mut held, &all).await;
-        let candidates: Vec<Lease> = lease::leases_to_take(&all, &shared.me, &tracker, Instant::now(), failover, opts.available_now)
-            .into_iter()
-            .filter(|l| !refused.contains(&l.key) && !drained.contains(&l.key) && kind_of.contains_key(&l.stream))
-            .cloned()
-            .collect();
+        let candidates: Vec<Lease> = lease::leases_to_take(
+            &all,
+            &shared.me,
+            &tracker,
+            Instant::now(),
+            failover,
+            opts.available_now,
+        )
+        .into_iter()
+        .filter(|l| {
+            !refused.contains(&l.key)
+                && !drained.contains(&l.key)
+                && kind_of.contains_key(&l.stream)
+        })
+        .cloned()
+        .collect();
         for lease in candidates {
-            let Some(&kind) = kind_of.get(&lease.stream) else { continue };
-            let counter = match shared.leases.take(&lease.key, &shared.me, lease.counter, lease.owner.as_deref()).await {
+            let Some(&kind) = kind_of.get(&lease.stream) else {
+                continue;
+            };
+            let counter = match shared
+                .leases
+                .take(
+                    &lease.key,
+                    &shared.me,
+                    lease.counter,
+                    lease.owner.as_deref(),
+                )
+                .await
+            {
                 Ok(c) => c,
                 Err(LeaseError::Lost(_)) => continue, // someone else was faster
                 Err(e) => {
@@ -232,7 +297,9 @@ pub async fn run(settings: Settings, aws: AwsClients, opts: RunOptions, shutdown
             metrics::counter!("pinstream_leases_taken_total").increment(1);
             tracing::info!(lease = %lease.key, previous_owner = lease.owner.as_deref().unwrap_or("-"), "lease taken");
             let handle = Arc::new(HeldLease::new(&lease, counter, &readers));
-            let table = recovery_tables.get_mut(&kind).expect("a recovery table per configured kind");
+            let table = recovery_tables
+                .get_mut(&kind)
+                .expect("a recovery table per configured kind");
             match resume_position(&shared, &lease, &handle, table).await {
                 Ok(Some(start)) => {
                     held.insert(lease.key.clone(), handle.clone());
@@ -240,7 +307,16 @@ pub async fn run(settings: Settings, aws: AwsClients, opts: RunOptions, shutdown
                     let span = tracing::info_span!("shard", stream = %lease.stream, shard_id = %lease.shard_id);
                     let shared = shared.clone();
                     let drain = opts.available_now;
-                    tasks.spawn(async move { let key = handle.key.clone(); (key, read_shard(shared, kind, handle, start, sink, drain).await) }.instrument(span));
+                    tasks.spawn(
+                        async move {
+                            let key = handle.key.clone();
+                            (
+                                key,
+                                read_shard(shared, kind, handle, start, sink, drain).await,
+                            )
+                        }
+                        .instrument(span),
+                    );
                 }
                 Ok(None) => {
                     // Already at SHARD_END per the table: recorded; give it back.
@@ -250,7 +326,10 @@ pub async fn run(settings: Settings, aws: AwsClients, opts: RunOptions, shutdown
                     tracing::error!(lease = %lease.key, error = %e, "refusing this lease");
                     refused.insert(lease.key.clone());
                     let state = handle.state.lock().await;
-                    let _ = shared.leases.release(&handle.key, &shared.me, state.counter).await;
+                    let _ = shared
+                        .leases
+                        .release(&handle.key, &shared.me, state.counter)
+                        .await;
                 }
             }
         }
@@ -264,7 +343,10 @@ pub async fn run(settings: Settings, aws: AwsClients, opts: RunOptions, shutdown
     readers.cancel();
     let deadline = Instant::now() + opts.shutdown_deadline;
     while !tasks.is_empty() {
-        if tokio::time::timeout_at(deadline, tasks.join_next()).await.is_err() {
+        if tokio::time::timeout_at(deadline, tasks.join_next())
+            .await
+            .is_err()
+        {
             tracing::warn!("shard tasks did not stop before the shutdown deadline");
             tasks.abort_all();
             break;
@@ -275,14 +357,27 @@ pub async fn run(settings: Settings, aws: AwsClients, opts: RunOptions, shutdown
         match tokio::time::timeout_at(deadline, s.flush()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => flush_error = Some(e),
-            Err(_) => tracing::warn!(table = s.kind.name(), "flush did not finish before the shutdown deadline"),
+            Err(_) => tracing::warn!(
+                table = s.kind.name(),
+                "flush did not finish before the shutdown deadline"
+            ),
         }
     }
     release_all(&shared, &mut held).await;
-    let mut summary = RunSummary { records_read: shared.progress.records_read.load(Ordering::Relaxed), elapsed: started.elapsed(), ..Default::default() };
+    let mut summary = RunSummary {
+        records_read: shared.progress.records_read.load(Ordering::Relaxed),
+        elapsed: started.elapsed(),
+        ..Default::default()
+    };
     for (kind, s) in &sinks {
-        summary.rows.insert(kind.name().into(), s.totals.rows_committed.load(Ordering::Relaxed));
-        summary.rows.insert(kind.rejects_table().into(), s.totals.rejects_committed.load(Ordering::Relaxed));
+        summary.rows.insert(
+            kind.name().into(),
+            s.totals.rows_committed.load(Ordering::Relaxed),
+        );
+        summary.rows.insert(
+            kind.rejects_table().into(),
+            s.totals.rejects_committed.load(Ordering::Relaxed),
+        );
         summary.commits += s.totals.commits.load(Ordering::Relaxed);
     }
     drop(sinks);
@@ -303,7 +398,11 @@ async fn renew_all(shared: &Shared, held: &mut HashMap<String, Arc<HeldLease>>) 
         if state.lost {
             return;
         }
-        match shared.leases.renew(&h.key, &shared.me, state.counter, state.millis_behind).await {
+        match shared
+            .leases
+            .renew(&h.key, &shared.me, state.counter, state.millis_behind)
+            .await
+        {
             Ok(c) => state.counter = c,
             Err(LeaseError::Lost(_)) => h.mark_lost(&mut state),
             Err(e) => tracing::warn!(lease = %h.key, error = %e, "renewal failed; will retry"),
@@ -314,8 +413,15 @@ async fn renew_all(shared: &Shared, held: &mut HashMap<String, Arc<HeldLease>>) 
 }
 
 /// Releases held leases whose shard is finished (SHARD_END checkpointed).
-async fn release_finished(shared: &Shared, held: &mut HashMap<String, Arc<HeldLease>>, all: &[Lease]) {
-    for l in all.iter().filter(|l| l.is_finished() && l.owner.as_deref() == Some(&shared.me)) {
+async fn release_finished(
+    shared: &Shared,
+    held: &mut HashMap<String, Arc<HeldLease>>,
+    all: &[Lease],
+) {
+    for l in all
+        .iter()
+        .filter(|l| l.is_finished() && l.owner.as_deref() == Some(&shared.me))
+    {
         if let Some(h) = held.remove(&l.key) {
             release_one(shared, &h).await;
         }
@@ -334,24 +440,38 @@ async fn release_one(shared: &Shared, h: &HeldLease) {
     if state.lost {
         return;
     }
-    match shared.leases.release(&h.key, &shared.me, state.counter).await {
+    match shared
+        .leases
+        .release(&h.key, &shared.me, state.counter)
+        .await
+    {
         Ok(()) => {
             state.lost = true; // no longer ours: nothing may be committed for it
             metrics::counter!("pinstream_leases_released_total").increment(1);
             tracing::info!(lease = %h.key, "lease released");
         }
-        Err(e) => tracing::warn!(lease = %h.key, error = %e, "release failed; the lease will expire instead"),
+        Err(e) => {
+            tracing::warn!(lease = %h.key, error = %e, "release failed; the lease will expire instead")
+        }
     }
 }
 
 /// Decides where a newly taken shard resumes, comparing the table's txn version `T` for
 /// the shard with the lease's `batch_version` `B` (docs/DESIGN.md, exactly once).
 /// `Ok(None)`: the shard is already finished.
-async fn resume_position(shared: &Shared, lease: &Lease, handle: &HeldLease, table: &mut DeltaTable) -> Result<Option<StartAt>, WorkerError> {
+async fn resume_position(
+    shared: &Shared,
+    lease: &Lease,
+    handle: &HeldLease,
+    table: &mut DeltaTable,
+) -> Result<Option<StartAt>, WorkerError> {
     let app_id = handle.app_id(&shared.settings.application);
     let t = delta::txn_version(table, &app_id)
         .await
-        .map_err(|e| WorkerError::Recovery { lease: lease.key.clone(), message: e.to_string() })?
+        .map_err(|e| WorkerError::Recovery {
+            lease: lease.key.clone(),
+            message: e.to_string(),
+        })?
         .unwrap_or(0);
     let b = lease.batch_version;
     if t < b {
@@ -366,11 +486,31 @@ async fn resume_position(shared: &Shared, lease: &Lease, handle: &HeldLease, tab
         // The commit landed, the checkpoint did not: take the position from the commit.
         let pos = delta::position_at(table, &lease.key, t)
             .await
-            .map_err(|e| WorkerError::Recovery { lease: lease.key.clone(), message: e.to_string() })?
-            .ok_or_else(|| WorkerError::Recovery { lease: lease.key.clone(), message: format!("no commit carries version {t} for this shard") })?;
-        let cp = if pos.shard_end { Checkpoint::ShardEnd } else { Checkpoint::Sequence(pos.last_sequence.clone()) };
+            .map_err(|e| WorkerError::Recovery {
+                lease: lease.key.clone(),
+                message: e.to_string(),
+            })?
+            .ok_or_else(|| WorkerError::Recovery {
+                lease: lease.key.clone(),
+                message: format!("no commit carries version {t} for this shard"),
+            })?;
+        let cp = if pos.shard_end {
+            Checkpoint::ShardEnd
+        } else {
+            Checkpoint::Sequence(pos.last_sequence.clone())
+        };
         let mut state = handle.state.lock().await;
-        state.counter = shared.leases.checkpoint(&lease.key, &shared.me, state.counter, &cp, pos.last_sub_sequence, t).await?;
+        state.counter = shared
+            .leases
+            .checkpoint(
+                &lease.key,
+                &shared.me,
+                state.counter,
+                &cp,
+                pos.last_sub_sequence,
+                t,
+            )
+            .await?;
         state.batch_version = t;
         tracing::info!(lease = %lease.key, version = t, checkpoint = %cp.as_str(), "recovered a position committed but not checkpointed");
         cp
@@ -385,14 +525,31 @@ async fn resume_position(shared: &Shared, lease: &Lease, handle: &HeldLease, tab
 }
 
 fn arrival_micros(r: &aws_sdk_kinesis::types::Record) -> Option<i64> {
-    r.approximate_arrival_timestamp().map(|t| t.secs() * 1_000_000 + i64::from(t.subsec_nanos() / 1_000))
+    r.approximate_arrival_timestamp()
+        .map(|t| t.secs() * 1_000_000 + i64::from(t.subsec_nanos() / 1_000))
 }
 
 /// Reads one shard until the lease is lost, shutdown, the shard ends, or (draining) it has
 /// caught up.
-async fn read_shard(shared: Arc<Shared>, kind: Kind, lease: Arc<HeldLease>, start: StartAt, sink: mpsc::Sender<SinkMsg>, drain: bool) -> ShardExit {
-    let ReaderPolicy { max_records, idle_poll_interval } = shared.settings.reader.clone();
-    let mut reader = ShardReader::new(shared.aws.kinesis.clone(), &lease.stream, &lease.shard_id, start, max_records);
+async fn read_shard(
+    shared: Arc<Shared>,
+    kind: Kind,
+    lease: Arc<HeldLease>,
+    start: StartAt,
+    sink: mpsc::Sender<SinkMsg>,
+    drain: bool,
+) -> ShardExit {
+    let ReaderPolicy {
+        max_records,
+        idle_poll_interval,
+    } = shared.settings.reader.clone();
+    let mut reader = ShardReader::new(
+        shared.aws.kinesis.clone(),
+        &lease.stream,
+        &lease.shard_id,
+        start,
+        max_records,
+    );
     let mut failures = 0u32;
     let stream_label = lease.stream.clone();
     loop {
@@ -437,9 +594,14 @@ async fn read_shard(shared: Arc<Shared>, kind: Kind, lease: Arc<HeldLease>, star
                     return ShardExit::Cancelled;
                 }
             };
-            shared.progress.records_read.fetch_add(n as u64, Ordering::Relaxed);
-            metrics::counter!("pinstream_records_received_total", "stream" => stream_label.clone()).increment(n as u64);
-            metrics::counter!("pinstream_bytes_received_total", "stream" => stream_label.clone()).increment(chunk.bytes as u64);
+            shared
+                .progress
+                .records_read
+                .fetch_add(n as u64, Ordering::Relaxed);
+            metrics::counter!("pinstream_records_received_total", "stream" => stream_label.clone())
+                .increment(n as u64);
+            metrics::counter!("pinstream_bytes_received_total", "stream" => stream_label.clone())
+                .increment(chunk.bytes as u64);
             tokio::select! {
                 _ = lease.token.cancelled() => return ShardExit::Cancelled,
                 sent = sink.send(SinkMsg::Chunk(chunk)) => if sent.is_err() { return ShardExit::Cancelled },
@@ -463,7 +625,11 @@ async fn read_shard(shared: Arc<Shared>, kind: Kind, lease: Arc<HeldLease>, star
 
 /// Decodes (KPL) and cleans one GetRecords answer into a chunk for the sink. Reject
 /// counts are emitted once per chunk, by reason.
-fn build_chunk(kind: Kind, lease: &Arc<HeldLease>, fetched: &kinesis::Fetched) -> Result<Chunk, deltalake::arrow::error::ArrowError> {
+fn build_chunk(
+    kind: Kind,
+    lease: &Arc<HeldLease>,
+    fetched: &kinesis::Fetched,
+) -> Result<Chunk, deltalake::arrow::error::ArrowError> {
     let mut rows = TableColumns::new(kind);
     let mut rejects = RejectsColumns::default();
     let mut rejected = [0u64; RejectReason::ALL.len()];
@@ -473,18 +639,30 @@ fn build_chunk(kind: Kind, lease: &Arc<HeldLease>, fetched: &kinesis::Fetched) -
         let data = r.data().as_ref();
         bytes += data.len();
         let seq = r.sequence_number();
-        let meta = RecordMeta { shard_id: &lease.shard_id, sequence_number: seq, sub_sequence_number: 0, arrival_micros: arrival_micros(r) };
+        let meta = RecordMeta {
+            shard_id: &lease.shard_id,
+            sequence_number: seq,
+            sub_sequence_number: 0,
+            arrival_micros: arrival_micros(r),
+        };
         match kpl::decode(data) {
             Ok(Decoded::Plain(d)) => {
-                if let Err(reason) = clean::clean_into(kind, d, &meta, &lease.stream, &mut rows, &mut rejects) {
+                if let Err(reason) =
+                    clean::clean_into(kind, d, &meta, &lease.stream, &mut rows, &mut rejects)
+                {
                     rejected[reason as usize] += 1;
                 }
                 last = Some((seq.to_owned(), 0));
             }
             Ok(Decoded::Aggregated(users)) => {
                 for (i, d) in users.iter().enumerate() {
-                    let meta = RecordMeta { sub_sequence_number: i as i64, ..meta };
-                    if let Err(reason) = clean::clean_into(kind, d, &meta, &lease.stream, &mut rows, &mut rejects) {
+                    let meta = RecordMeta {
+                        sub_sequence_number: i as i64,
+                        ..meta
+                    };
+                    if let Err(reason) =
+                        clean::clean_into(kind, d, &meta, &lease.stream, &mut rows, &mut rejects)
+                    {
                         rejected[reason as usize] += 1;
                     }
                 }
@@ -503,5 +681,12 @@ fn build_chunk(kind: Kind, lease: &Arc<HeldLease>, fetched: &kinesis::Fetched) -
             metrics::counter!("pinstream_records_rejected_total", "stream" => lease.stream.clone(), "reason" => reason.as_str()).increment(n);
         }
     }
-    Ok(Chunk { lease: lease.clone(), rows: rows.finish()?, rejects: rejects.finish()?, last, end_of_shard: fetched.end_of_shard, bytes })
+    Ok(Chunk {
+        lease: lease.clone(),
+        rows: rows.finish()?,
+        rejects: rejects.finish()?,
+        last,
+        end_of_shard: fetched.end_of_shard,
+        bytes,
+    })
 }

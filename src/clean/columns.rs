@@ -70,7 +70,12 @@ impl TableColumns {
             Kind::Geo => KindColumns::Geo(GeoColumns::default()),
             Kind::User => KindColumns::User(UserColumns::default()),
         };
-        TableColumns { kind, cols, meta: MetaColumns::default(), rows: 0 }
+        TableColumns {
+            kind,
+            cols,
+            meta: MetaColumns::default(),
+            rows: 0,
+        }
     }
 
     pub fn kind(&self) -> Kind {

@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use deltalake::arrow::array::{ArrayRef, Float64Builder, Int64Builder, ListBuilder, StringBuilder, TimestampMicrosecondBuilder};
+use deltalake::arrow::array::{
+    ArrayRef, Float64Builder, Int64Builder, ListBuilder, StringBuilder, TimestampMicrosecondBuilder,
+};
 use serde_json::{Map, Value};
 
 use super::{field, required_key, schema, values, Reject};
@@ -44,7 +46,8 @@ impl Default for GeoColumns {
         GeoColumns {
             ind: Int64Builder::new(),
             country: StringBuilder::new(),
-            coordinates: ListBuilder::new(Float64Builder::new()).with_field(schema::coordinate_item()),
+            coordinates: ListBuilder::new(Float64Builder::new())
+                .with_field(schema::coordinate_item()),
             timestamp: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
         }
     }
@@ -93,11 +96,20 @@ mod tests {
     #[test]
     fn absent_coordinates_are_null_and_bad_ones_rejected() {
         assert_eq!(parse(json!({"ind": 1})).unwrap().coordinates, None);
-        assert_eq!(parse(json!({"ind": 1, "latitude": 5})).unwrap().coordinates, Some([Some(5.0), None]));
+        assert_eq!(
+            parse(json!({"ind": 1, "latitude": 5})).unwrap().coordinates,
+            Some([Some(5.0), None])
+        );
         let e = parse(json!({"ind": 1, "latitude": "north"})).unwrap_err();
-        assert_eq!((e.reason, e.field), (RejectReason::InvalidValue, Some("latitude")));
+        assert_eq!(
+            (e.reason, e.field),
+            (RejectReason::InvalidValue, Some("latitude"))
+        );
         let e = parse(json!({"ind": 1, "timestamp": "soon"})).unwrap_err();
         assert_eq!(e.field, Some("timestamp"));
-        assert_eq!(parse(json!({"ind": null})).unwrap_err().reason, RejectReason::MissingKey);
+        assert_eq!(
+            parse(json!({"ind": null})).unwrap_err().reason,
+            RejectReason::MissingKey
+        );
     }
 }

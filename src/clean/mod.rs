@@ -126,8 +126,16 @@ pub struct Reject {
 }
 
 impl Reject {
-    pub fn new(reason: RejectReason, field: Option<&'static str>, detail: impl Into<String>) -> Self {
-        Reject { reason, field, detail: detail.into() }
+    pub fn new(
+        reason: RejectReason,
+        field: Option<&'static str>,
+        detail: impl Into<String>,
+    ) -> Self {
+        Reject {
+            reason,
+            field,
+            detail: detail.into(),
+        }
     }
 
     fn value(field: &'static str, e: ValueError) -> Self {
@@ -148,15 +156,28 @@ fn field<T>(
 fn required_key(obj: &Map<String, Value>, name: &'static str) -> Result<i64, Reject> {
     match values::integer(obj.get(name)) {
         Ok(Some(v)) => Ok(v),
-        Ok(None) => Err(Reject::new(RejectReason::MissingKey, Some(name), format!("required key `{name}` is missing or empty"))),
-        Err(e) => Err(Reject::new(RejectReason::InvalidKey, Some(name), e.to_string())),
+        Ok(None) => Err(Reject::new(
+            RejectReason::MissingKey,
+            Some(name),
+            format!("required key `{name}` is missing or empty"),
+        )),
+        Err(e) => Err(Reject::new(
+            RejectReason::InvalidKey,
+            Some(name),
+            e.to_string(),
+        )),
     }
 }
 
 /// Parses record data into a JSON object, or says why it is not one.
 pub fn parse_object(data: &[u8]) -> Result<Map<String, Value>, Reject> {
-    let text = std::str::from_utf8(data)
-        .map_err(|e| Reject::new(RejectReason::InvalidUtf8, None, format!("data is not UTF-8: {e}")))?;
+    let text = std::str::from_utf8(data).map_err(|e| {
+        Reject::new(
+            RejectReason::InvalidUtf8,
+            None,
+            format!("data is not UTF-8: {e}"),
+        )
+    })?;
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(other) => Err(Reject::new(
@@ -164,7 +185,11 @@ pub fn parse_object(data: &[u8]) -> Result<Map<String, Value>, Reject> {
             None,
             format!("expected a JSON object, got {}", json_type(&other)),
         )),
-        Err(e) => Err(Reject::new(RejectReason::InvalidJson, None, format!("invalid JSON: {e}"))),
+        Err(e) => Err(Reject::new(
+            RejectReason::InvalidJson,
+            None,
+            format!("invalid JSON: {e}"),
+        )),
     }
 }
 
@@ -222,27 +247,61 @@ mod properties {
 
     fn value() -> impl Strategy<Value = Value> {
         leaf().prop_recursive(3, 24, 4, |inner| {
-            prop_oneof![vec(inner.clone(), 0..4).prop_map(Value::Array), btree_map("[a-z]{1,3}", inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect()))]
+            prop_oneof![
+                vec(inner.clone(), 0..4).prop_map(Value::Array),
+                btree_map("[a-z]{1,3}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect()))
+            ]
         })
     }
 
     const KEYS: [&str; 20] = [
-        "index", "ind", "unique_id", "title", "description", "poster_name", "follower_count", "tag_list", "is_image_or_video",
-        "image_src", "downloaded", "save_location", "category", "timestamp", "latitude", "longitude", "country", "first_name",
-        "last_name", "age",
+        "index",
+        "ind",
+        "unique_id",
+        "title",
+        "description",
+        "poster_name",
+        "follower_count",
+        "tag_list",
+        "is_image_or_video",
+        "image_src",
+        "downloaded",
+        "save_location",
+        "category",
+        "timestamp",
+        "latitude",
+        "longitude",
+        "country",
+        "first_name",
+        "last_name",
+        "age",
     ];
 
     fn object() -> impl Strategy<Value = Map<String, Value>> {
-        let key = prop_oneof![(0..KEYS.len()).prop_map(|i| KEYS[i].to_owned()), Just("date_joined".to_owned()), "[a-z_]{1,8}"];
+        let key = prop_oneof![
+            (0..KEYS.len()).prop_map(|i| KEYS[i].to_owned()),
+            Just("date_joined".to_owned()),
+            "[a-z_]{1,8}"
+        ];
         btree_map(key, value(), 0..12).prop_map(|m| m.into_iter().collect())
     }
 
     fn run(kind: Kind, data: &[u8]) -> (Result<(), RejectReason>, RecordBatch, RecordBatch) {
-        let meta = RecordMeta { shard_id: "s", sequence_number: "1", sub_sequence_number: 0, arrival_micros: Some(1) };
+        let meta = RecordMeta {
+            shard_id: "s",
+            sequence_number: "1",
+            sub_sequence_number: 0,
+            arrival_micros: Some(1),
+        };
         let mut rows = TableColumns::new(kind);
         let mut rejects = RejectsColumns::default();
         let res = clean_into(kind, data, &meta, "s", &mut rows, &mut rejects);
-        (res, rows.finish().expect("rows batch"), rejects.finish().expect("rejects batch"))
+        (
+            res,
+            rows.finish().expect("rows batch"),
+            rejects.finish().expect("rejects batch"),
+        )
     }
 
     use deltalake::arrow::record_batch::RecordBatch;

@@ -34,7 +34,13 @@ impl PinRow {
             ind: required_key(obj, "index")?,
             unique_id: t("unique_id", &[])?,
             title: t("title", &["No Title Data Available"])?,
-            description: t("description", &["No description available", "No description available Story format"])?,
+            description: t(
+                "description",
+                &[
+                    "No description available",
+                    "No description available Story format",
+                ],
+            )?,
             follower_count: field(obj, "follower_count", values::follower_count)?,
             poster_name: t("poster_name", &["User Info Error"])?,
             tag_list: t("tag_list", &["N,o, ,T,a,g,s, ,A,v,a,i,l,a,b,l,e"])?,
@@ -116,31 +122,79 @@ mod tests {
         .unwrap();
         assert_eq!(r.ind, 7);
         assert_eq!(r.unique_id.as_deref(), Some("u-1"));
-        assert_eq!((r.title, r.description, r.poster_name, r.follower_count, r.tag_list, r.image_src), (None, None, None, None, None, None));
+        assert_eq!(
+            (
+                r.title,
+                r.description,
+                r.poster_name,
+                r.follower_count,
+                r.tag_list,
+                r.image_src
+            ),
+            (None, None, None, None, None, None)
+        );
         assert_eq!(r.save_location.as_deref(), Some("/data/mens-fashion"));
-        assert_eq!(r.is_image_or_video.as_deref(), Some("multi-video(story page format)"));
+        assert_eq!(
+            r.is_image_or_video.as_deref(),
+            Some("multi-video(story page format)")
+        );
     }
 
     #[test]
     fn index_is_required_and_integral() {
-        assert_eq!(parse(json!({"title": "x"})).unwrap_err().reason, RejectReason::MissingKey);
-        assert_eq!(parse(json!({"index": ""})).unwrap_err().reason, RejectReason::MissingKey);
-        assert_eq!(parse(json!({"index": true})).unwrap_err().reason, RejectReason::InvalidKey);
-        assert_eq!(parse(json!({"index": 1.5})).unwrap_err().reason, RejectReason::InvalidKey);
+        assert_eq!(
+            parse(json!({"title": "x"})).unwrap_err().reason,
+            RejectReason::MissingKey
+        );
+        assert_eq!(
+            parse(json!({"index": ""})).unwrap_err().reason,
+            RejectReason::MissingKey
+        );
+        assert_eq!(
+            parse(json!({"index": true})).unwrap_err().reason,
+            RejectReason::InvalidKey
+        );
+        assert_eq!(
+            parse(json!({"index": 1.5})).unwrap_err().reason,
+            RejectReason::InvalidKey
+        );
         assert_eq!(parse(json!({"index": "12"})).unwrap().ind, 12);
     }
 
     #[test]
     fn bad_follower_count_names_the_field() {
         let e = parse(json!({"index": 1, "follower_count": "abc"})).unwrap_err();
-        assert_eq!((e.reason, e.field), (RejectReason::InvalidValue, Some("follower_count")));
-        assert_eq!(parse(json!({"index": 1, "follower_count": "1.5k"})).unwrap().follower_count, Some(1500));
+        assert_eq!(
+            (e.reason, e.field),
+            (RejectReason::InvalidValue, Some("follower_count"))
+        );
+        assert_eq!(
+            parse(json!({"index": 1, "follower_count": "1.5k"}))
+                .unwrap()
+                .follower_count,
+            Some(1500)
+        );
     }
 
     #[test]
     fn missing_optional_keys_are_null_and_unknown_keys_ignored() {
         let r = parse(json!({"index": 3, "extra": {"a": 1}})).unwrap();
-        assert_eq!(r, PinRow { ind: 3, unique_id: None, title: None, description: None, follower_count: None, poster_name: None, tag_list: None, is_image_or_video: None, image_src: None, save_location: None, category: None });
+        assert_eq!(
+            r,
+            PinRow {
+                ind: 3,
+                unique_id: None,
+                title: None,
+                description: None,
+                follower_count: None,
+                poster_name: None,
+                tag_list: None,
+                is_image_or_video: None,
+                image_src: None,
+                save_location: None,
+                category: None
+            }
+        );
     }
 
     #[test]

@@ -39,7 +39,8 @@ impl RejectsColumns {
                 self.raw_data_is_base64.append_value(false);
             }
             Err(_) => {
-                self.raw_data.append_value(base64::engine::general_purpose::STANDARD.encode(data));
+                self.raw_data
+                    .append_value(base64::engine::general_purpose::STANDARD.encode(data));
                 self.raw_data_is_base64.append_value(true);
             }
         }
@@ -72,7 +73,12 @@ mod tests {
     use crate::clean::{clean_into, Kind, RecordMeta, TableColumns};
     use deltalake::arrow::array::{Array, AsArray};
 
-    const META: RecordMeta<'static> = RecordMeta { shard_id: "shardId-000000000000", sequence_number: "4955", sub_sequence_number: 0, arrival_micros: Some(1) };
+    const META: RecordMeta<'static> = RecordMeta {
+        shard_id: "shardId-000000000000",
+        sequence_number: "4955",
+        sub_sequence_number: 0,
+        arrival_micros: Some(1),
+    };
 
     fn run(kind: Kind, data: &[u8]) -> (usize, RecordBatch) {
         let mut rows = TableColumns::new(kind);
@@ -95,7 +101,13 @@ mod tests {
             let (accepted, b) = run(Kind::Pin, data);
             assert_eq!(accepted, 0, "{reason}");
             assert_eq!(b.num_rows(), 1, "{reason}");
-            let col = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().value(0).to_owned();
+            let col = |n: &str| {
+                b.column_by_name(n)
+                    .unwrap()
+                    .as_string::<i32>()
+                    .value(0)
+                    .to_owned()
+            };
             assert_eq!(col("reason"), reason);
             assert_eq!(col("_shard_id"), "shardId-000000000000");
             assert_eq!(col("_stream"), "s");
@@ -105,17 +117,40 @@ mod tests {
     #[test]
     fn raw_data_is_kept_unchanged_or_base64() {
         let (_, b) = run(Kind::Geo, b"{bad");
-        assert_eq!(b.column_by_name("raw_data").unwrap().as_string::<i32>().value(0), "{bad");
-        assert!(!b.column_by_name("raw_data_is_base64").unwrap().as_boolean().value(0));
+        assert_eq!(
+            b.column_by_name("raw_data")
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            "{bad"
+        );
+        assert!(!b
+            .column_by_name("raw_data_is_base64")
+            .unwrap()
+            .as_boolean()
+            .value(0));
         let (_, b) = run(Kind::Geo, b"\xff");
-        assert_eq!(b.column_by_name("raw_data").unwrap().as_string::<i32>().value(0), "/w==");
-        assert!(b.column_by_name("raw_data_is_base64").unwrap().as_boolean().value(0));
+        assert_eq!(
+            b.column_by_name("raw_data")
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            "/w=="
+        );
+        assert!(b
+            .column_by_name("raw_data_is_base64")
+            .unwrap()
+            .as_boolean()
+            .value(0));
         assert!(b.column_by_name("field").unwrap().is_null(0));
     }
 
     #[test]
     fn a_good_record_is_not_rejected() {
-        let (accepted, b) = run(Kind::User, br#"{"ind": 3, "first_name": "A", "last_name": "B", "age": 20}"#);
+        let (accepted, b) = run(
+            Kind::User,
+            br#"{"ind": 3, "first_name": "A", "last_name": "B", "age": 20}"#,
+        );
         assert_eq!((accepted, b.num_rows()), (1, 0));
     }
 }

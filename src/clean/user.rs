@@ -77,24 +77,44 @@ mod tests {
     use serde_json::json;
 
     fn name(first: Value, last: Value) -> Option<String> {
-        UserRow::parse(json!({"ind": 1, "first_name": first, "last_name": last}).as_object().unwrap()).unwrap().user_name
+        UserRow::parse(
+            json!({"ind": 1, "first_name": first, "last_name": last})
+                .as_object()
+                .unwrap(),
+        )
+        .unwrap()
+        .user_name
     }
 
     #[test]
     fn user_name_rules() {
-        assert_eq!(name(json!("Adam"), json!("Acosta")).as_deref(), Some("Adam Acosta"));
+        assert_eq!(
+            name(json!("Adam"), json!("Acosta")).as_deref(),
+            Some("Adam Acosta")
+        );
         assert_eq!(name(json!("Adam"), json!("")).as_deref(), Some("Adam"));
-        assert_eq!(name(Value::Null, json!("Acosta")).as_deref(), Some("Acosta"));
+        assert_eq!(
+            name(Value::Null, json!("Acosta")).as_deref(),
+            Some("Acosta")
+        );
         assert_eq!(name(json!(""), Value::Null), None);
     }
 
     #[test]
     fn age_and_date_joined() {
-        let r = UserRow::parse(json!({"ind": 0, "age": "20", "date_joined": "2015-10-21 21:26:45"}).as_object().unwrap()).unwrap();
+        let r = UserRow::parse(
+            json!({"ind": 0, "age": "20", "date_joined": "2015-10-21 21:26:45"})
+                .as_object()
+                .unwrap(),
+        )
+        .unwrap();
         assert_eq!(r.age, Some(20));
         assert_eq!(r.date_joined, Some(1_445_462_805_000_000));
         let e = UserRow::parse(json!({"ind": 0, "age": "old"}).as_object().unwrap()).unwrap_err();
-        assert_eq!((e.reason, e.field), (RejectReason::InvalidValue, Some("age")));
+        assert_eq!(
+            (e.reason, e.field),
+            (RejectReason::InvalidValue, Some("age"))
+        );
         let e = UserRow::parse(json!({"ind": 0, "age": 30.5}).as_object().unwrap()).unwrap_err();
         assert_eq!(e.field, Some("age"));
     }

@@ -136,7 +136,10 @@ fn parse_scaled(s: &str) -> Option<Option<i64>> {
     };
     let (int_part, frac_part) = num.split_once('.').unwrap_or((num, ""));
     let all_digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
-    if (int_part.is_empty() && frac_part.is_empty()) || !all_digits(int_part) || !all_digits(frac_part) {
+    if (int_part.is_empty() && frac_part.is_empty())
+        || !all_digits(int_part)
+        || !all_digits(frac_part)
+    {
         return None;
     }
     // Exact decimal arithmetic in i128: mantissa * 10^exp / 10^frac_len, rounded half up.
@@ -156,8 +159,12 @@ fn parse_scaled(s: &str) -> Option<Option<i64>> {
 /// optional `Z` or `+HH:MM`/`-HH:MM` offset; naive times are UTC.
 pub fn timestamp_micros(v: Option<&Value>) -> Result<Option<i64>, ValueError> {
     let Some(v) = present(v) else { return Ok(None) };
-    let Value::String(s) = v else { return Err(ValueError::BadTimestamp(show(v))) };
-    parse_timestamp(s.trim()).map(Some).ok_or_else(|| ValueError::BadTimestamp(show(v)))
+    let Value::String(s) = v else {
+        return Err(ValueError::BadTimestamp(show(v)));
+    };
+    parse_timestamp(s.trim())
+        .map(Some)
+        .ok_or_else(|| ValueError::BadTimestamp(show(v)))
 }
 
 fn parse_timestamp(s: &str) -> Option<i64> {
@@ -174,8 +181,14 @@ fn parse_timestamp(s: &str) -> Option<i64> {
         s[19..].contains(['+', '-'])
     };
     if has_offset {
-        let norm = if norm.ends_with('z') { format!("{}Z", &norm[..norm.len() - 1]) } else { norm };
-        DateTime::parse_from_rfc3339(&norm).ok().map(|dt| dt.timestamp_micros())
+        let norm = if norm.ends_with('z') {
+            format!("{}Z", &norm[..norm.len() - 1])
+        } else {
+            norm
+        };
+        DateTime::parse_from_rfc3339(&norm)
+            .ok()
+            .map(|dt| dt.timestamp_micros())
     } else {
         NaiveDateTime::parse_from_str(&norm, "%Y-%m-%dT%H:%M:%S%.f")
             .ok()
@@ -208,10 +221,21 @@ mod tests {
     fn placeholders_become_null_only_in_their_column() {
         let p = ["No Title Data Available"];
         assert_eq!(text(Some(&json!("No Title Data Available")), &p), Ok(None));
-        assert_eq!(text(Some(&json!("No Title Data Available")), &[]).unwrap().as_deref(), Some("No Title Data Available"));
-        assert_eq!(text(Some(&json!("Untitled")), &p).unwrap().as_deref(), Some("Untitled"));
+        assert_eq!(
+            text(Some(&json!("No Title Data Available")), &[])
+                .unwrap()
+                .as_deref(),
+            Some("No Title Data Available")
+        );
+        assert_eq!(
+            text(Some(&json!("Untitled")), &p).unwrap().as_deref(),
+            Some("Untitled")
+        );
         assert_eq!(text(Some(&json!(12)), &p).unwrap().as_deref(), Some("12"));
-        assert!(matches!(text(Some(&json!([1])), &p), Err(ValueError::NotString(_))));
+        assert!(matches!(
+            text(Some(&json!([1])), &p),
+            Err(ValueError::NotString(_))
+        ));
     }
 
     #[test]
@@ -221,10 +245,22 @@ mod tests {
         assert_eq!(integer(Some(&json!(" 20 "))), Ok(Some(20)));
         assert_eq!(integer(Some(&json!(20.0))), Ok(Some(20)));
         assert_eq!(integer(Some(&json!("-7"))), Ok(Some(-7)));
-        assert!(matches!(integer(Some(&json!(30.5))), Err(ValueError::NotInteger(_))));
-        assert!(matches!(integer(Some(&json!(true))), Err(ValueError::NotInteger(_))));
-        assert!(matches!(integer(Some(&json!("old"))), Err(ValueError::NotInteger(_))));
-        assert!(matches!(integer(Some(&json!(1e300))), Err(ValueError::OutOfRange(_))));
+        assert!(matches!(
+            integer(Some(&json!(30.5))),
+            Err(ValueError::NotInteger(_))
+        ));
+        assert!(matches!(
+            integer(Some(&json!(true))),
+            Err(ValueError::NotInteger(_))
+        ));
+        assert!(matches!(
+            integer(Some(&json!("old"))),
+            Err(ValueError::NotInteger(_))
+        ));
+        assert!(matches!(
+            integer(Some(&json!(1e300))),
+            Err(ValueError::OutOfRange(_))
+        ));
     }
 
     #[test]
@@ -237,12 +273,19 @@ mod tests {
         assert_eq!(fc("3M"), Ok(Some(3_000_000)));
         assert_eq!(fc("1.25m"), Ok(Some(1_250_000)));
         assert_eq!(fc("2B"), Ok(Some(2_000_000_000)));
-        assert_eq!(fc("1.2345k"), Ok(Some(1_235)), "rounded half up after exact scaling");
+        assert_eq!(
+            fc("1.2345k"),
+            Ok(Some(1_235)),
+            "rounded half up after exact scaling"
+        );
         assert_eq!(fc("0.0004k"), Ok(Some(0)));
         assert_eq!(fc("User Info Error"), Ok(None));
         assert_eq!(follower_count(Some(&json!(42))), Ok(Some(42)));
         for bad in ["abc", "k", "1.2.3k", "12kk", "1e3", ".", "99999999999B"] {
-            assert!(matches!(fc(bad), Err(ValueError::BadFollowerCount(_))), "{bad}");
+            assert!(
+                matches!(fc(bad), Err(ValueError::BadFollowerCount(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -256,17 +299,37 @@ mod tests {
         assert_eq!(ts("2020-08-28 03:52:47.5Z"), Some(base + 500_000));
         assert_eq!(ts("2020-08-28T05:52:47+02:00"), Some(base));
         assert_eq!(ts("2020-08-28T01:52:47.25-02:00"), Some(base + 250_000));
-        for bad in ["2020-08-28", "yesterday", "2020-13-28T03:52:47", "2020-08-28X03:52:47"] {
-            assert!(matches!(timestamp_micros(Some(&json!(bad))), Err(ValueError::BadTimestamp(_))), "{bad}");
+        for bad in [
+            "2020-08-28",
+            "yesterday",
+            "2020-13-28T03:52:47",
+            "2020-08-28X03:52:47",
+        ] {
+            assert!(
+                matches!(
+                    timestamp_micros(Some(&json!(bad))),
+                    Err(ValueError::BadTimestamp(_))
+                ),
+                "{bad}"
+            );
         }
-        assert!(matches!(timestamp_micros(Some(&json!(5))), Err(ValueError::BadTimestamp(_))));
+        assert!(matches!(
+            timestamp_micros(Some(&json!(5))),
+            Err(ValueError::BadTimestamp(_))
+        ));
     }
 
     #[test]
     fn floats_from_numbers_and_numeric_strings() {
         assert_eq!(float(Some(&json!(-88.8298))), Ok(Some(-88.8298)));
         assert_eq!(float(Some(&json!("17.5"))), Ok(Some(17.5)));
-        assert!(matches!(float(Some(&json!("north"))), Err(ValueError::NotNumber(_))));
-        assert!(matches!(float(Some(&json!("NaN"))), Err(ValueError::NotNumber(_))));
+        assert!(matches!(
+            float(Some(&json!("north"))),
+            Err(ValueError::NotNumber(_))
+        ));
+        assert!(matches!(
+            float(Some(&json!("NaN"))),
+            Err(ValueError::NotNumber(_))
+        ));
     }
 }

@@ -46,7 +46,10 @@ impl Checkpoint {
             "TRIM_HORIZON" => Checkpoint::TrimHorizon,
             "LATEST" => Checkpoint::Latest,
             "SHARD_END" => Checkpoint::ShardEnd,
-            other => match other.strip_prefix("AT_TIMESTAMP:").and_then(|ms| ms.parse().ok()) {
+            other => match other
+                .strip_prefix("AT_TIMESTAMP:")
+                .and_then(|ms| ms.parse().ok())
+            {
                 Some(ms) => Checkpoint::AtTimestamp(ms),
                 None => Checkpoint::Sequence(other.to_owned()),
             },
@@ -99,7 +102,8 @@ impl ExpiryTracker {
                     let _ = since;
                 }
                 _ => {
-                    self.seen.insert(l.key.clone(), (l.counter, l.owner.clone(), now));
+                    self.seen
+                        .insert(l.key.clone(), (l.counter, l.owner.clone(), now));
                 }
             }
         }
@@ -108,10 +112,9 @@ impl ExpiryTracker {
     /// Owned by someone whose renewals stopped at least `failover` ago.
     pub fn is_expired(&self, lease: &Lease, now: Instant, failover: Duration) -> bool {
         lease.owner.is_some()
-            && self
-                .seen
-                .get(&lease.key)
-                .is_some_and(|(c, _, since)| *c == lease.counter && now.duration_since(*since) >= failover)
+            && self.seen.get(&lease.key).is_some_and(|(c, _, since)| {
+                *c == lease.counter && now.duration_since(*since) >= failover
+            })
     }
 }
 
@@ -128,8 +131,15 @@ pub fn leases_to_take<'a>(
     failover: Duration,
     greedy: bool,
 ) -> Vec<&'a Lease> {
-    let finished: HashSet<(&str, &str)> = leases.iter().filter(|l| l.is_finished()).map(|l| (l.stream.as_str(), l.shard_id.as_str())).collect();
-    let known: HashSet<(&str, &str)> = leases.iter().map(|l| (l.stream.as_str(), l.shard_id.as_str())).collect();
+    let finished: HashSet<(&str, &str)> = leases
+        .iter()
+        .filter(|l| l.is_finished())
+        .map(|l| (l.stream.as_str(), l.shard_id.as_str()))
+        .collect();
+    let known: HashSet<(&str, &str)> = leases
+        .iter()
+        .map(|l| (l.stream.as_str(), l.shard_id.as_str()))
+        .collect();
     let ready = |l: &Lease| {
         !l.is_finished()
             && l.parent_shard_ids.iter().all(|p| {
@@ -145,13 +155,25 @@ pub fn leases_to_take<'a>(
         .filter_map(|l| l.owner.as_deref())
         .collect();
     live.insert(me);
-    let held = unfinished.iter().filter(|l| l.owner.as_deref() == Some(me)).count();
-    let target = if greedy { usize::MAX } else { unfinished.len().div_ceil(live.len()) };
-    let mut free: Vec<&Lease> = unfinished.iter().copied().filter(|l| l.owner.is_none() && ready(l)).collect();
-    let expired = unfinished
+    let held = unfinished
+        .iter()
+        .filter(|l| l.owner.as_deref() == Some(me))
+        .count();
+    let target = if greedy {
+        usize::MAX
+    } else {
+        unfinished.len().div_ceil(live.len())
+    };
+    let mut free: Vec<&Lease> = unfinished
         .iter()
         .copied()
-        .filter(|l| l.owner.as_deref().is_some_and(|o| o != me) && tracker.is_expired(l, now, failover) && ready(l));
+        .filter(|l| l.owner.is_none() && ready(l))
+        .collect();
+    let expired = unfinished.iter().copied().filter(|l| {
+        l.owner.as_deref().is_some_and(|o| o != me)
+            && tracker.is_expired(l, now, failover)
+            && ready(l)
+    });
     free.extend(expired);
     free.truncate(target.saturating_sub(held));
     free
@@ -187,7 +209,12 @@ impl HeldLease {
             stream: lease.stream.clone(),
             shard_id: lease.shard_id.clone(),
             token: parent.child_token(),
-            state: Mutex::new(HeldState { counter, batch_version: lease.batch_version, lost: false, millis_behind: None }),
+            state: Mutex::new(HeldState {
+                counter,
+                batch_version: lease.batch_version,
+                lost: false,
+                millis_behind: None,
+            }),
         }
     }
 
@@ -252,12 +279,20 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn takes_free_leases_up_to_the_fair_share() {
         let t = ExpiryTracker::default();
-        let leases = vec![lease("s0", Some("w1"), 1), lease("s1", None, 0), lease("s2", None, 0), lease("s3", None, 0)];
+        let leases = vec![
+            lease("s0", Some("w1"), 1),
+            lease("s1", None, 0),
+            lease("s2", None, 0),
+            lease("s3", None, 0),
+        ];
         // Two live workers (w1 and me), 4 shards: target 2 each.
         let take = leases_to_take(&leases, "me", &t, Instant::now(), F, false);
         assert_eq!(take.len(), 2);
         assert!(take.iter().all(|l| l.owner.is_none()));
-        assert_eq!(leases_to_take(&leases, "me", &t, Instant::now(), F, true).len(), 3);
+        assert_eq!(
+            leases_to_take(&leases, "me", &t, Instant::now(), F, true).len(),
+            3
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -267,11 +302,17 @@ mod tests {
         let mut child = lease("s1", None, 0);
         child.parent_shard_ids = vec!["s0".into()];
         let leases = vec![parent.clone(), child.clone()];
-        let take: Vec<_> = leases_to_take(&leases, "me", &t, Instant::now(), F, true).into_iter().map(|l| l.shard_id.clone()).collect();
+        let take: Vec<_> = leases_to_take(&leases, "me", &t, Instant::now(), F, true)
+            .into_iter()
+            .map(|l| l.shard_id.clone())
+            .collect();
         assert_eq!(take, vec!["s0"]);
         parent.checkpoint = Checkpoint::ShardEnd;
         let leases = vec![parent, child];
-        let take: Vec<_> = leases_to_take(&leases, "me", &t, Instant::now(), F, true).into_iter().map(|l| l.shard_id.clone()).collect();
+        let take: Vec<_> = leases_to_take(&leases, "me", &t, Instant::now(), F, true)
+            .into_iter()
+            .map(|l| l.shard_id.clone())
+            .collect();
         assert_eq!(take, vec!["s1"]);
     }
 

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
+    ScalarAttributeType, TableStatus,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -43,7 +44,11 @@ fn n(v: impl ToString) -> AttributeValue {
 }
 
 /// Maps a conditional-write failure to [`LeaseError::Lost`], everything else to a service error.
-fn cond<E, R>(op: &'static str, key: &str, err: aws_sdk_dynamodb::error::SdkError<E, R>) -> LeaseError
+fn cond<E, R>(
+    op: &'static str,
+    key: &str,
+    err: aws_sdk_dynamodb::error::SdkError<E, R>,
+) -> LeaseError
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
@@ -65,7 +70,10 @@ pub struct LeaseTable {
 
 impl LeaseTable {
     pub fn new(client: Client, name: impl Into<String>) -> Self {
-        LeaseTable { client, name: name.into() }
+        LeaseTable {
+            client,
+            name: name.into(),
+        }
     }
 
     pub fn name(&self) -> &str {
@@ -75,7 +83,12 @@ impl LeaseTable {
     /// Creates the table (on-demand billing) when it does not exist, and waits until it is
     /// ACTIVE, at most `timeout`.
     pub async fn ensure_exists(&self, timeout: Duration) -> Result<(), LeaseError> {
-        let described = self.client.describe_table().table_name(&self.name).send().await;
+        let described = self
+            .client
+            .describe_table()
+            .table_name(&self.name)
+            .send()
+            .await;
         match described {
             Ok(_) => {}
             Err(e) => {
@@ -93,14 +106,20 @@ impl LeaseTable {
                             .attribute_name("lease_key")
                             .attribute_type(ScalarAttributeType::S)
                             .build()
-                            .map_err(|e| LeaseError::Table { table: self.name.clone(), message: e.to_string() })?,
+                            .map_err(|e| LeaseError::Table {
+                                table: self.name.clone(),
+                                message: e.to_string(),
+                            })?,
                     )
                     .key_schema(
                         KeySchemaElement::builder()
                             .attribute_name("lease_key")
                             .key_type(KeyType::Hash)
                             .build()
-                            .map_err(|e| LeaseError::Table { table: self.name.clone(), message: e.to_string() })?,
+                            .map_err(|e| LeaseError::Table {
+                                table: self.name.clone(),
+                                message: e.to_string(),
+                            })?,
                     )
                     .send()
                     .await;
@@ -116,12 +135,21 @@ impl LeaseTable {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let out = self.client.describe_table().table_name(&self.name).send().await.map_err(|e| ServiceError::dynamodb("DescribeTable", e))?;
+            let out = self
+                .client
+                .describe_table()
+                .table_name(&self.name)
+                .send()
+                .await
+                .map_err(|e| ServiceError::dynamodb("DescribeTable", e))?;
             if out.table().and_then(|t| t.table_status()) == Some(&TableStatus::Active) {
                 return Ok(());
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(LeaseError::Table { table: self.name.clone(), message: format!("not ACTIVE after {timeout:?}") });
+                return Err(LeaseError::Table {
+                    table: self.name.clone(),
+                    message: format!("not ACTIVE after {timeout:?}"),
+                });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -129,7 +157,13 @@ impl LeaseTable {
 
     /// Creates the lease of a shard unless it exists, starting at `start`. Returns whether
     /// it was created.
-    pub async fn create_if_absent(&self, stream: &str, shard_id: &str, parents: &[String], start: &Checkpoint) -> Result<bool, LeaseError> {
+    pub async fn create_if_absent(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        parents: &[String],
+        start: &Checkpoint,
+    ) -> Result<bool, LeaseError> {
         let key = Lease::key_of(stream, shard_id);
         let res = self
             .client
@@ -143,7 +177,10 @@ impl LeaseTable {
             .item("sub_sequence", n(0))
             .item("batch_version", n(0))
             .item("owner_switches_since_checkpoint", n(0))
-            .item("parent_shard_ids", AttributeValue::L(parents.iter().map(|p| s(p)).collect()))
+            .item(
+                "parent_shard_ids",
+                AttributeValue::L(parents.iter().map(|p| s(p)).collect()),
+            )
             .condition_expression("attribute_not_exists(lease_key)")
             .send()
             .await;
@@ -184,9 +221,19 @@ impl LeaseTable {
 
     /// Takes a free or expired lease: succeeds only if nobody touched it since we read
     /// `observed_counter`. Returns the new counter.
-    pub async fn take(&self, key: &str, me: &str, observed_counter: u64, from_owner: Option<&str>) -> Result<u64, LeaseError> {
+    pub async fn take(
+        &self,
+        key: &str,
+        me: &str,
+        observed_counter: u64,
+        from_owner: Option<&str>,
+    ) -> Result<u64, LeaseError> {
         let next = observed_counter + 1;
-        let switch = if from_owner.is_some_and(|o| o != me) { 1 } else { 0 };
+        let switch = if from_owner.is_some_and(|o| o != me) {
+            1
+        } else {
+            0
+        };
         self.client
             .update_item()
             .table_name(&self.name)
@@ -208,7 +255,13 @@ impl LeaseTable {
 
     /// Renews a held lease (bumps the counter other workers watch). Also records the
     /// shard's lag for operators. Returns the new counter.
-    pub async fn renew(&self, key: &str, me: &str, counter: u64, millis_behind: Option<i64>) -> Result<u64, LeaseError> {
+    pub async fn renew(
+        &self,
+        key: &str,
+        me: &str,
+        counter: u64,
+        millis_behind: Option<i64>,
+    ) -> Result<u64, LeaseError> {
         let next = counter + 1;
         let mut req = self
             .client
@@ -232,7 +285,15 @@ impl LeaseTable {
     }
 
     /// Records a committed position. Conditional on still holding the lease.
-    pub async fn checkpoint(&self, key: &str, me: &str, counter: u64, checkpoint: &Checkpoint, sub_sequence: i64, batch_version: i64) -> Result<u64, LeaseError> {
+    pub async fn checkpoint(
+        &self,
+        key: &str,
+        me: &str,
+        counter: u64,
+        checkpoint: &Checkpoint,
+        sub_sequence: i64,
+        batch_version: i64,
+    ) -> Result<u64, LeaseError> {
         let next = counter + 1;
         self.client
             .update_item()
@@ -277,18 +338,31 @@ impl LeaseTable {
 
 impl Lease {
     pub(crate) fn from_item(item: &HashMap<String, AttributeValue>) -> Result<Lease, LeaseError> {
-        let key = item.get("lease_key").and_then(|v| v.as_s().ok()).cloned().unwrap_or_default();
-        let bad = |m: &str| LeaseError::Malformed { key: key.clone(), message: m.to_owned() };
+        let key = item
+            .get("lease_key")
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default();
+        let bad = |m: &str| LeaseError::Malformed {
+            key: key.clone(),
+            message: m.to_owned(),
+        };
         let get_s = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
         let get_n = |name: &str| -> Result<Option<i64>, LeaseError> {
             match item.get(name) {
                 None => Ok(None),
-                Some(v) => v.as_n().ok().and_then(|n| n.parse().ok()).map(Some).ok_or_else(|| bad(&format!("`{name}` is not a number"))),
+                Some(v) => v
+                    .as_n()
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .map(Some)
+                    .ok_or_else(|| bad(&format!("`{name}` is not a number"))),
             }
         };
         let stream = get_s("stream").ok_or_else(|| bad("no `stream`"))?;
         let shard_id = get_s("shard_id").ok_or_else(|| bad("no `shard_id`"))?;
-        let checkpoint = Checkpoint::parse(&get_s("checkpoint").unwrap_or_else(|| "TRIM_HORIZON".into()));
+        let checkpoint =
+            Checkpoint::parse(&get_s("checkpoint").unwrap_or_else(|| "TRIM_HORIZON".into()));
         let parents = match item.get("parent_shard_ids") {
             Some(AttributeValue::L(l)) => l.iter().filter_map(|v| v.as_s().ok().cloned()).collect(),
             _ => Vec::new(),

@@ -9,33 +9,143 @@ use serde_json::{json, Value};
 use crate::clean::Kind;
 
 const CATEGORIES: [(&str, u32); 13] = [
-    ("christmas", 346), ("quotes", 309), ("tattoos", 309), ("travel", 304), ("art", 301), ("mens-fashion", 286),
-    ("education", 280), ("finance", 272), ("home-decor", 267), ("diy-and-crafts", 259), ("event-planning", 255),
-    ("beauty", 245), ("vehicles", 242),
+    ("christmas", 346),
+    ("quotes", 309),
+    ("tattoos", 309),
+    ("travel", 304),
+    ("art", 301),
+    ("mens-fashion", 286),
+    ("education", 280),
+    ("finance", 272),
+    ("home-decor", 267),
+    ("diy-and-crafts", 259),
+    ("event-planning", 255),
+    ("beauty", 245),
+    ("vehicles", 242),
 ];
 const COUNTRIES: [(&str, u32); 30] = [
-    ("Albania", 563), ("Algeria", 487), ("Afghanistan", 427), ("Aruba", 346), ("American Samoa", 317), ("Andorra", 232),
-    ("Argentina", 232), ("Anguilla", 171), ("Armenia", 171), ("Azerbaijan", 160), ("Bahamas", 159),
-    ("Bouvet Island (Bouvetoya)", 144), ("Austria", 135), ("Antarctica (the territory South of 60 deg S)", 134),
-    ("Bangladesh", 134), ("Antigua and Barbuda", 124), ("Bulgaria", 109), ("Congo", 105), ("Barbados", 104),
-    ("Bolivia", 95), ("Belize", 89), ("Angola", 89), ("Belgium", 87), ("British Virgin Islands", 86), ("Benin", 85),
-    ("Bermuda", 84), ("Belarus", 84), ("Botswana", 82), ("Australia", 80), ("Cameroon", 77),
+    ("Albania", 563),
+    ("Algeria", 487),
+    ("Afghanistan", 427),
+    ("Aruba", 346),
+    ("American Samoa", 317),
+    ("Andorra", 232),
+    ("Argentina", 232),
+    ("Anguilla", 171),
+    ("Armenia", 171),
+    ("Azerbaijan", 160),
+    ("Bahamas", 159),
+    ("Bouvet Island (Bouvetoya)", 144),
+    ("Austria", 135),
+    ("Antarctica (the territory South of 60 deg S)", 134),
+    ("Bangladesh", 134),
+    ("Antigua and Barbuda", 124),
+    ("Bulgaria", 109),
+    ("Congo", 105),
+    ("Barbados", 104),
+    ("Bolivia", 95),
+    ("Belize", 89),
+    ("Angola", 89),
+    ("Belgium", 87),
+    ("British Virgin Islands", 86),
+    ("Benin", 85),
+    ("Bermuda", 84),
+    ("Belarus", 84),
+    ("Botswana", 82),
+    ("Australia", 80),
+    ("Cameroon", 77),
 ];
 const FIRST: [&str; 24] = [
-    "Aaron", "Amanda", "Adam", "Andrew", "Angela", "Abigail", "Anthony", "Christopher", "David", "Amy", "Brian", "Michael",
-    "Alexander", "James", "Ashley", "Andrea", "Alexandria", "Daniel", "Jennifer", "John", "Alexandra", "Brandon", "Amber", "Benjamin",
+    "Aaron",
+    "Amanda",
+    "Adam",
+    "Andrew",
+    "Angela",
+    "Abigail",
+    "Anthony",
+    "Christopher",
+    "David",
+    "Amy",
+    "Brian",
+    "Michael",
+    "Alexander",
+    "James",
+    "Ashley",
+    "Andrea",
+    "Alexandria",
+    "Daniel",
+    "Jennifer",
+    "John",
+    "Alexandra",
+    "Brandon",
+    "Amber",
+    "Benjamin",
 ];
 const LAST: [&str; 24] = [
-    "Anderson", "Adams", "Abbott", "Brown", "Alexander", "Allen", "Acosta", "Johnson", "Bailey", "Davis", "Baker", "Jones",
-    "Ali", "Alvarado", "Smith", "Garcia", "Andrews", "Bell", "Alvarez", "Bates", "Bennett", "Carter", "Allison", "Barnes",
+    "Anderson",
+    "Adams",
+    "Abbott",
+    "Brown",
+    "Alexander",
+    "Allen",
+    "Acosta",
+    "Johnson",
+    "Bailey",
+    "Davis",
+    "Baker",
+    "Jones",
+    "Ali",
+    "Alvarado",
+    "Smith",
+    "Garcia",
+    "Andrews",
+    "Bell",
+    "Alvarez",
+    "Bates",
+    "Bennett",
+    "Carter",
+    "Allison",
+    "Barnes",
 ];
 const POSTERS: [&str; 12] = [
-    "YourTango", "Bored Panda", "Walmart", "Our Mindful Life", "The Minds Journal", "BuzzFeed", "TheUnstitchd",
-    "Next Luxury", "Boop Decals", "One Little Project", "SOCIETY19", "Byrdie",
+    "YourTango",
+    "Bored Panda",
+    "Walmart",
+    "Our Mindful Life",
+    "The Minds Journal",
+    "BuzzFeed",
+    "TheUnstitchd",
+    "Next Luxury",
+    "Boop Decals",
+    "One Little Project",
+    "SOCIETY19",
+    "Byrdie",
 ];
 const WORDS: [&str; 24] = [
-    "Art", "Design", "Ideas", "Home", "Decor", "Quotes", "Travel", "Tattoo", "Fashion", "Money", "Christmas", "DIY",
-    "Crafts", "Beauty", "Cars", "Party", "Learning", "Style", "Modern", "Vintage", "Easy", "Best", "Simple", "Small",
+    "Art",
+    "Design",
+    "Ideas",
+    "Home",
+    "Decor",
+    "Quotes",
+    "Travel",
+    "Tattoo",
+    "Fashion",
+    "Money",
+    "Christmas",
+    "DIY",
+    "Crafts",
+    "Beauty",
+    "Cars",
+    "Party",
+    "Learning",
+    "Style",
+    "Modern",
+    "Vintage",
+    "Easy",
+    "Best",
+    "Simple",
+    "Small",
 ];
 const NO_TAGS: &str = "N,o, ,T,a,g,s, ,A,v,a,i,l,a,b,l,e";
 const STORY: &str = "multi-video(story page format)";
@@ -70,21 +180,33 @@ fn pick<'a>(rng: &mut StdRng, items: &[&'a str]) -> &'a str {
 }
 
 fn iso(secs: i64) -> String {
-    chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default().format("%Y-%m-%dT%H:%M:%S").to_string()
+    chrono::DateTime::from_timestamp(secs, 0)
+        .unwrap_or_default()
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string()
 }
 
 fn words(rng: &mut StdRng, n: usize) -> String {
-    (0..n).map(|_| pick(rng, &WORDS)).collect::<Vec<_>>().join(" ")
+    (0..n)
+        .map(|_| pick(rng, &WORDS))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn hex(rng: &mut StdRng, n: usize) -> String {
-    (0..n).map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0')).collect()
+    (0..n)
+        .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0'))
+        .collect()
 }
 
 impl Generator {
     /// `dirty_rate`: the share of records (0..=1) replaced by malformed ones.
     pub fn new(seed: u64, dirty_rate: f64) -> Self {
-        Generator { rng: StdRng::seed_from_u64(seed), next_ind: 0, dirty_rate: dirty_rate.clamp(0.0, 1.0) }
+        Generator {
+            rng: StdRng::seed_from_u64(seed),
+            next_ind: 0,
+            dirty_rate: dirty_rate.clamp(0.0, 1.0),
+        }
     }
 
     /// The next triple: `(ind, [(kind, data)])`, one record per stream.
@@ -120,17 +242,34 @@ impl Generator {
             match r.random_range(0..3646) {
                 0..2711 => format!("{}k", r.random_range(1..1000)),
                 2711..3353 => r.random_range(0..1000).to_string(),
-                _ => format!("{}M", [1, 2, 2, 3, 4, 5, 5, 6, 8, 15][r.random_range(0..10)]),
+                _ => format!(
+                    "{}M",
+                    [1, 2, 2, 3, 4, 5, 5, 6, 8, 15][r.random_range(0..10)]
+                ),
             }
         };
         let story = media == Some(STORY);
         let image_src: Value = match media {
             None => Value::Null,
             Some(_) if story && r.random_bool(95.0 / 270.0) => json!("Image src error."),
-            Some(STORY) | Some("video") => json!(format!("https://i.pinimg.com/videos/thumbnails/originals/{}/{}.0000001.jpg", hex(r, 2), hex(r, 32))),
-            Some(_) => json!(format!("https://i.pinimg.com/originals/{}/{}/{}/{}.jpg", hex(r, 2), hex(r, 2), hex(r, 2), hex(r, 32))),
+            Some(STORY) | Some("video") => json!(format!(
+                "https://i.pinimg.com/videos/thumbnails/originals/{}/{}.0000001.jpg",
+                hex(r, 2),
+                hex(r, 32)
+            )),
+            Some(_) => json!(format!(
+                "https://i.pinimg.com/originals/{}/{}/{}/{}.jpg",
+                hex(r, 2),
+                hex(r, 2),
+                hex(r, 2),
+                hex(r, 32)
+            )),
         };
-        let downloaded = if image_src == json!("Image src error.") { 0 } else { 1 };
+        let downloaded = if image_src == json!("Image src error.") {
+            0
+        } else {
+            1
+        };
         let description = if story {
             "No description available Story format".to_owned()
         } else if r.random_bool(66.0 / 3405.0) {
@@ -138,9 +277,21 @@ impl Generator {
         } else {
             format!("{}\u{2026}\u{a0}", words(r, 12))
         };
-        let title = if user_error { "No Title Data Available".to_owned() } else { words(r, 5) };
-        let tags = if r.random_bool(57.0 / 3675.0) { NO_TAGS.to_owned() } else { (0..9).map(|_| words(r, 2)).collect::<Vec<_>>().join(",") };
-        let poster = if user_error { "User Info Error" } else { pick(r, &POSTERS) };
+        let title = if user_error {
+            "No Title Data Available".to_owned()
+        } else {
+            words(r, 5)
+        };
+        let tags = if r.random_bool(57.0 / 3675.0) {
+            NO_TAGS.to_owned()
+        } else {
+            (0..9).map(|_| words(r, 2)).collect::<Vec<_>>().join(",")
+        };
+        let poster = if user_error {
+            "User Info Error"
+        } else {
+            pick(r, &POSTERS)
+        };
         let v = json!({
             "index": ind,
             "unique_id": format!("{}-{}-{}-{}-{}", hex(r, 8), hex(r, 4), hex(r, 4), hex(r, 4), hex(r, 12)),
@@ -182,7 +333,11 @@ impl Generator {
     fn user(&mut self, ind: i64) -> Vec<u8> {
         let r = &mut self.rng;
         // Ages 20-60, a fifth of them 20 as in the real data, the rest falling off.
-        let age = if r.random_bool(0.19) { 20 } else { 20 + (40.0 * r.random::<f64>().powf(1.6)) as i64 + 1 };
+        let age = if r.random_bool(0.19) {
+            20
+        } else {
+            20 + (40.0 * r.random::<f64>().powf(1.6)) as i64 + 1
+        };
         json!({
             "ind": ind,
             "first_name": pick(r, &FIRST),
@@ -217,7 +372,12 @@ mod tests {
     use super::*;
     use crate::clean::{clean_into, RecordMeta, RejectsColumns, TableColumns};
 
-    const META: RecordMeta<'static> = RecordMeta { shard_id: "s", sequence_number: "1", sub_sequence_number: 0, arrival_micros: None };
+    const META: RecordMeta<'static> = RecordMeta {
+        shard_id: "s",
+        sequence_number: "1",
+        sub_sequence_number: 0,
+        arrival_micros: None,
+    };
 
     #[test]
     fn same_seed_same_records() {
@@ -235,7 +395,11 @@ mod tests {
             for (kind, data) in triple {
                 let mut rows = TableColumns::new(kind);
                 let mut rejects = RejectsColumns::default();
-                assert!(clean_into(kind, &data, &META, kind.name(), &mut rows, &mut rejects).is_ok(), "{}", String::from_utf8_lossy(&data));
+                assert!(
+                    clean_into(kind, &data, &META, kind.name(), &mut rows, &mut rejects).is_ok(),
+                    "{}",
+                    String::from_utf8_lossy(&data)
+                );
             }
         }
         let mut g = Generator::new(1, 1.0);
@@ -244,7 +408,11 @@ mod tests {
             for (kind, data) in triple {
                 let mut rows = TableColumns::new(kind);
                 let mut rejects = RejectsColumns::default();
-                assert!(clean_into(kind, &data, &META, kind.name(), &mut rows, &mut rejects).is_err(), "{}", String::from_utf8_lossy(&data));
+                assert!(
+                    clean_into(kind, &data, &META, kind.name(), &mut rows, &mut rejects).is_err(),
+                    "{}",
+                    String::from_utf8_lossy(&data)
+                );
             }
         }
     }

@@ -32,7 +32,10 @@ const MAX_ATTEMPTS: u32 = 10;
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
     #[error("cannot read replay file {path}: {source}")]
-    Replay { path: PathBuf, source: std::io::Error },
+    Replay {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("nothing to produce: {0}")]
     Nothing(String),
 }
@@ -43,7 +46,10 @@ pub enum Source {
     /// Generated triples sharing an `ind`.
     Synthetic { seed: u64, dirty_rate: f64 },
     /// NDJSON files, one record a line, sent as they are.
-    Replay { files: Vec<(Kind, PathBuf)>, looping: bool },
+    Replay {
+        files: Vec<(Kind, PathBuf)>,
+        looping: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -97,23 +103,38 @@ struct Item {
 /// Yields records from the configured source.
 enum Feed {
     Synthetic(Box<Generator>, Vec<Item>),
-    Replay { lines: Vec<(Kind, Vec<Vec<u8>>)>, pos: Vec<usize>, looping: bool, turn: usize, n: u64 },
+    Replay {
+        lines: Vec<(Kind, Vec<Vec<u8>>)>,
+        pos: Vec<usize>,
+        looping: bool,
+        turn: usize,
+        n: u64,
+    },
 }
 
 impl Feed {
     fn new(source: &Source, streams: &BTreeMap<Kind, String>) -> Result<Self, ProduceError> {
         match source {
-            Source::Synthetic { seed, dirty_rate } => Ok(Feed::Synthetic(Box::new(Generator::new(*seed, *dirty_rate)), Vec::new())),
+            Source::Synthetic { seed, dirty_rate } => Ok(Feed::Synthetic(
+                Box::new(Generator::new(*seed, *dirty_rate)),
+                Vec::new(),
+            )),
             Source::Replay { files, looping } => {
                 let mut lines = Vec::new();
                 for (kind, path) in files {
                     if !streams.contains_key(kind) {
                         continue;
                     }
-                    let f = std::fs::File::open(path).map_err(|source| ProduceError::Replay { path: path.clone(), source })?;
+                    let f = std::fs::File::open(path).map_err(|source| ProduceError::Replay {
+                        path: path.clone(),
+                        source,
+                    })?;
                     let mut v = Vec::new();
                     for line in std::io::BufReader::new(f).split(b'\n') {
-                        let line = line.map_err(|source| ProduceError::Replay { path: path.clone(), source })?;
+                        let line = line.map_err(|source| ProduceError::Replay {
+                            path: path.clone(),
+                            source,
+                        })?;
                         if !line.iter().all(u8::is_ascii_whitespace) {
                             v.push(line);
                         }
@@ -121,10 +142,18 @@ impl Feed {
                     lines.push((*kind, v));
                 }
                 if lines.iter().all(|(_, v)| v.is_empty()) {
-                    return Err(ProduceError::Nothing("the replay files hold no records".into()));
+                    return Err(ProduceError::Nothing(
+                        "the replay files hold no records".into(),
+                    ));
                 }
                 let pos = vec![0; lines.len()];
-                Ok(Feed::Replay { lines, pos, looping: *looping, turn: 0, n: 0 })
+                Ok(Feed::Replay {
+                    lines,
+                    pos,
+                    looping: *looping,
+                    turn: 0,
+                    n: 0,
+                })
             }
         }
     }
@@ -135,11 +164,21 @@ impl Feed {
                 if pending.is_empty() {
                     let (ind, triple) = g.next_triple();
                     // Reverse so pop() yields pin, geo, user in order.
-                    pending.extend(triple.into_iter().rev().map(|(kind, data)| Item { kind, key: ind.to_string(), data }));
+                    pending.extend(triple.into_iter().rev().map(|(kind, data)| Item {
+                        kind,
+                        key: ind.to_string(),
+                        data,
+                    }));
                 }
                 pending.pop()
             }
-            Feed::Replay { lines, pos, looping, turn, n } => {
+            Feed::Replay {
+                lines,
+                pos,
+                looping,
+                turn,
+                n,
+            } => {
                 for _ in 0..lines.len() {
                     let i = *turn % lines.len();
                     *turn += 1;
@@ -154,7 +193,11 @@ impl Feed {
                     let data = v[pos[i]].clone();
                     pos[i] += 1;
                     *n += 1;
-                    return Some(Item { kind: *kind, key: n.to_string(), data });
+                    return Some(Item {
+                        kind: *kind,
+                        key: n.to_string(),
+                        data,
+                    });
                 }
                 None
             }
@@ -168,31 +211,58 @@ struct Buffer {
 }
 
 /// Runs the producer until the count, the duration, the end of the files, or `cancel`.
-pub async fn produce(client: aws_sdk_kinesis::Client, opts: ProduceOptions, cancel: CancellationToken) -> Result<ProduceReport, ProduceError> {
+pub async fn produce(
+    client: aws_sdk_kinesis::Client,
+    opts: ProduceOptions,
+    cancel: CancellationToken,
+) -> Result<ProduceReport, ProduceError> {
     let mut feed = Feed::new(&opts.source, &opts.streams)?;
     let stats = Arc::new(Stats::default());
     let started = Instant::now();
     let deadline = opts.duration.map(|d| started + d);
     // Small batches when paced, so the rate is steady rather than bursts of 500.
     let batch_records = match opts.rate {
-        Some(r) => ((r / opts.streams.len().max(1) as f64 / 20.0).ceil() as usize).clamp(1, MAX_RECORDS_PER_CALL),
+        Some(r) => ((r / opts.streams.len().max(1) as f64 / 20.0).ceil() as usize)
+            .clamp(1, MAX_RECORDS_PER_CALL),
         None => MAX_RECORDS_PER_CALL,
     };
-    let permits = Arc::new(Semaphore::new(opts.in_flight.max(1) * opts.streams.len().max(1)));
+    let permits = Arc::new(Semaphore::new(
+        opts.in_flight.max(1) * opts.streams.len().max(1),
+    ));
     let mut calls: JoinSet<()> = JoinSet::new();
-    let mut buffers: BTreeMap<Kind, Buffer> = opts.streams.keys().map(|k| (*k, Buffer { entries: Vec::new(), bytes: 0 })).collect();
+    let mut buffers: BTreeMap<Kind, Buffer> = opts
+        .streams
+        .keys()
+        .map(|k| {
+            (
+                *k,
+                Buffer {
+                    entries: Vec::new(),
+                    bytes: 0,
+                },
+            )
+        })
+        .collect();
     let mut per_stream: BTreeMap<Kind, u64> = BTreeMap::new();
     let mut generated = 0u64;
-    let progress = opts.progress_every.map(|every| spawn_progress(stats.clone(), every, cancel.child_token()));
+    let progress = opts
+        .progress_every
+        .map(|every| spawn_progress(stats.clone(), every, cancel.child_token()));
 
     'feed: while let Some(item) = feed.next() {
         if cancel.is_cancelled() || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        let Some(stream) = opts.streams.get(&item.kind) else { continue };
+        let Some(stream) = opts.streams.get(&item.kind) else {
+            continue;
+        };
         let n = per_stream.entry(item.kind).or_default();
         if opts.count.is_some_and(|c| *n >= c) {
-            if per_stream.len() == opts.streams.len() && per_stream.values().all(|v| opts.count.is_some_and(|c| *v >= c)) {
+            if per_stream.len() == opts.streams.len()
+                && per_stream
+                    .values()
+                    .all(|v| opts.count.is_some_and(|c| *v >= c))
+            {
                 break;
             }
             continue;
@@ -209,9 +279,16 @@ pub async fn produce(client: aws_sdk_kinesis::Client, opts: ProduceOptions, canc
         if buf.bytes + size > MAX_BYTES_PER_CALL {
             let entries = std::mem::take(&mut buf.entries);
             buf.bytes = 0;
-            dispatch(&client, stream, entries, &stats, &permits, &mut calls, &cancel).await;
+            dispatch(
+                &client, stream, entries, &stats, &permits, &mut calls, &cancel,
+            )
+            .await;
         }
-        let entry = match PutRecordsRequestEntry::builder().data(Blob::new(item.data)).partition_key(key).build() {
+        let entry = match PutRecordsRequestEntry::builder()
+            .data(Blob::new(item.data))
+            .partition_key(key)
+            .build()
+        {
             Ok(e) => e,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot build a PutRecords entry");
@@ -224,7 +301,10 @@ pub async fn produce(client: aws_sdk_kinesis::Client, opts: ProduceOptions, canc
         if buf.entries.len() >= batch_records {
             let entries = std::mem::take(&mut buf.entries);
             buf.bytes = 0;
-            dispatch(&client, stream, entries, &stats, &permits, &mut calls, &cancel).await;
+            dispatch(
+                &client, stream, entries, &stats, &permits, &mut calls, &cancel,
+            )
+            .await;
         }
         generated += 1;
         if let Some(rate) = opts.rate {
@@ -239,7 +319,16 @@ pub async fn produce(client: aws_sdk_kinesis::Client, opts: ProduceOptions, canc
     }
     for (kind, buf) in buffers {
         if !buf.entries.is_empty() && !cancel.is_cancelled() {
-            dispatch(&client, &opts.streams[&kind], buf.entries, &stats, &permits, &mut calls, &cancel).await;
+            dispatch(
+                &client,
+                &opts.streams[&kind],
+                buf.entries,
+                &stats,
+                &permits,
+                &mut calls,
+                &cancel,
+            )
+            .await;
         }
     }
     while calls.join_next().await.is_some() {}
@@ -254,9 +343,16 @@ pub async fn produce(client: aws_sdk_kinesis::Client, opts: ProduceOptions, canc
         retries: stats.retries.load(Ordering::Relaxed),
         throttled: stats.throttled.load(Ordering::Relaxed),
         calls: stats.calls.load(Ordering::Relaxed),
-        per_stream: per_stream.into_iter().map(|(k, v)| (opts.streams[&k].clone(), v)).collect(),
+        per_stream: per_stream
+            .into_iter()
+            .map(|(k, v)| (opts.streams[&k].clone(), v))
+            .collect(),
         elapsed_seconds: elapsed,
-        records_per_second: if elapsed > 0.0 { sent as f64 / elapsed } else { 0.0 },
+        records_per_second: if elapsed > 0.0 {
+            sent as f64 / elapsed
+        } else {
+            0.0
+        },
     })
 }
 
@@ -269,8 +365,15 @@ async fn dispatch(
     calls: &mut JoinSet<()>,
     cancel: &CancellationToken,
 ) {
-    let Ok(permit) = permits.clone().acquire_owned().await else { return };
-    let (client, stream, stats, cancel) = (client.clone(), stream.to_owned(), stats.clone(), cancel.clone());
+    let Ok(permit) = permits.clone().acquire_owned().await else {
+        return;
+    };
+    let (client, stream, stats, cancel) = (
+        client.clone(),
+        stream.to_owned(),
+        stats.clone(),
+        cancel.clone(),
+    );
     calls.spawn(async move {
         put_with_retries(&client, &stream, entries, &stats, &cancel).await;
         drop(permit);
@@ -281,15 +384,28 @@ async fn dispatch(
 
 /// Sends one batch; on a partial failure resends only the failed entries, with exponential
 /// backoff and full jitter, up to [`MAX_ATTEMPTS`] attempts.
-pub async fn put_with_retries(client: &aws_sdk_kinesis::Client, stream: &str, mut pending: Vec<PutRecordsRequestEntry>, stats: &Stats, cancel: &CancellationToken) {
+pub async fn put_with_retries(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    mut pending: Vec<PutRecordsRequestEntry>,
+    stats: &Stats,
+    cancel: &CancellationToken,
+) {
     let mut attempt = 0u32;
     while !pending.is_empty() {
         attempt += 1;
         stats.calls.fetch_add(1, Ordering::Relaxed);
-        let res = client.put_records().stream_name(stream).set_records(Some(pending.clone())).send().await;
+        let res = client
+            .put_records()
+            .stream_name(stream)
+            .set_records(Some(pending.clone()))
+            .send()
+            .await;
         match res {
             Ok(out) if out.failed_record_count().unwrap_or(0) == 0 => {
-                stats.sent.fetch_add(pending.len() as u64, Ordering::Relaxed);
+                stats
+                    .sent
+                    .fetch_add(pending.len() as u64, Ordering::Relaxed);
                 return;
             }
             Ok(out) => {
@@ -313,11 +429,15 @@ pub async fn put_with_retries(client: &aws_sdk_kinesis::Client, stream: &str, mu
             Err(e) => {
                 let e = ServiceError::kinesis("PutRecords", e);
                 if e.is_throttle() {
-                    stats.throttled.fetch_add(pending.len() as u64, Ordering::Relaxed);
+                    stats
+                        .throttled
+                        .fetch_add(pending.len() as u64, Ordering::Relaxed);
                 }
                 if !e.is_retryable() {
                     tracing::error!(%stream, error = %e, records = pending.len(), "PutRecords failed; not retryable");
-                    stats.failed.fetch_add(pending.len() as u64, Ordering::Relaxed);
+                    stats
+                        .failed
+                        .fetch_add(pending.len() as u64, Ordering::Relaxed);
                     return;
                 }
                 tracing::debug!(%stream, error = %e, "PutRecords failed; retrying");
@@ -328,11 +448,16 @@ pub async fn put_with_retries(client: &aws_sdk_kinesis::Client, stream: &str, mu
         }
         if attempt >= MAX_ATTEMPTS || cancel.is_cancelled() {
             tracing::warn!(%stream, records = pending.len(), attempts = attempt, "giving up on records after retries");
-            stats.failed.fetch_add(pending.len() as u64, Ordering::Relaxed);
+            stats
+                .failed
+                .fetch_add(pending.len() as u64, Ordering::Relaxed);
             return;
         }
-        stats.retries.fetch_add(pending.len() as u64, Ordering::Relaxed);
-        metrics::counter!("pinstream_put_records_retries_total", "stream" => stream.to_owned()).increment(pending.len() as u64);
+        stats
+            .retries
+            .fetch_add(pending.len() as u64, Ordering::Relaxed);
+        metrics::counter!("pinstream_put_records_retries_total", "stream" => stream.to_owned())
+            .increment(pending.len() as u64);
         tokio::time::sleep(jittered_backoff(attempt)).await;
     }
 }
@@ -343,7 +468,11 @@ pub fn jittered_backoff(attempt: u32) -> Duration {
     Duration::from_millis(rand::rng().random_range(0..=ceiling))
 }
 
-fn spawn_progress(stats: Arc<Stats>, every: Duration, stop: CancellationToken) -> CancellationToken {
+fn spawn_progress(
+    stats: Arc<Stats>,
+    every: Duration,
+    stop: CancellationToken,
+) -> CancellationToken {
     let handle = stop.clone();
     tokio::spawn(async move {
         let started = Instant::now();

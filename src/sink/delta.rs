@@ -23,9 +23,16 @@ use crate::config::TableRoot;
 #[derive(Debug, thiserror::Error)]
 pub enum DeltaError {
     #[error("table {table}: {source}")]
-    Delta { table: String, source: DeltaTableError },
+    Delta {
+        table: String,
+        source: DeltaTableError,
+    },
     #[error("table {table}: cannot use location {location}: {message}")]
-    Location { table: String, location: String, message: String },
+    Location {
+        table: String,
+        location: String,
+        message: String,
+    },
     #[error("table {table}: schema: {message}")]
     Schema { table: String, message: String },
 }
@@ -50,7 +57,11 @@ const COMMIT_INFO_KEY: &str = "pinstream";
 /// The URL delta-rs should open for `table` under `root`.
 pub fn table_url(root: &TableRoot, table: &str) -> Result<url::Url, DeltaError> {
     let loc = root.table_url(table);
-    let err = |message: String| DeltaError::Location { table: table.into(), location: loc.clone(), message };
+    let err = |message: String| DeltaError::Location {
+        table: table.into(),
+        location: loc.clone(),
+        message,
+    };
     match root {
         TableRoot::Local(_) => {
             let path = std::path::Path::new(&loc);
@@ -71,14 +82,27 @@ fn storage_options(root: &TableRoot) -> HashMap<String, String> {
 
 /// Opens `table` under `root`, creating it with `schema` on first use. Safe when several
 /// workers race to create it: the loser of the version-0 commit opens the winner's table.
-pub async fn open_or_create(root: &TableRoot, table: &str, schema: &SchemaRef) -> Result<DeltaTable, DeltaError> {
+pub async fn open_or_create(
+    root: &TableRoot,
+    table: &str,
+    schema: &SchemaRef,
+) -> Result<DeltaTable, DeltaError> {
     let url = table_url(root, table)?;
     let opts = storage_options(root);
-    let de = |source| DeltaError::Delta { table: table.into(), source };
+    let de = |source| DeltaError::Delta {
+        table: table.into(),
+        source,
+    };
     if let Some(t) = try_open(&url, &opts).await.map_err(de)? {
         return Ok(t);
     }
-    let kernel: StructType = schema.as_ref().try_into_kernel().map_err(|e| DeltaError::Schema { table: table.into(), message: e.to_string() })?;
+    let kernel: StructType = schema
+        .as_ref()
+        .try_into_kernel()
+        .map_err(|e| DeltaError::Schema {
+            table: table.into(),
+            message: e.to_string(),
+        })?;
     let created = CreateBuilder::new()
         .with_location(url.as_str())
         .with_table_name(table)
@@ -98,7 +122,10 @@ pub async fn open_or_create(root: &TableRoot, table: &str, schema: &SchemaRef) -
     }
 }
 
-async fn try_open(url: &url::Url, opts: &HashMap<String, String>) -> Result<Option<DeltaTable>, DeltaTableError> {
+async fn try_open(
+    url: &url::Url,
+    opts: &HashMap<String, String>,
+) -> Result<Option<DeltaTable>, DeltaTableError> {
     let builder = DeltaTableBuilder::from_url(url.clone())?.with_storage_options(opts.clone());
     match builder.load().await {
         Ok(t) => Ok(Some(t)),
@@ -108,18 +135,28 @@ async fn try_open(url: &url::Url, opts: &HashMap<String, String>) -> Result<Opti
 }
 
 /// The txn version of `app_id` in the table's latest state (refreshed first).
-pub async fn txn_version(table: &mut DeltaTable, app_id: &str) -> Result<Option<i64>, DeltaTableError> {
+pub async fn txn_version(
+    table: &mut DeltaTable,
+    app_id: &str,
+) -> Result<Option<i64>, DeltaTableError> {
     Ok(txn_versions(table, &[app_id]).await?.pop().flatten())
 }
 
 /// The txn versions of several app ids, in order, after ONE refresh of the table state.
-pub async fn txn_versions(table: &mut DeltaTable, app_ids: &[&str]) -> Result<Vec<Option<i64>>, DeltaTableError> {
+pub async fn txn_versions(
+    table: &mut DeltaTable,
+    app_ids: &[&str],
+) -> Result<Vec<Option<i64>>, DeltaTableError> {
     table.update_state().await?;
     let log_store = table.log_store();
     let snapshot = table.snapshot()?;
     let mut out = Vec::with_capacity(app_ids.len());
     for app_id in app_ids {
-        out.push(snapshot.transaction_version(log_store.as_ref(), *app_id).await?);
+        out.push(
+            snapshot
+                .transaction_version(log_store.as_ref(), *app_id)
+                .await?,
+        );
     }
     Ok(out)
 }
@@ -129,10 +166,20 @@ pub async fn txn_versions(table: &mut DeltaTable, app_ids: &[&str]) -> Result<Ve
 /// `batch_version` after a checkpoint. Returns the new table version.
 ///
 /// A failed commit means "not committed": the caller keeps the rows and retries.
-pub async fn append(table: &mut DeltaTable, batches: &[RecordBatch], shards: &[ShardPosition]) -> Result<u64, DeltaTableError> {
+pub async fn append(
+    table: &mut DeltaTable,
+    batches: &[RecordBatch],
+    shards: &[ShardPosition],
+) -> Result<u64, DeltaTableError> {
     let txns: Vec<Transaction> = shards
         .iter()
-        .map(|s| Transaction::new_with_last_update(&s.app_id, s.version, Some(chrono::Utc::now().timestamp_millis())))
+        .map(|s| {
+            Transaction::new_with_last_update(
+                &s.app_id,
+                s.version,
+                Some(chrono::Utc::now().timestamp_millis()),
+            )
+        })
         .collect();
     let positions: serde_json::Map<String, Value> = shards
         .iter()
@@ -156,21 +203,44 @@ pub async fn append(table: &mut DeltaTable, batches: &[RecordBatch], shards: &[S
 /// Finds the position a shard reached in the commit that set its txn to `version`, by
 /// reading the commit history newest first (used when the commit landed but the
 /// checkpoint did not).
-pub async fn position_at(table: &DeltaTable, lease_key: &str, version: i64) -> Result<Option<ShardPosition>, DeltaTableError> {
+pub async fn position_at(
+    table: &DeltaTable,
+    lease_key: &str,
+    version: i64,
+) -> Result<Option<ShardPosition>, DeltaTableError> {
     let mut history = table.history(None);
     while let Some(info) = history.next().await {
         let info = info?;
-        let Some(entry) = info.info.get(COMMIT_INFO_KEY).and_then(|v| v.get("shards")).and_then(|s| s.get(lease_key)) else {
+        let Some(entry) = info
+            .info
+            .get(COMMIT_INFO_KEY)
+            .and_then(|v| v.get("shards"))
+            .and_then(|s| s.get(lease_key))
+        else {
             continue;
         };
         if entry.get("version").and_then(Value::as_i64) == Some(version) {
             return Ok(Some(ShardPosition {
-                app_id: entry.get("app_id").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                app_id: entry
+                    .get("app_id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
                 lease_key: lease_key.to_owned(),
                 version,
-                last_sequence: entry.get("sequence").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                last_sub_sequence: entry.get("sub_sequence").and_then(Value::as_i64).unwrap_or(0),
-                shard_end: entry.get("shard_end").and_then(Value::as_bool).unwrap_or(false),
+                last_sequence: entry
+                    .get("sequence")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                last_sub_sequence: entry
+                    .get("sub_sequence")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0),
+                shard_end: entry
+                    .get("shard_end")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
             }));
         }
     }

@@ -26,9 +26,15 @@ use delta::ShardPosition;
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("commit to {table} failed (rows kept for the next flush): {source}")]
-    Commit { table: String, source: deltalake::DeltaTableError },
+    Commit {
+        table: String,
+        source: deltalake::DeltaTableError,
+    },
     #[error("building a batch for {table}: {source}")]
-    Arrow { table: String, source: deltalake::arrow::error::ArrowError },
+    Arrow {
+        table: String,
+        source: deltalake::arrow::error::ArrowError,
+    },
     #[error("the {0} sink has stopped")]
     Stopped(Kind),
 }
@@ -71,7 +77,10 @@ pub struct SinkHandle {
 impl SinkHandle {
     pub async fn flush(&self) -> Result<(), SinkError> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(SinkMsg::Flush(tx)).await.map_err(|_| SinkError::Stopped(self.kind))?;
+        self.tx
+            .send(SinkMsg::Flush(tx))
+            .await
+            .map_err(|_| SinkError::Stopped(self.kind))?;
         rx.await.map_err(|_| SinkError::Stopped(self.kind))?
     }
 }
@@ -104,7 +113,11 @@ impl TableSink {
     pub fn spawn(self) -> (SinkHandle, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
         let totals = Arc::new(SinkTotals::default());
-        let handle = SinkHandle { kind: self.kind, tx, totals: totals.clone() };
+        let handle = SinkHandle {
+            kind: self.kind,
+            tx,
+            totals: totals.clone(),
+        };
         let task = tokio::spawn(self.run(rx, totals));
         (handle, task)
     }
@@ -134,9 +147,19 @@ impl TableSink {
                     bytes += c.bytes;
                     first_at.get_or_insert_with(Instant::now);
                     add_chunk(&mut buf, c);
-                    let full = rows >= self.policy.max_batch_rows || bytes >= self.policy.max_batch_bytes;
+                    let full =
+                        rows >= self.policy.max_batch_rows || bytes >= self.policy.max_batch_bytes;
                     if full && retry_at.is_none() {
-                        self.flush_or_retry(&mut buf, &totals, &mut failures, &mut retry_at, &mut rows, &mut bytes, &mut first_at).await;
+                        self.flush_or_retry(
+                            &mut buf,
+                            &totals,
+                            &mut failures,
+                            &mut retry_at,
+                            &mut rows,
+                            &mut bytes,
+                            &mut first_at,
+                        )
+                        .await;
                     }
                 }
                 Some(SinkMsg::Flush(reply)) => {
@@ -180,7 +203,11 @@ impl TableSink {
 
     /// Commits everything buffered, then checkpoints each shard. On a commit error the
     /// buffer is kept whole for the next attempt.
-    async fn flush(&mut self, buf: &mut BTreeMap<String, ShardBuf>, totals: &SinkTotals) -> Result<(), SinkError> {
+    async fn flush(
+        &mut self,
+        buf: &mut BTreeMap<String, ShardBuf>,
+        totals: &SinkTotals,
+    ) -> Result<(), SinkError> {
         // Drop shards whose lease was lost or that have nothing to commit.
         let keys: Vec<String> = buf.keys().cloned().collect();
         let mut candidates: Vec<(String, i64)> = Vec::new();
@@ -202,11 +229,17 @@ impl TableSink {
         }
         // Fence: the table's txn version of each shard must still be the version our
         // checkpoint says, or someone else has committed for the shard since we took it.
-        let app_ids: Vec<String> = candidates.iter().map(|(k, _)| buf[k].lease.app_id(&self.application)).collect();
+        let app_ids: Vec<String> = candidates
+            .iter()
+            .map(|(k, _)| buf[k].lease.app_id(&self.application))
+            .collect();
         let app_refs: Vec<&str> = app_ids.iter().map(String::as_str).collect();
         let versions = delta::txn_versions(&mut self.table, &app_refs)
             .await
-            .map_err(|source| SinkError::Commit { table: self.kind.name().into(), source })?;
+            .map_err(|source| SinkError::Commit {
+                table: self.kind.name().into(),
+                source,
+            })?;
         let mut planned: Vec<(String, i64)> = Vec::new();
         for ((key, expected), t) in candidates.into_iter().zip(versions) {
             let t = t.unwrap_or(0);
@@ -242,35 +275,62 @@ impl TableSink {
 
         // Rejects first: a crash between the two commits re-reads the batch (the rejects
         // carry their unique key), it never loses a reject.
-        let rejects: Vec<RecordBatch> = planned.iter().flat_map(|(k, _)| buf[k].rejects.iter().cloned()).collect();
+        let rejects: Vec<RecordBatch> = planned
+            .iter()
+            .flat_map(|(k, _)| buf[k].rejects.iter().cloned())
+            .collect();
         let reject_rows: usize = rejects.iter().map(RecordBatch::num_rows).sum();
         if reject_rows > 0 {
-            let with_rejects: Vec<ShardPosition> =
-                positions.iter().filter(|p| buf[&p.lease_key].rejects.iter().any(|b| b.num_rows() > 0)).cloned().collect();
+            let with_rejects: Vec<ShardPosition> = positions
+                .iter()
+                .filter(|p| buf[&p.lease_key].rejects.iter().any(|b| b.num_rows() > 0))
+                .cloned()
+                .collect();
             self.commit(true, &rejects, &with_rejects).await?;
             totals.commits.fetch_add(1, Ordering::Relaxed);
         }
-        let batches: Vec<RecordBatch> = planned.iter().flat_map(|(k, _)| buf[k].rows.iter().cloned()).collect();
+        let batches: Vec<RecordBatch> = planned
+            .iter()
+            .flat_map(|(k, _)| buf[k].rows.iter().cloned())
+            .collect();
         let good_rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         self.commit(false, &batches, &positions).await?;
-        totals.rows_committed.fetch_add(good_rows as u64, Ordering::Relaxed);
-        totals.rejects_committed.fetch_add(reject_rows as u64, Ordering::Relaxed);
+        totals
+            .rows_committed
+            .fetch_add(good_rows as u64, Ordering::Relaxed);
+        totals
+            .rejects_committed
+            .fetch_add(reject_rows as u64, Ordering::Relaxed);
         totals.commits.fetch_add(1, Ordering::Relaxed);
-        self.progress.rows_committed.fetch_add((good_rows + reject_rows) as u64, Ordering::Relaxed);
-        metrics::counter!("pinstream_records_written_total", "table" => self.kind.name()).increment(good_rows as u64);
+        self.progress
+            .rows_committed
+            .fetch_add((good_rows + reject_rows) as u64, Ordering::Relaxed);
+        metrics::counter!("pinstream_records_written_total", "table" => self.kind.name())
+            .increment(good_rows as u64);
         metrics::counter!("pinstream_records_rejected_written_total", "table" => self.kind.rejects_table()).increment(reject_rows as u64);
-        metrics::histogram!("pinstream_flush_rows", "table" => self.kind.name()).record((good_rows + reject_rows) as f64);
+        metrics::histogram!("pinstream_flush_rows", "table" => self.kind.name())
+            .record((good_rows + reject_rows) as f64);
 
         // Checkpoint after commit, conditional on still holding each lease.
         for (pos, (key, version)) in positions.iter().zip(&planned) {
             let sb = buf.remove(key).expect("planned shard is buffered");
-            let checkpoint = if sb.end_of_shard { Checkpoint::ShardEnd } else { Checkpoint::Sequence(pos.last_sequence.clone()) };
-            self.checkpoint(&sb.lease, &checkpoint, pos.last_sub_sequence, *version).await;
+            let checkpoint = if sb.end_of_shard {
+                Checkpoint::ShardEnd
+            } else {
+                Checkpoint::Sequence(pos.last_sequence.clone())
+            };
+            self.checkpoint(&sb.lease, &checkpoint, pos.last_sub_sequence, *version)
+                .await;
         }
         Ok(())
     }
 
-    async fn commit(&mut self, rejects: bool, batches: &[RecordBatch], positions: &[ShardPosition]) -> Result<(), SinkError> {
+    async fn commit(
+        &mut self,
+        rejects: bool,
+        batches: &[RecordBatch],
+        positions: &[ShardPosition],
+    ) -> Result<(), SinkError> {
         let (table, name) = if rejects {
             (&mut self.rejects_table, self.kind.rejects_table())
         } else {
@@ -278,16 +338,27 @@ impl TableSink {
         };
         let started = Instant::now();
         let res = delta::append(table, batches, positions).await;
-        metrics::histogram!("pinstream_delta_commit_duration_seconds", "table" => name).record(started.elapsed().as_secs_f64());
+        metrics::histogram!("pinstream_delta_commit_duration_seconds", "table" => name)
+            .record(started.elapsed().as_secs_f64());
         match res {
             Ok(version) => {
                 metrics::counter!("pinstream_delta_commits_total", "table" => name).increment(1);
-                tracing::info!(table = name, version, rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>(), shards = positions.len(), "committed");
+                tracing::info!(
+                    table = name,
+                    version,
+                    rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>(),
+                    shards = positions.len(),
+                    "committed"
+                );
                 Ok(())
             }
             Err(source) => {
-                metrics::counter!("pinstream_delta_commit_failures_total", "table" => name).increment(1);
-                Err(SinkError::Commit { table: name.into(), source })
+                metrics::counter!("pinstream_delta_commit_failures_total", "table" => name)
+                    .increment(1);
+                Err(SinkError::Commit {
+                    table: name.into(),
+                    source,
+                })
             }
         }
     }
@@ -297,7 +368,17 @@ impl TableSink {
         if state.lost {
             return;
         }
-        let res = self.leases.checkpoint(&lease.key, &self.worker_id, state.counter, checkpoint, sub, version).await;
+        let res = self
+            .leases
+            .checkpoint(
+                &lease.key,
+                &self.worker_id,
+                state.counter,
+                checkpoint,
+                sub,
+                version,
+            )
+            .await;
         match res {
             Ok(counter) => {
                 state.counter = counter;
@@ -317,10 +398,22 @@ impl TableSink {
 
 fn add_chunk(buf: &mut BTreeMap<String, ShardBuf>, c: Chunk) {
     let key = c.lease.key.clone();
-    let entry = buf.entry(key).or_insert_with(|| ShardBuf { lease: c.lease.clone(), rows: Vec::new(), rejects: Vec::new(), last: None, end_of_shard: false });
+    let entry = buf.entry(key).or_insert_with(|| ShardBuf {
+        lease: c.lease.clone(),
+        rows: Vec::new(),
+        rejects: Vec::new(),
+        last: None,
+        end_of_shard: false,
+    });
     if !Arc::ptr_eq(&entry.lease, &c.lease) {
         // The lease was lost and taken again: what was buffered under the old hold is void.
-        *entry = ShardBuf { lease: c.lease.clone(), rows: Vec::new(), rejects: Vec::new(), last: None, end_of_shard: false };
+        *entry = ShardBuf {
+            lease: c.lease.clone(),
+            rows: Vec::new(),
+            rejects: Vec::new(),
+            last: None,
+            end_of_shard: false,
+        };
     }
     if c.rows.num_rows() > 0 {
         entry.rows.push(c.rows);
@@ -336,8 +429,15 @@ fn add_chunk(buf: &mut BTreeMap<String, ShardBuf>, c: Chunk) {
 
 fn drop_shard(buf: &mut BTreeMap<String, ShardBuf>, key: &str, totals: &SinkTotals) {
     if let Some(sb) = buf.remove(key) {
-        let n: usize = sb.rows.iter().chain(&sb.rejects).map(RecordBatch::num_rows).sum();
-        totals.rows_dropped_lost_lease.fetch_add(n as u64, Ordering::Relaxed);
+        let n: usize = sb
+            .rows
+            .iter()
+            .chain(&sb.rejects)
+            .map(RecordBatch::num_rows)
+            .sum();
+        totals
+            .rows_dropped_lost_lease
+            .fetch_add(n as u64, Ordering::Relaxed);
         tracing::info!(lease = %key, rows = n, "dropped uncommitted rows of a lost lease");
     }
 }

@@ -12,29 +12,82 @@ async fn conditional_writes_fence_every_lease_change() {
     let table = LeaseTable::new(aws.dynamodb.clone(), support::unique("leases"));
     table.ensure_exists(Duration::from_secs(30)).await.unwrap();
     table.ensure_exists(Duration::from_secs(30)).await.unwrap(); // idempotent
-    assert!(table.create_if_absent("pin", "shardId-0", &[], &Checkpoint::TrimHorizon).await.unwrap());
-    assert!(!table.create_if_absent("pin", "shardId-0", &[], &Checkpoint::Latest).await.unwrap(), "existing lease untouched");
+    assert!(table
+        .create_if_absent("pin", "shardId-0", &[], &Checkpoint::TrimHorizon)
+        .await
+        .unwrap());
+    assert!(
+        !table
+            .create_if_absent("pin", "shardId-0", &[], &Checkpoint::Latest)
+            .await
+            .unwrap(),
+        "existing lease untouched"
+    );
     let lease = table.scan().await.unwrap().remove(0);
-    assert_eq!((lease.owner.as_deref(), lease.counter, &lease.checkpoint), (None, 0, &Checkpoint::TrimHorizon));
+    assert_eq!(
+        (lease.owner.as_deref(), lease.counter, &lease.checkpoint),
+        (None, 0, &Checkpoint::TrimHorizon)
+    );
 
     // Two workers race for the same observed counter: exactly one wins.
-    let (a, b) = tokio::join!(table.take(&lease.key, "a", 0, None), table.take(&lease.key, "b", 0, None));
+    let (a, b) = tokio::join!(
+        table.take(&lease.key, "a", 0, None),
+        table.take(&lease.key, "b", 0, None)
+    );
     let (winner, counter) = match (a, b) {
         (Ok(c), Err(LeaseError::Lost(_))) => ("a", c),
         (Err(LeaseError::Lost(_)), Ok(c)) => ("b", c),
         other => panic!("exactly one take must win: {other:?}"),
     };
     let loser = if winner == "a" { "b" } else { "a" };
-    assert!(matches!(table.renew(&lease.key, loser, counter, None).await, Err(LeaseError::Lost(_))));
-    let counter = table.renew(&lease.key, winner, counter, Some(42)).await.unwrap();
+    assert!(matches!(
+        table.renew(&lease.key, loser, counter, None).await,
+        Err(LeaseError::Lost(_))
+    ));
+    let counter = table
+        .renew(&lease.key, winner, counter, Some(42))
+        .await
+        .unwrap();
     // A checkpoint with a stale counter is refused.
-    let stale = table.checkpoint(&lease.key, winner, counter - 1, &Checkpoint::Sequence("1".into()), 0, 1).await;
+    let stale = table
+        .checkpoint(
+            &lease.key,
+            winner,
+            counter - 1,
+            &Checkpoint::Sequence("1".into()),
+            0,
+            1,
+        )
+        .await;
     assert!(matches!(stale, Err(LeaseError::Lost(_))));
-    let counter = table.checkpoint(&lease.key, winner, counter, &Checkpoint::Sequence("123".into()), 2, 1).await.unwrap();
+    let counter = table
+        .checkpoint(
+            &lease.key,
+            winner,
+            counter,
+            &Checkpoint::Sequence("123".into()),
+            2,
+            1,
+        )
+        .await
+        .unwrap();
     table.release(&lease.key, winner, counter).await.unwrap();
     let after = table.scan().await.unwrap().remove(0);
     assert_eq!(after.owner, None);
     assert_eq!(after.checkpoint, Checkpoint::Sequence("123".into()));
-    assert_eq!((after.sub_sequence, after.batch_version, after.millis_behind_latest), (2, 1, Some(42)));
-    assert!(matches!(table.release(&lease.key, winner, counter + 1).await, Err(LeaseError::Lost(_))), "release needs ownership");
+    assert_eq!(
+        (
+            after.sub_sequence,
+            after.batch_version,
+            after.millis_behind_latest
+        ),
+        (2, 1, Some(42))
+    );
+    assert!(
+        matches!(
+            table.release(&lease.key, winner, counter + 1).await,
+            Err(LeaseError::Lost(_))
+        ),
+        "release needs ownership"
+    );
 }

@@ -11,17 +11,33 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{self, count, key_counts};
 
-async fn create_streams(aws: &pinstream::aws::AwsClients, settings: &pinstream::config::Settings, shards: i32) {
+async fn create_streams(
+    aws: &pinstream::aws::AwsClients,
+    settings: &pinstream::config::Settings,
+    shards: i32,
+) {
     for s in settings.streams.values() {
-        pinstream::kinesis::ensure_stream(&aws.kinesis, s, shards, Duration::from_secs(30)).await.unwrap();
+        pinstream::kinesis::ensure_stream(&aws.kinesis, s, shards, Duration::from_secs(30))
+            .await
+            .unwrap();
     }
 }
 
 fn options(available_now: bool) -> RunOptions {
-    RunOptions { available_now, worker_id: support::unique("w"), shutdown_deadline: Duration::from_secs(30), progress: Arc::new(RunProgress::default()) }
+    RunOptions {
+        available_now,
+        worker_id: support::unique("w"),
+        shutdown_deadline: Duration::from_secs(30),
+        progress: Arc::new(RunProgress::default()),
+    }
 }
 
-async fn produce(aws: &pinstream::aws::AwsClients, settings: &pinstream::config::Settings, source: Source, count: Option<u64>) -> producer::ProduceReport {
+async fn produce(
+    aws: &pinstream::aws::AwsClients,
+    settings: &pinstream::config::Settings,
+    source: Source,
+    count: Option<u64>,
+) -> producer::ProduceReport {
     let opts = ProduceOptions {
         streams: settings.streams.clone(),
         source,
@@ -32,7 +48,9 @@ async fn produce(aws: &pinstream::aws::AwsClients, settings: &pinstream::config:
         in_flight: 4,
         progress_every: None,
     };
-    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new()).await.unwrap()
+    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,20 +60,44 @@ async fn available_now_lands_every_record_exactly_once_and_a_rerun_adds_nothing(
     let name = support::unique("e2e");
     let settings = support::settings(&name, dir.path(), "");
     create_streams(&aws, &settings, 2).await;
-    let report = produce(&aws, &settings, Source::Synthetic { seed: 5, dirty_rate: 0.05 }, Some(600)).await;
+    let report = produce(
+        &aws,
+        &settings,
+        Source::Synthetic {
+            seed: 5,
+            dirty_rate: 0.05,
+        },
+        Some(600),
+    )
+    .await;
     assert_eq!((report.sent, report.failed), (1800, 0));
 
-    let first = tokio::time::timeout(Duration::from_secs(120), worker::run(settings.clone(), aws.clone(), options(true), CancellationToken::new()))
-        .await
-        .expect("available-now finishes")
-        .unwrap();
+    let first = tokio::time::timeout(
+        Duration::from_secs(120),
+        worker::run(
+            settings.clone(),
+            aws.clone(),
+            options(true),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("available-now finishes")
+    .unwrap();
     assert_eq!(first.records_read, 1800);
 
     for kind in Kind::ALL {
         let rows = support::read_table(dir.path(), kind.name()).await;
         let rejects = support::read_table(dir.path(), kind.rejects_table()).await;
-        assert_eq!(count(&rows) + count(&rejects), 600, "{kind}: every record is in its table or its rejects table");
-        assert!(count(&rejects) > 0, "{kind}: the dirty records went to rejects");
+        assert_eq!(
+            count(&rows) + count(&rejects),
+            600,
+            "{kind}: every record is in its table or its rejects table"
+        );
+        assert!(
+            count(&rejects) > 0,
+            "{kind}: the dirty records went to rejects"
+        );
         let mut keys = key_counts(&rows);
         for (k, n) in key_counts(&rejects) {
             *keys.entry(k).or_insert(0) += n;
@@ -69,18 +111,45 @@ async fn available_now_lands_every_record_exactly_once_and_a_rerun_adds_nothing(
     let inds: BTreeSet<i64> = support::i64_column(&pin, "ind").into_iter().collect();
     assert!(inds.iter().all(|i| (0..600).contains(i)));
 
-    let second = worker::run(settings.clone(), aws.clone(), options(true), CancellationToken::new()).await.unwrap();
+    let second = worker::run(
+        settings.clone(),
+        aws.clone(),
+        options(true),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(second.records_read, 0);
     assert_eq!(second.rows.values().sum::<u64>(), 0);
     for kind in Kind::ALL {
         let rows = support::read_table(dir.path(), kind.name()).await;
         let rejects = support::read_table(dir.path(), kind.rejects_table()).await;
-        assert_eq!(count(&rows) + count(&rejects), 600, "{kind}: the second run appended nothing");
+        assert_eq!(
+            count(&rows) + count(&rejects),
+            600,
+            "{kind}: the second run appended nothing"
+        );
     }
 
     // Records produced after the first runs are picked up from the checkpoints.
-    produce(&aws, &settings, Source::Synthetic { seed: 6, dirty_rate: 0.0 }, Some(100)).await;
-    let third = worker::run(settings.clone(), aws.clone(), options(true), CancellationToken::new()).await.unwrap();
+    produce(
+        &aws,
+        &settings,
+        Source::Synthetic {
+            seed: 6,
+            dirty_rate: 0.0,
+        },
+        Some(100),
+    )
+    .await;
+    let third = worker::run(
+        settings.clone(),
+        aws.clone(),
+        options(true),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(third.records_read, 300);
     for kind in Kind::ALL {
         let rows = support::read_table(dir.path(), kind.name()).await;
@@ -94,25 +163,55 @@ async fn a_running_worker_consumes_while_the_producer_sends_then_stops_gracefull
     let aws = support::aws().await;
     let dir = support::tempdir();
     let name = support::unique("live");
-    let settings = support::settings(&name, dir.path(), "[flush]\nmax_batch_age = \"300ms\"\n[reader]\nidle_poll_interval = \"100ms\"\n");
+    let settings = support::settings(
+        &name,
+        dir.path(),
+        "[flush]\nmax_batch_age = \"300ms\"\n[reader]\nidle_poll_interval = \"100ms\"\n",
+    );
     create_streams(&aws, &settings, 3).await;
     let progress = Arc::new(RunProgress::default());
     let stop = CancellationToken::new();
-    let opts = RunOptions { progress: progress.clone(), ..options(false) };
-    let running = tokio::spawn(worker::run(settings.clone(), aws.clone(), opts, stop.clone()));
-    let report = produce(&aws, &settings, Source::Synthetic { seed: 9, dirty_rate: 0.0 }, Some(1000)).await;
+    let opts = RunOptions {
+        progress: progress.clone(),
+        ..options(false)
+    };
+    let running = tokio::spawn(worker::run(
+        settings.clone(),
+        aws.clone(),
+        opts,
+        stop.clone(),
+    ));
+    let report = produce(
+        &aws,
+        &settings,
+        Source::Synthetic {
+            seed: 9,
+            dirty_rate: 0.0,
+        },
+        Some(1000),
+    )
+    .await;
     assert_eq!(report.sent, 3000);
     let p = progress.clone();
     support::wait_for("all records committed", Duration::from_secs(90), || {
         let p = p.clone();
-        async move { (p.rows_committed.load(std::sync::atomic::Ordering::Relaxed) >= 3000).then_some(()) }
+        async move {
+            (p.rows_committed.load(std::sync::atomic::Ordering::Relaxed) >= 3000).then_some(())
+        }
     })
     .await;
     stop.cancel();
-    let summary = tokio::time::timeout(Duration::from_secs(60), running).await.expect("graceful stop in time").unwrap().unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(60), running)
+        .await
+        .expect("graceful stop in time")
+        .unwrap()
+        .unwrap();
     assert_eq!(summary.records_read, 3000);
     // Every lease was released on the way out.
-    let leases = pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table).scan().await.unwrap();
+    let leases = pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table)
+        .scan()
+        .await
+        .unwrap();
     assert_eq!(leases.len(), 9);
     assert!(leases.iter().all(|l| l.owner.is_none()), "{leases:?}");
     for kind in Kind::ALL {
@@ -130,15 +229,37 @@ async fn the_real_sample_records_replay_and_clean_without_rejects() {
     let settings = support::settings(&name, dir.path(), "");
     create_streams(&aws, &settings, 2).await;
     let data = support::shared_data();
-    let files = Kind::ALL.iter().map(|k| (*k, data.join(format!("{k}.ndjson")))).collect();
-    let report = produce(&aws, &settings, Source::Replay { files, looping: false }, None).await;
+    let files = Kind::ALL
+        .iter()
+        .map(|k| (*k, data.join(format!("{k}.ndjson"))))
+        .collect();
+    let report = produce(
+        &aws,
+        &settings,
+        Source::Replay {
+            files,
+            looping: false,
+        },
+        None,
+    )
+    .await;
     assert_eq!(report.sent, 3675 + 11154 + 11154);
-    let summary = tokio::time::timeout(Duration::from_secs(300), worker::run(settings, aws, options(true), CancellationToken::new())).await.unwrap().unwrap();
+    let summary = tokio::time::timeout(
+        Duration::from_secs(300),
+        worker::run(settings, aws, options(true), CancellationToken::new()),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_eq!(summary.rows["pin"], 3675);
     assert_eq!(summary.rows["geo"], 11154);
     assert_eq!(summary.rows["user"], 11154);
     for kind in Kind::ALL {
-        assert_eq!(summary.rows[kind.rejects_table()], 0, "{kind}: real records never reject");
+        assert_eq!(
+            summary.rows[kind.rejects_table()],
+            0,
+            "{kind}: real records never reject"
+        );
     }
     let geo = support::read_table(dir.path(), "geo").await;
     let inds: BTreeSet<i64> = support::i64_column(&geo, "ind").into_iter().collect();

@@ -38,17 +38,26 @@ print("pin_rejects", r.height)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_deltalake_and_polars_read_the_tables() {
     let python = support::python();
-    assert!(python.is_file(), "{} missing: the test command installs it (infra/local/start.sh)", python.display());
+    assert!(
+        python.is_file(),
+        "{} missing: the test command installs it (infra/local/start.sh)",
+        python.display()
+    );
     let aws = support::aws().await;
     let dir = support::tempdir();
     let name = support::unique("readers");
     let settings = support::settings(&name, dir.path(), "");
     for s in settings.streams.values() {
-        pinstream::kinesis::ensure_stream(&aws.kinesis, s, 1, Duration::from_secs(30)).await.unwrap();
+        pinstream::kinesis::ensure_stream(&aws.kinesis, s, 1, Duration::from_secs(30))
+            .await
+            .unwrap();
     }
     let opts = ProduceOptions {
         streams: settings.streams.clone(),
-        source: Source::Synthetic { seed: 3, dirty_rate: 0.02 },
+        source: Source::Synthetic {
+            seed: 3,
+            dirty_rate: 0.02,
+        },
         rate: None,
         count: Some(300),
         duration: None,
@@ -56,13 +65,34 @@ async fn python_deltalake_and_polars_read_the_tables() {
         in_flight: 2,
         progress_every: None,
     };
-    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new()).await.unwrap();
-    let run = RunOptions { available_now: true, worker_id: support::unique("w"), shutdown_deadline: Duration::from_secs(30), progress: Default::default() };
-    let summary = worker::run(settings, aws, run, CancellationToken::new()).await.unwrap();
-    let out = Command::new(&python).arg("-c").arg(CHECK).arg(dir.path()).output().unwrap();
+    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
+        .await
+        .unwrap();
+    let run = RunOptions {
+        available_now: true,
+        worker_id: support::unique("w"),
+        shutdown_deadline: Duration::from_secs(30),
+        progress: Default::default(),
+    };
+    let summary = worker::run(settings, aws, run, CancellationToken::new())
+        .await
+        .unwrap();
+    let out = Command::new(&python)
+        .arg("-c")
+        .arg(CHECK)
+        .arg(dir.path())
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "python readers failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python readers failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for kind in Kind::ALL {
-        assert!(stdout.contains(&format!("{} {}", kind.name(), summary.rows[kind.name()])), "{stdout}");
+        assert!(
+            stdout.contains(&format!("{} {}", kind.name(), summary.rows[kind.name()])),
+            "{stdout}"
+        );
     }
 }

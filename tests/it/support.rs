@@ -28,19 +28,30 @@ pub async fn aws() -> AwsClients {
 /// A name unique to this test process and call.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}-{}-{}-{}", std::process::id(), chrono::Utc::now().timestamp_micros() % 1_000_000_000, N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros() % 1_000_000_000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A fresh temporary directory kept for the test's lifetime.
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("pinstream-it-").tempdir().expect("temp dir")
+    tempfile::Builder::new()
+        .prefix("pinstream-it-")
+        .tempdir()
+        .expect("temp dir")
 }
 
 /// Settings for a test pipeline with its own streams, lease table and table root.
 pub fn settings(name: &str, root: &Path, extra_toml: &str) -> Settings {
     let overrides = Overrides {
         application: Some(name.to_owned()),
-        streams: Kind::ALL.iter().map(|k| (*k, format!("{name}-{k}"))).collect(),
+        streams: Kind::ALL
+            .iter()
+            .map(|k| (*k, format!("{name}-{k}")))
+            .collect(),
         lease_table: None,
         table_root: Some(root.to_string_lossy().into_owned()),
     };
@@ -59,20 +70,31 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < until, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// Every row of a Delta table, read through its log (never by globbing files).
 pub async fn read_table(root: &Path, table: &str) -> Vec<RecordBatch> {
-    let url = url::Url::from_directory_path(std::fs::canonicalize(root.join(table)).expect("table dir")).unwrap();
+    let url =
+        url::Url::from_directory_path(std::fs::canonicalize(root.join(table)).expect("table dir"))
+            .unwrap();
     let t = deltalake::open_table(url).await.expect("open table");
     let mut out = Vec::new();
     for uri in t.get_file_uris().expect("file uris") {
-        let path = url::Url::parse(&uri).ok().and_then(|u| u.to_file_path().ok()).unwrap_or_else(|| PathBuf::from(&uri));
+        let path = url::Url::parse(&uri)
+            .ok()
+            .and_then(|u| u.to_file_path().ok())
+            .unwrap_or_else(|| PathBuf::from(&uri));
         let file = std::fs::File::open(&path).expect("parquet file");
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .unwrap()
+            .build()
+            .unwrap();
         out.extend(reader.map(|b| b.unwrap()));
     }
     out
@@ -87,10 +109,21 @@ pub fn key_counts(batches: &[RecordBatch]) -> BTreeMap<(String, String, i64), us
     let mut m = BTreeMap::new();
     for b in batches {
         let shard = b.column_by_name("_shard_id").unwrap().as_string::<i32>();
-        let seq = b.column_by_name("_sequence_number").unwrap().as_string::<i32>();
-        let sub = b.column_by_name("_sub_sequence_number").unwrap().as_primitive::<deltalake::arrow::datatypes::Int64Type>();
+        let seq = b
+            .column_by_name("_sequence_number")
+            .unwrap()
+            .as_string::<i32>();
+        let sub = b
+            .column_by_name("_sub_sequence_number")
+            .unwrap()
+            .as_primitive::<deltalake::arrow::datatypes::Int64Type>();
         for i in 0..b.num_rows() {
-            *m.entry((shard.value(i).to_owned(), seq.value(i).to_owned(), sub.value(i))).or_insert(0) += 1;
+            *m.entry((
+                shard.value(i).to_owned(),
+                seq.value(i).to_owned(),
+                sub.value(i),
+            ))
+            .or_insert(0) += 1;
         }
     }
     m
@@ -100,7 +133,10 @@ pub fn key_counts(batches: &[RecordBatch]) -> BTreeMap<(String, String, i64), us
 pub fn i64_column(batches: &[RecordBatch], name: &str) -> Vec<i64> {
     let mut v = Vec::new();
     for b in batches {
-        let c = b.column_by_name(name).unwrap().as_primitive::<deltalake::arrow::datatypes::Int64Type>();
+        let c = b
+            .column_by_name(name)
+            .unwrap()
+            .as_primitive::<deltalake::arrow::datatypes::Int64Type>();
         v.extend((0..c.len()).filter(|i| c.is_valid(*i)).map(|i| c.value(i)));
     }
     v
