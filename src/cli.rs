@@ -44,6 +44,8 @@ pub enum Command {
     /// Synthetic records come as pin/geo/user triples sharing an `ind`, with the real data's
     /// formats and dirty values; --dirty-rate adds malformed records. --from replays NDJSON.
     Produce(ProduceArgs),
+    /// Show every lease: stream, shard, owner, checkpoint, lag, records/s.
+    Status(StatusArgs),
     /// Run the whole job locally: emulators, streams, producer, worker, summary.
     ///
     /// Starts kinesalite and dynalite on loopback (installing them on first use), creates
@@ -132,6 +134,15 @@ pub struct ProduceArgs {
 pub enum ReportFormat {
     Text,
     Json,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Print JSON (an array of leases) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

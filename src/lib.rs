@@ -44,4 +44,5 @@ pub mod lease;
 pub mod producer;
 pub mod sink;
 pub mod stack;
+pub mod status;
 pub mod worker;

@@ -195,6 +195,18 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Status(args) => {
+            let settings = settings(args.pipeline)?;
+            let aws = AwsClients::from_env().await;
+            let table = pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
+            let leases = pinstream::status::leases(&table).await.context("reading the lease table")?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&pinstream::status::to_json(&leases))?);
+            } else {
+                println!("{}", pinstream::status::to_text(&leases));
+            }
+            Ok(())
+        }
         Command::Demo(args) => {
             let opts = demo::DemoOptions {
                 records: args.records,

@@ -22,7 +22,7 @@ use crate::clean::{self, Kind, RecordMeta, Reject, RejectReason, RejectsColumns,
 use crate::config::{InitialPosition, ReaderPolicy, Settings};
 use crate::kinesis::{self, ShardReader, StartAt};
 use crate::kpl::{self, Decoded};
-use crate::lease::{self, Checkpoint, ExpiryTracker, HeldLease, Lease, LeaseError, LeaseTable};
+use crate::lease::{self, Checkpoint, ExpiryTracker, HeldLease, Lease, LeaseError, LeaseTable, TakeKind};
 use crate::sink::delta::{self, DeltaError};
 use crate::sink::{backoff, Chunk, SinkError, SinkHandle, SinkMsg, TableSink};
 
@@ -257,7 +257,7 @@ pub async fn run(
         };
         tracker.observe(&all, Instant::now());
         release_finished(&shared, &mut held, &all).await;
-        let candidates: Vec<Lease> = lease::leases_to_take(
+        let candidates: Vec<(Lease, TakeKind)> = lease::leases_to_take(
             &all,
             &shared.me,
             &tracker,
@@ -266,14 +266,14 @@ pub async fn run(
             opts.available_now,
         )
         .into_iter()
-        .filter(|l| {
+        .filter(|(l, _)| {
             !refused.contains(&l.key)
                 && !drained.contains(&l.key)
                 && kind_of.contains_key(&l.stream)
         })
-        .cloned()
+        .map(|(l, k)| (l.clone(), k))
         .collect();
-        for lease in candidates {
+        for (lease, how) in candidates {
             let Some(&kind) = kind_of.get(&lease.stream) else {
                 continue;
             };
@@ -294,8 +294,13 @@ pub async fn run(
                     continue;
                 }
             };
-            metrics::counter!("pinstream_leases_taken_total").increment(1);
-            tracing::info!(lease = %lease.key, previous_owner = lease.owner.as_deref().unwrap_or("-"), "lease taken");
+            metrics::counter!("pinstream_leases_taken_total", "how" => match how {
+                TakeKind::Free => "free",
+                TakeKind::Expired => "expired",
+                TakeKind::Steal => "stolen",
+            })
+            .increment(1);
+            tracing::info!(lease = %lease.key, previous_owner = lease.owner.as_deref().unwrap_or("-"), how = ?how, "lease taken");
             let handle = Arc::new(HeldLease::new(&lease, counter, &readers));
             let table = recovery_tables
                 .get_mut(&kind)
@@ -398,9 +403,10 @@ async fn renew_all(shared: &Shared, held: &mut HashMap<String, Arc<HeldLease>>) 
         if state.lost {
             return;
         }
+        let rps = state.take_rate(Instant::now());
         match shared
             .leases
-            .renew(&h.key, &shared.me, state.counter, state.millis_behind)
+            .renew(&h.key, &shared.me, state.counter, state.millis_behind, rps)
             .await
         {
             Ok(c) => state.counter = c,
@@ -409,7 +415,20 @@ async fn renew_all(shared: &Shared, held: &mut HashMap<String, Arc<HeldLease>>) 
         }
     });
     futures::future::join_all(renewals).await;
-    held.retain(|_, h| !h.state.try_lock().map(|s| s.lost).unwrap_or(false));
+    // A lease that stopped being ours for committing (lost, or fenced by the sink because
+    // the table moved past our checkpoint) is handed back if the table still names us, so
+    // that the next owner recovers it at once instead of after failover_time. The release is
+    // conditional on our counter: if someone else took the lease, it changes nothing.
+    let mut gone = Vec::new();
+    for (key, h) in held.iter() {
+        if h.state.lock().await.lost {
+            release_one(shared, h).await;
+            gone.push(key.clone());
+        }
+    }
+    for key in gone {
+        held.remove(&key);
+    }
 }
 
 /// Releases held leases whose shard is finished (SHARD_END checkpointed).
@@ -437,19 +456,22 @@ async fn release_all(shared: &Shared, held: &mut HashMap<String, Arc<HeldLease>>
 async fn release_one(shared: &Shared, h: &HeldLease) {
     let mut state = h.state.lock().await;
     h.token.cancel();
-    if state.lost {
+    // No longer ours: nothing may be committed or checkpointed for it from here on.
+    state.lost = true;
+    if state.released {
         return;
     }
+    state.released = true;
     match shared
         .leases
         .release(&h.key, &shared.me, state.counter)
         .await
     {
         Ok(()) => {
-            state.lost = true; // no longer ours: nothing may be committed for it
             metrics::counter!("pinstream_leases_released_total").increment(1);
             tracing::info!(lease = %h.key, "lease released");
         }
+        Err(LeaseError::Lost(_)) => tracing::debug!(lease = %h.key, "lease already taken by another worker"),
         Err(e) => {
             tracing::warn!(lease = %h.key, error = %e, "release failed; the lease will expire instead")
         }
@@ -579,8 +601,14 @@ async fn read_shard(
                 }
             }
         };
+        {
+            let mut state = lease.state.lock().await;
+            state.records += fetched.records.len() as u64;
+            if fetched.millis_behind_latest.is_some() {
+                state.millis_behind = fetched.millis_behind_latest;
+            }
+        }
         if let Some(ms) = fetched.millis_behind_latest {
-            lease.state.lock().await.millis_behind = Some(ms);
             metrics::gauge!("pinstream_millis_behind_latest", "stream" => stream_label.clone(), "shard_id" => lease.shard_id.clone()).set(ms as f64);
         }
         let n = fetched.records.len();

@@ -71,6 +71,7 @@ pub struct Lease {
     pub parent_shard_ids: Vec<String>,
     pub owner_switches_since_checkpoint: i64,
     pub millis_behind_latest: Option<i64>,
+    pub records_per_second: Option<f64>,
 }
 
 impl Lease {
@@ -118,11 +119,23 @@ impl ExpiryTracker {
     }
 }
 
+/// Why a lease is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TakeKind {
+    /// Nobody owns it.
+    Free,
+    /// Its owner stopped renewing it for `failover_time`.
+    Expired,
+    /// Taken from the most loaded live worker to balance.
+    Steal,
+}
+
 /// The leases this worker should try to take now, in order: free ones first, then expired
-/// ones; only unfinished shards whose parents are all finished (parents first keeps
-/// per-key order across resharding); at most up to the fair share
-/// `ceil(unfinished / live workers)`, or all of them when `greedy` (used by
-/// `--available-now`, which drains everything it can).
+/// ones, then at most ONE stolen from the most loaded live worker when that worker holds
+/// more than the fair share and this one holds less. Only unfinished shards whose parents
+/// are all finished count and can be taken (parents first keeps per-key order across
+/// resharding). The fair share is `ceil(readable leases / live workers)`; it is unbounded
+/// when `greedy` (`--available-now` drains all it can, and never steals).
 pub fn leases_to_take<'a>(
     leases: &'a [Lease],
     me: &str,
@@ -130,7 +143,7 @@ pub fn leases_to_take<'a>(
     now: Instant,
     failover: Duration,
     greedy: bool,
-) -> Vec<&'a Lease> {
+) -> Vec<(&'a Lease, TakeKind)> {
     let finished: HashSet<(&str, &str)> = leases
         .iter()
         .filter(|l| l.is_finished())
@@ -148,35 +161,53 @@ pub fn leases_to_take<'a>(
                 finished.contains(&id) || !known.contains(&id)
             })
     };
-    let unfinished: Vec<&Lease> = leases.iter().filter(|l| !l.is_finished()).collect();
-    let mut live: HashSet<&str> = unfinished
-        .iter()
-        .filter(|l| !tracker.is_expired(l, now, failover))
-        .filter_map(|l| l.owner.as_deref())
-        .collect();
-    live.insert(me);
-    let held = unfinished
-        .iter()
-        .filter(|l| l.owner.as_deref() == Some(me))
-        .count();
+    let readable: Vec<&Lease> = leases.iter().filter(|l| ready(l)).collect();
+    let alive = |l: &Lease| l.owner.is_some() && !tracker.is_expired(l, now, failover);
+    let mut load: HashMap<&str, usize> = HashMap::new();
+    for l in readable.iter().filter(|l| alive(l)) {
+        *load.entry(l.owner.as_deref().unwrap_or_default()).or_default() += 1;
+    }
+    let held = load.get(me).copied().unwrap_or(0);
+    let live = load.len() + usize::from(!load.contains_key(me));
     let target = if greedy {
         usize::MAX
     } else {
-        unfinished.len().div_ceil(live.len())
+        readable.len().div_ceil(live)
     };
-    let mut free: Vec<&Lease> = unfinished
+    let mut take: Vec<(&Lease, TakeKind)> = readable
         .iter()
-        .copied()
-        .filter(|l| l.owner.is_none() && ready(l))
+        .filter(|l| l.owner.is_none())
+        .map(|l| (*l, TakeKind::Free))
         .collect();
-    let expired = unfinished.iter().copied().filter(|l| {
-        l.owner.as_deref().is_some_and(|o| o != me)
-            && tracker.is_expired(l, now, failover)
-            && ready(l)
-    });
-    free.extend(expired);
-    free.truncate(target.saturating_sub(held));
-    free
+    take.extend(
+        readable
+            .iter()
+            .filter(|l| l.owner.as_deref().is_some_and(|o| o != me) && !alive(l))
+            .map(|l| (*l, TakeKind::Expired)),
+    );
+    take.truncate(target.saturating_sub(held));
+    if !greedy && held + take.len() < target {
+        // Steal one from the most loaded live worker above the fair share (ties: by id,
+        // so every thief picks the same victim and they do not all pile on different ones).
+        let victim = load
+            .iter()
+            .filter(|(owner, n)| **owner != me && **n > target)
+            .max_by(|a, b| a.1.cmp(b.1).then(b.0.cmp(a.0)))
+            .map(|(owner, _)| *owner);
+        if let Some(victim) = victim {
+            let theirs: Vec<&Lease> = readable
+                .iter()
+                .copied()
+                .filter(|l| l.owner.as_deref() == Some(victim) && alive(l))
+                .collect();
+            // Spread thieves over the victim's leases instead of all racing for the first.
+            let pick = me.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % theirs.len().max(1);
+            if let Some(l) = theirs.get(pick) {
+                take.push((*l, TakeKind::Steal));
+            }
+        }
+    }
+    take
 }
 
 /// Mutable part of a held lease, changed only under its lock so that renewals and
@@ -187,7 +218,27 @@ pub struct HeldState {
     /// `batch_version` of the last checkpoint; the next commit carries `+ 1`.
     pub batch_version: i64,
     pub lost: bool,
+    /// The lease was handed back (or found taken) by this process.
+    pub released: bool,
     pub millis_behind: Option<i64>,
+    /// Records read from the shard so far, and the count and time at the last renewal
+    /// (for the records/s written to the lease).
+    pub records: u64,
+    pub rate_mark: (u64, Instant),
+}
+
+impl HeldState {
+    /// Records per second since the last call.
+    pub fn take_rate(&mut self, now: Instant) -> f64 {
+        let (n, at) = self.rate_mark;
+        let secs = now.duration_since(at).as_secs_f64();
+        self.rate_mark = (self.records, now);
+        if secs > 0.0 {
+            (self.records - n) as f64 / secs
+        } else {
+            0.0
+        }
+    }
 }
 
 /// A lease this worker holds, shared by the coordinator, the shard's reader and the flusher.
@@ -213,7 +264,10 @@ impl HeldLease {
                 counter,
                 batch_version: lease.batch_version,
                 lost: false,
+                released: false,
                 millis_behind: None,
+                records: 0,
+                rate_mark: (0, Instant::now()),
             }),
         }
     }
@@ -255,6 +309,7 @@ mod tests {
             parent_shard_ids: vec![],
             owner_switches_since_checkpoint: 0,
             millis_behind_latest: None,
+            records_per_second: None,
         }
     }
 
@@ -288,7 +343,7 @@ mod tests {
         // Two live workers (w1 and me), 4 shards: target 2 each.
         let take = leases_to_take(&leases, "me", &t, Instant::now(), F, false);
         assert_eq!(take.len(), 2);
-        assert!(take.iter().all(|l| l.owner.is_none()));
+        assert!(take.iter().all(|(l, k)| l.owner.is_none() && *k == TakeKind::Free));
         assert_eq!(
             leases_to_take(&leases, "me", &t, Instant::now(), F, true).len(),
             3
@@ -304,14 +359,14 @@ mod tests {
         let leases = vec![parent.clone(), child.clone()];
         let take: Vec<_> = leases_to_take(&leases, "me", &t, Instant::now(), F, true)
             .into_iter()
-            .map(|l| l.shard_id.clone())
+            .map(|(l, _)| l.shard_id.clone())
             .collect();
         assert_eq!(take, vec!["s0"]);
         parent.checkpoint = Checkpoint::ShardEnd;
         let leases = vec![parent, child];
         let take: Vec<_> = leases_to_take(&leases, "me", &t, Instant::now(), F, true)
             .into_iter()
-            .map(|l| l.shard_id.clone())
+            .map(|(l, _)| l.shard_id.clone())
             .collect();
         assert_eq!(take, vec!["s1"]);
     }
@@ -326,6 +381,68 @@ mod tests {
         t.observe(&renewed, Instant::now());
         let take = leases_to_take(&renewed, "me", &t, Instant::now(), F, false);
         assert_eq!(take.len(), 1);
-        assert_eq!(take[0].shard_id, "s0");
+        assert_eq!((take[0].0.shard_id.as_str(), take[0].1), ("s0", TakeKind::Expired));
+    }
+
+    fn owned(n: usize, owner: &str, from: usize) -> Vec<Lease> {
+        (from..from + n).map(|i| lease(&format!("s{i:02}"), Some(owner), 1)).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_worker_steals_one_per_cycle_from_the_most_loaded() {
+        let t = ExpiryTracker::default();
+        // 12 leases: a holds 8, b holds 4; "me" joins: target ceil(12/3) = 4.
+        let mut leases = owned(8, "a", 0);
+        leases.extend(owned(4, "b", 8));
+        let take = leases_to_take(&leases, "me", &t, Instant::now(), F, false);
+        assert_eq!(take.len(), 1);
+        assert_eq!((take[0].0.owner.as_deref(), take[0].1), (Some("a"), TakeKind::Steal));
+        // Greedy (--available-now) never steals.
+        assert!(leases_to_take(&leases, "me", &t, Instant::now(), F, true).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn balanced_assignments_do_not_flap() {
+        let t = ExpiryTracker::default();
+        // 13 leases over 3 workers: 5, 4, 4 is as fair as it gets; nobody takes anything.
+        let mut leases = owned(5, "a", 0);
+        leases.extend(owned(4, "b", 5));
+        leases.extend(owned(4, "c", 9));
+        for me in ["a", "b", "c"] {
+            assert!(leases_to_take(&leases, me, &t, Instant::now(), F, false).is_empty(), "{me}");
+        }
+    }
+
+    /// Simulates workers taking turns until nothing changes: every worker ends with
+    /// floor(S/W) or ceil(S/W) leases, in a bounded number of cycles.
+    #[tokio::test(start_paused = true)]
+    async fn repeated_cycles_converge_to_floor_or_ceil() {
+        let t = ExpiryTracker::default();
+        for (shards, workers) in [(12usize, 3usize), (13, 3), (7, 4), (20, 6)] {
+            let names: Vec<String> = (0..workers).map(|i| format!("w{i}")).collect();
+            let mut leases = owned(shards, "w0", 0);
+            let mut cycles = 0;
+            loop {
+                let mut changed = false;
+                for me in &names {
+                    for (l, _) in leases_to_take(&leases.clone(), me, &t, Instant::now(), F, false) {
+                        let key = l.key.clone();
+                        let item = leases.iter_mut().find(|x| x.key == key).unwrap();
+                        item.owner = Some(me.clone());
+                        item.counter += 1;
+                        changed = true;
+                    }
+                }
+                cycles += 1;
+                if !changed {
+                    break;
+                }
+                assert!(cycles < 50, "no convergence for {shards} shards / {workers} workers");
+            }
+            for me in &names {
+                let n = leases.iter().filter(|l| l.owner.as_deref() == Some(me.as_str())).count();
+                assert!(n == shards / workers || n == shards.div_ceil(workers), "{me} holds {n} of {shards} with {workers} workers");
+            }
+        }
     }
 }

@@ -261,8 +261,10 @@ impl LeaseTable {
         me: &str,
         counter: u64,
         millis_behind: Option<i64>,
+        records_per_second: f64,
     ) -> Result<u64, LeaseError> {
         let next = counter + 1;
+        let mut set = String::from("SET #counter = :next, records_per_second = :rps");
         let mut req = self
             .client
             .update_item()
@@ -273,14 +275,16 @@ impl LeaseTable {
             .expression_attribute_names("#counter", "counter")
             .expression_attribute_values(":me", s(me))
             .expression_attribute_values(":c", n(counter))
-            .expression_attribute_values(":next", n(next));
-        req = match millis_behind {
-            Some(ms) => req
-                .update_expression("SET #counter = :next, millis_behind_latest = :lag")
-                .expression_attribute_values(":lag", n(ms)),
-            None => req.update_expression("SET #counter = :next"),
-        };
-        req.send().await.map_err(|e| cond("UpdateItem", key, e))?;
+            .expression_attribute_values(":next", n(next))
+            .expression_attribute_values(":rps", n(format!("{records_per_second:.1}")));
+        if let Some(ms) = millis_behind {
+            set.push_str(", millis_behind_latest = :lag");
+            req = req.expression_attribute_values(":lag", n(ms));
+        }
+        req.update_expression(set)
+            .send()
+            .await
+            .map_err(|e| cond("UpdateItem", key, e))?;
         Ok(next)
     }
 
@@ -376,6 +380,10 @@ impl Lease {
             parent_shard_ids: parents,
             owner_switches_since_checkpoint: get_n("owner_switches_since_checkpoint")?.unwrap_or(0),
             millis_behind_latest: get_n("millis_behind_latest")?,
+            records_per_second: item
+                .get("records_per_second")
+                .and_then(|v| v.as_n().ok())
+                .and_then(|n| n.parse().ok()),
             key,
             stream,
             shard_id,

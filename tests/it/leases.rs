@@ -41,11 +41,11 @@ async fn conditional_writes_fence_every_lease_change() {
     };
     let loser = if winner == "a" { "b" } else { "a" };
     assert!(matches!(
-        table.renew(&lease.key, loser, counter, None).await,
+        table.renew(&lease.key, loser, counter, None, 0.0).await,
         Err(LeaseError::Lost(_))
     ));
     let counter = table
-        .renew(&lease.key, winner, counter, Some(42))
+        .renew(&lease.key, winner, counter, Some(42), 12.5)
         .await
         .unwrap();
     // A checkpoint with a stale counter is refused.
@@ -83,6 +83,7 @@ async fn conditional_writes_fence_every_lease_change() {
         ),
         (2, 1, Some(42))
     );
+    assert_eq!(after.records_per_second, Some(12.5));
     assert!(
         matches!(
             table.release(&lease.key, winner, counter + 1).await,

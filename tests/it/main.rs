@@ -7,5 +7,6 @@ mod leases;
 mod pipeline;
 mod readers;
 mod real_data;
+mod scaling;
 mod rejects;
 mod support;

@@ -1,0 +1,246 @@
+//! Many workers on one lease table: fair shares, failover after SIGKILL, a new worker
+//! getting its share, graceful hand-off, resharding; every produced record lands once.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pinstream::aws::AwsClients;
+use pinstream::clean::Kind;
+use pinstream::config::Settings;
+use pinstream::lease::LeaseTable;
+use pinstream::producer::{self, ProduceOptions, Source};
+use pinstream::worker::{self, RunOptions, RunProgress, RunSummary, WorkerError};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{self, count, key_counts};
+
+const TIMINGS: &str = "[flush]\nmax_batch_age = \"500ms\"\n[lease]\nfailover_time = \"6s\"\nshard_sync_interval = \"1s\"\n[reader]\nidle_poll_interval = \"200ms\"\n";
+
+struct InProcess {
+    stop: CancellationToken,
+    task: JoinHandle<Result<RunSummary, WorkerError>>,
+    id: String,
+}
+
+fn start_in_process(settings: &Settings, aws: &AwsClients) -> InProcess {
+    let stop = CancellationToken::new();
+    let id = support::unique("inproc");
+    let opts = RunOptions { available_now: false, worker_id: id.clone(), shutdown_deadline: Duration::from_secs(30), progress: Arc::new(RunProgress::default()) };
+    let task = tokio::spawn(worker::run(settings.clone(), aws.clone(), opts, stop.clone()));
+    InProcess { stop, task, id }
+}
+
+/// A worker as a separate `pinstream run` process, so it can be killed with SIGKILL.
+fn start_child(config: &Path, id: &str, log: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_pinstream"))
+        .args(["run", "--config"])
+        .arg(config)
+        .args(["--worker-id", id])
+        .env("PINSTREAM_LOG", "warn,pinstream=debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("start pinstream run")
+}
+
+fn write_config(dir: &Path, settings: &Settings) -> std::path::PathBuf {
+    let path = dir.join("worker.toml");
+    let streams: String = settings.streams.iter().map(|(k, v)| format!("{k} = \"{v}\"\n")).collect();
+    let text = format!(
+        "application = \"{}\"\nlease_table = \"{}\"\ntable_root = \"{}\"\n{TIMINGS}[streams]\n{streams}",
+        settings.application,
+        settings.lease_table,
+        settings.table_root
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Leases held per owner (unfinished shards only).
+async fn holdings(table: &LeaseTable) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    // The workers create the table; until then there is nothing to hold.
+    for l in table.scan().await.unwrap_or_default() {
+        let finished = l.is_finished();
+        if let (Some(o), false) = (l.owner, finished) {
+            *m.entry(o).or_insert(0) += 1;
+        }
+    }
+    m
+}
+
+async fn wait_for_holdings(table: &LeaseTable, what: &str, deadline: Duration, ok: impl Fn(&BTreeMap<String, usize>) -> bool) -> BTreeMap<String, usize> {
+    support::wait_for(what, deadline, || async {
+        let h = holdings(table).await;
+        ok(&h).then_some(h)
+    })
+    .await
+}
+
+fn steady_producer(aws: &AwsClients, settings: &Settings, per_stream: u64, rate: f64, seed: u64) -> JoinHandle<producer::ProduceReport> {
+    let opts = ProduceOptions {
+        streams: settings.streams.clone(),
+        source: Source::Synthetic { seed, dirty_rate: 0.0 },
+        rate: Some(rate),
+        count: Some(per_stream),
+        duration: None,
+        partition_key: None,
+        in_flight: 2,
+        progress_every: None,
+    };
+    let client = aws.kinesis.clone();
+    tokio::spawn(async move { producer::produce(client, opts, CancellationToken::new()).await.unwrap() })
+}
+
+/// Waits until every table holds `per_stream` distinct records, then checks none is twice.
+async fn assert_all_landed_once(root: &Path, per_stream: usize) {
+    for kind in Kind::ALL {
+        support::wait_for(&format!("{kind}: {per_stream} rows"), Duration::from_secs(90), || async {
+            (count(&support::read_table(root, kind.name()).await) >= per_stream).then_some(())
+        })
+        .await;
+        let rows = support::read_table(root, kind.name()).await;
+        let keys = key_counts(&rows);
+        let dup: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(dup.is_empty(), "{kind}: records committed twice: {dup:?}");
+        assert_eq!(count(&rows), per_stream, "{kind}");
+        assert_eq!(support::read_table(root, kind.rejects_table()).await.len(), 0, "{kind}: no rejects");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_share_fail_over_rebalance_and_hand_off_without_losing_a_record() {
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let name = support::unique("scale");
+    let settings = support::settings(&name, &dir.path().join("tables"), TIMINGS);
+    for s in settings.streams.values() {
+        pinstream::kinesis::ensure_stream(&aws.kinesis, s, 4, Duration::from_secs(30)).await.unwrap();
+    }
+    let table = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
+    let config = write_config(dir.path(), &settings);
+    let per_stream = 2400;
+    let producing = steady_producer(&aws, &settings, per_stream, 300.0, 11);
+
+    // Three workers, one of them a child process: 12 shards -> 4 each.
+    let a = start_in_process(&settings, &aws);
+    let b = start_in_process(&settings, &aws);
+    let log = dir.path().join("child.log");
+    let mut child = start_child(&config, "child", &log);
+    let h = wait_for_holdings(&table, "3 workers x 4 leases", Duration::from_secs(60), |h| h.len() == 3 && h.values().all(|n| *n == 4)).await;
+    assert!(h.contains_key("child"), "{h:?}");
+
+    // SIGKILL the child: the survivors take its 4 leases after failover_time.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed_at = tokio::time::Instant::now();
+    wait_for_holdings(&table, "survivors take the killed worker's leases", Duration::from_secs(30), |h| {
+        !h.contains_key("child") && h.values().sum::<usize>() == 12
+    })
+    .await;
+    let takeover = killed_at.elapsed();
+    eprintln!("failover after SIGKILL took {takeover:?} (failover_time 6s)");
+    assert!(takeover >= Duration::from_secs(5), "leases must not move before they expire ({takeover:?})");
+
+    // A new worker joins and gets its share by stealing, one per cycle.
+    let c = start_in_process(&settings, &aws);
+    let h = wait_for_holdings(&table, "the new worker gets its share", Duration::from_secs(60), |h| h.len() == 3 && h.values().all(|n| *n == 4)).await;
+    assert_eq!(h.get(&c.id), Some(&4));
+
+    // Graceful stop of one: its leases are released and taken well before failover_time.
+    a.stop.cancel();
+    a.task.await.unwrap().unwrap();
+    let stopped_at = tokio::time::Instant::now();
+    wait_for_holdings(&table, "released leases taken over", Duration::from_secs(20), |h| h.len() == 2 && h.values().sum::<usize>() == 12).await;
+    let handoff = stopped_at.elapsed();
+    eprintln!("hand-off after graceful stop took {handoff:?}");
+    assert!(handoff < Duration::from_secs(6), "released leases are taken on the next cycle, not after failover ({handoff:?})");
+
+    let report = producing.await.unwrap();
+    assert_eq!((report.sent, report.failed), (3 * per_stream, 0));
+    assert_all_landed_once(&dir.path().join("tables"), per_stream as usize).await;
+    let (b_id, c_id) = (b.id.clone(), c.id.clone());
+    for w in [b, c] {
+        w.stop.cancel();
+        w.task.await.unwrap().unwrap();
+    }
+    let leases = table.scan().await.unwrap();
+    let owned: Vec<_> = leases.iter().filter(|l| l.owner.is_some()).map(|l| (&l.key, &l.owner)).collect();
+    assert!(owned.is_empty(), "graceful stops release every lease: {owned:?} (b {}, c {})", b_id, c_id);
+}
+
+async fn wait_active(aws: &AwsClients, stream: &str) {
+    support::wait_for("stream ACTIVE", Duration::from_secs(30), || async {
+        let out = aws.kinesis.describe_stream_summary().stream_name(stream).send().await.unwrap();
+        (out.stream_description_summary().map(|d| d.stream_status().as_str().to_owned()).as_deref() == Some("ACTIVE")).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_and_merge_while_running_keeps_every_record_and_reads_parents_first() {
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let name = support::unique("reshard");
+    let root = dir.path().join("tables");
+    let settings = support::settings(&name, &root, TIMINGS);
+    for s in settings.streams.values() {
+        pinstream::kinesis::ensure_stream(&aws.kinesis, s, 1, Duration::from_secs(30)).await.unwrap();
+    }
+    let pin = settings.streams[&Kind::Pin].clone();
+    let per_stream = 1500;
+    let producing = steady_producer(&aws, &settings, per_stream, 300.0, 21);
+    let w1 = start_in_process(&settings, &aws);
+    let w2 = start_in_process(&settings, &aws);
+
+    // Split the pin stream's only shard in two, then merge the children back into one.
+    support::wait_for("some pin rows committed", Duration::from_secs(60), || async {
+        (root.join("pin/_delta_log/00000000000000000001.json").exists()).then_some(())
+    })
+    .await;
+    let shards = pinstream::kinesis::list_shards(&aws.kinesis, &pin).await.unwrap();
+    aws.kinesis
+        .split_shard()
+        .stream_name(&pin)
+        .shard_to_split(&shards[0].shard_id)
+        .new_starting_hash_key("170141183460469231731687303715884105728")
+        .send()
+        .await
+        .unwrap();
+    wait_active(&aws, &pin).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // let records land in the children
+    let shards = pinstream::kinesis::list_shards(&aws.kinesis, &pin).await.unwrap();
+    let open: Vec<_> = shards.iter().filter(|s| !s.closed).collect();
+    assert_eq!(open.len(), 2, "{shards:?}");
+    aws.kinesis
+        .merge_shards()
+        .stream_name(&pin)
+        .shard_to_merge(&open[0].shard_id)
+        .adjacent_shard_to_merge(&open[1].shard_id)
+        .send()
+        .await
+        .unwrap();
+    wait_active(&aws, &pin).await;
+
+    let report = producing.await.unwrap();
+    assert_eq!(report.failed, 0);
+    assert_all_landed_once(&root, per_stream as usize).await;
+
+    // Lineage is recorded, and every closed shard was finished before its children started.
+    let table = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
+    let leases: Vec<_> = table.scan().await.unwrap().into_iter().filter(|l| l.stream == pin).collect();
+    assert_eq!(leases.len(), 4, "parent, two children, merged child: {leases:?}");
+    let merged = leases.iter().find(|l| l.parent_shard_ids.len() == 2).expect("the merged shard lists both parents");
+    for parent in &merged.parent_shard_ids {
+        let p = leases.iter().find(|l| &l.shard_id == parent).unwrap();
+        assert!(p.is_finished(), "{parent} reached SHARD_END");
+    }
+    for w in [w1, w2] {
+        w.stop.cancel();
+        w.task.await.unwrap().unwrap();
+    }
+}
