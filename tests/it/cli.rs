@@ -61,3 +61,28 @@ fn a_bad_flag_value_is_refused_before_any_work() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("table_root"));
 }
+
+#[tokio::test]
+async fn status_lists_every_lease_as_text_and_json() {
+    let aws = crate::support::aws().await;
+    let table_name = crate::support::unique("status-leases");
+    let table = pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &table_name);
+    table.ensure_exists(std::time::Duration::from_secs(30)).await.unwrap();
+    let cp = pinstream::lease::Checkpoint::TrimHorizon;
+    table.create_if_absent("pin", "shardId-000000000000", &[], &cp).await.unwrap();
+    table.create_if_absent("pin", "shardId-000000000001", &["shardId-000000000000".to_owned()], &cp).await.unwrap();
+    table.take("pin:shardId-000000000000", "worker-a", 0, None).await.unwrap();
+
+    let out = pinstream().args(["status", "--json", "--lease-table", &table_name]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let leases = v.as_array().unwrap();
+    assert_eq!(leases.len(), 2);
+    assert_eq!(leases[0]["owner"], "worker-a");
+    assert_eq!(leases[0]["checkpoint"], "TRIM_HORIZON");
+    assert_eq!(leases[1]["parent_shard_ids"][0], "shardId-000000000000");
+
+    let out = pinstream().args(["status", "--lease-table", &table_name]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("OWNER") && text.contains("worker-a") && text.contains("2 leases, 1 owned by 1 workers"), "{text}");
+}
