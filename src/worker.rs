@@ -214,7 +214,10 @@ pub async fn run(
     let readers = CancellationToken::new();
 
     loop {
-        tokio::select! {
+        // The cycle's instant: the scheduled tick, so that scans are exactly one period
+        // apart on the expiry clock and an expired lease is noticed within one cycle of
+        // `failover_time`, not two.
+        let cycle_at = tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                 match joined {
@@ -229,9 +232,10 @@ pub async fn run(
                 if !(opts.available_now && tasks.is_empty()) {
                     continue;
                 }
+                Instant::now()
             }
-            _ = tick.tick() => {}
-        }
+            t = tick.tick() => t,
+        };
 
         renew_all(&shared, &mut held).await;
         if Instant::now() >= next_sync {
@@ -255,13 +259,13 @@ pub async fn run(
                 continue;
             }
         };
-        tracker.observe(&all, Instant::now());
+        tracker.observe(&all, cycle_at);
         release_finished(&shared, &mut held, &all).await;
         let candidates: Vec<(Lease, TakeKind)> = lease::leases_to_take(
             &all,
             &shared.me,
             &tracker,
-            Instant::now(),
+            cycle_at,
             failover,
             opts.available_now,
         )
