@@ -145,8 +145,9 @@ async fn workers_share_fail_over_rebalance_and_hand_off_without_losing_a_record(
     let takeover = killed_at.elapsed();
     eprintln!("failover after SIGKILL took {takeover:?} (failover_time 6s)");
     assert!(takeover >= Duration::from_secs(5), "leases must not move before they expire ({takeover:?})");
-    // failover_time (6 s) + one take cycle (2 s), plus slack for a loaded 2-core machine.
-    assert!(takeover <= Duration::from_millis(8_500), "failover took {takeover:?}");
+    // Expiry is noticed within failover_time (6 s) + one take cycle (2 s); the takes and this
+    // test's own polling add a little, more on a loaded 2-core machine.
+    assert!(takeover <= Duration::from_millis(9_500), "failover took {takeover:?}");
 
     // A new worker joins and gets its share by stealing, one per cycle.
     let c = start_in_process(&settings, &aws);
