@@ -88,6 +88,10 @@ pub struct RunArgs {
     /// How long a graceful shutdown may take, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: std::time::Duration,
+    /// Crash tests only: abort at POINT[:N] of a flush (before_commit, between_commits,
+    /// after_commit, after_checkpoint).
+    #[arg(long, hide = true, value_parser = crate::fault::Fault::parse)]
+    pub fault: Option<crate::fault::Fault>,
 }
 
 #[derive(Debug, Args)]

@@ -124,6 +124,7 @@ async fn run_on_stack(
             worker_id: worker::default_worker_id(),
             shutdown_deadline: Duration::from_secs(30),
             progress: progress.clone(),
+            fault: None,
         },
         stop_worker.clone(),
     ));

@@ -39,6 +39,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod kinesis;
+pub mod fault;
 pub mod kpl;
 pub mod lease;
 pub mod producer;

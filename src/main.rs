@@ -118,6 +118,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 worker_id: args.worker_id.unwrap_or_else(worker::default_worker_id),
                 shutdown_deadline: args.shutdown_timeout,
                 progress: Default::default(),
+                fault: args.fault,
             };
             let summary = worker::run(settings, aws, opts, shutdown)
                 .await

@@ -51,6 +51,8 @@ pub struct RunOptions {
     pub shutdown_deadline: Duration,
     /// Live counters, for whoever runs the worker (the demo waits on them).
     pub progress: Arc<RunProgress>,
+    /// Crash tests only: abort at a chosen point of a flush.
+    pub fault: Option<crate::fault::Fault>,
 }
 
 /// Live counters of a running worker.
@@ -158,7 +160,8 @@ pub async fn run(
 
     let mut sinks: BTreeMap<Kind, SinkHandle> = BTreeMap::new();
     let mut sink_tasks = Vec::new();
-    let mut recovery_tables: BTreeMap<Kind, DeltaTable> = BTreeMap::new();
+    // Separate handles (cleaned, rejects) for recovery reads, so they never wait on a sink.
+    let mut recovery_tables: BTreeMap<Kind, (DeltaTable, DeltaTable)> = BTreeMap::new();
     for &kind in settings.streams.keys() {
         let table =
             delta::open_or_create(&settings.table_root, kind.name(), &kind.schema()).await?;
@@ -170,7 +173,11 @@ pub async fn run(
         .await?;
         recovery_tables.insert(
             kind,
-            delta::open_or_create(&settings.table_root, kind.name(), &kind.schema()).await?,
+            (
+                delta::open_or_create(&settings.table_root, kind.name(), &kind.schema()).await?,
+                delta::open_or_create(&settings.table_root, kind.rejects_table(), &clean::schema::REJECTS)
+                    .await?,
+            ),
         );
         let sink = TableSink {
             kind,
@@ -181,6 +188,7 @@ pub async fn run(
             leases: leases.clone(),
             policy: settings.flush.clone(),
             progress: opts.progress.clone(),
+            fault: opts.fault.clone(),
         };
         let (handle, task) = sink.spawn();
         sinks.insert(kind, handle);
@@ -306,11 +314,11 @@ pub async fn run(
             .increment(1);
             tracing::info!(lease = %lease.key, previous_owner = lease.owner.as_deref().unwrap_or("-"), how = ?how, "lease taken");
             let handle = Arc::new(HeldLease::new(&lease, counter, &readers));
-            let table = recovery_tables
+            let (table, rejects_table) = recovery_tables
                 .get_mut(&kind)
-                .expect("a recovery table per configured kind");
-            match resume_position(&shared, &lease, &handle, table).await {
-                Ok(Some(start)) => {
+                .expect("recovery tables per configured kind");
+            match resume_position(&shared, &lease, &handle, table, rejects_table).await {
+                Ok(Some((start, rejects_done))) => {
                     held.insert(lease.key.clone(), handle.clone());
                     let sink = sinks[&kind].tx.clone();
                     let span = tracing::info_span!("shard", stream = %lease.stream, shard_id = %lease.shard_id);
@@ -321,7 +329,8 @@ pub async fn run(
                             let key = handle.key.clone();
                             (
                                 key,
-                                read_shard(shared, kind, handle, start, sink, drain).await,
+                                read_shard(shared, kind, handle, start, rejects_done, sink, drain)
+                                    .await,
                             )
                         }
                         .instrument(span),
@@ -484,13 +493,16 @@ async fn release_one(shared: &Shared, h: &HeldLease) {
 
 /// Decides where a newly taken shard resumes, comparing the table's txn version `T` for
 /// the shard with the lease's `batch_version` `B` (docs/DESIGN.md, exactly once).
-/// `Ok(None)`: the shard is already finished.
+/// `Ok(None)`: the shard is already finished. Also returns the position up to which the
+/// rejects table already holds this shard's rejects when a crash fell between the rejects
+/// commit and the cleaned commit: those rejects are not written again.
 async fn resume_position(
     shared: &Shared,
     lease: &Lease,
     handle: &HeldLease,
     table: &mut DeltaTable,
-) -> Result<Option<StartAt>, WorkerError> {
+    rejects_table: &mut DeltaTable,
+) -> Result<Option<(StartAt, Option<Position>)>, WorkerError> {
     let app_id = handle.app_id(&shared.settings.application);
     let t = delta::txn_version(table, &app_id)
         .await
@@ -541,13 +553,34 @@ async fn resume_position(
         tracing::info!(lease = %lease.key, version = t, checkpoint = %cp.as_str(), "recovered a position committed but not checkpointed");
         cp
     };
-    Ok(match checkpoint {
-        Checkpoint::ShardEnd => None,
-        Checkpoint::TrimHorizon => Some(StartAt::TrimHorizon),
-        Checkpoint::Latest => Some(StartAt::Latest),
-        Checkpoint::AtTimestamp(ms) => Some(StartAt::AtTimestamp(ms)),
-        Checkpoint::Sequence(s) => Some(StartAt::AfterSequence(s)),
-    })
+    let recovery = |e: deltalake::DeltaTableError| WorkerError::Recovery { lease: lease.key.clone(), message: e.to_string() };
+    let r = delta::txn_version(rejects_table, &app_id).await.map_err(recovery)?.unwrap_or(0);
+    let rejects_done = if r > t {
+        let pos = delta::position_at(rejects_table, &lease.key, r).await.map_err(recovery)?;
+        pos.map(|p| (p.last_sequence, p.last_sub_sequence))
+    } else {
+        None
+    };
+    if let Some((seq, sub)) = &rejects_done {
+        tracing::info!(lease = %lease.key, rejects_version = r, table_version = t, sequence = %seq, sub, "rejects up to this position are already committed; not writing them again");
+    }
+    let start = match checkpoint {
+        Checkpoint::ShardEnd => return Ok(None),
+        Checkpoint::TrimHorizon => StartAt::TrimHorizon,
+        Checkpoint::Latest => StartAt::Latest,
+        Checkpoint::AtTimestamp(ms) => StartAt::AtTimestamp(ms),
+        Checkpoint::Sequence(s) => StartAt::AfterSequence(s),
+    };
+    Ok(Some((start, rejects_done)))
+}
+
+/// A record's position in its shard: sequence number and sub-sequence number.
+type Position = (String, i64);
+
+/// Whether `a` is at or before `b`. Sequence numbers are decimal strings without leading
+/// zeros, so shorter is smaller.
+fn at_or_before(a: (&str, i64), b: &Position) -> bool {
+    (a.0.len(), a.0, a.1) <= (b.0.len(), b.0.as_str(), b.1)
 }
 
 fn arrival_micros(r: &aws_sdk_kinesis::types::Record) -> Option<i64> {
@@ -562,6 +595,7 @@ async fn read_shard(
     kind: Kind,
     lease: Arc<HeldLease>,
     start: StartAt,
+    rejects_done: Option<Position>,
     sink: mpsc::Sender<SinkMsg>,
     drain: bool,
 ) -> ShardExit {
@@ -617,7 +651,7 @@ async fn read_shard(
         }
         let n = fetched.records.len();
         if n > 0 || fetched.end_of_shard {
-            let chunk = match build_chunk(kind, &lease, &fetched) {
+            let chunk = match build_chunk(kind, &lease, &fetched, rejects_done.as_ref()) {
                 Ok(c) => c,
                 Err(e) => {
                     // Our schemas and builders disagree: a bug, not bad data. Stop the shard
@@ -661,9 +695,13 @@ fn build_chunk(
     kind: Kind,
     lease: &Arc<HeldLease>,
     fetched: &kinesis::Fetched,
+    rejects_done: Option<&Position>,
 ) -> Result<Chunk, deltalake::arrow::error::ArrowError> {
     let mut rows = TableColumns::new(kind);
     let mut rejects = RejectsColumns::default();
+    // Rejects at or before `rejects_done` were committed before a crash: cleaned rows of
+    // those records still go to `rows`, their rejects to this scratch builder, dropped.
+    let mut already = RejectsColumns::default();
     let mut rejected = [0u64; RejectReason::ALL.len()];
     let mut bytes = 0;
     let mut last = None;
@@ -677,36 +715,30 @@ fn build_chunk(
             sub_sequence_number: 0,
             arrival_micros: arrival_micros(r),
         };
-        match kpl::decode(data) {
-            Ok(Decoded::Plain(d)) => {
-                if let Err(reason) =
-                    clean::clean_into(kind, d, &meta, &lease.stream, &mut rows, &mut rejects)
-                {
+        let users = match kpl::decode(data) {
+            Ok(Decoded::Plain(d)) => vec![d],
+            Ok(Decoded::Aggregated(users)) => users,
+            Err(e) => {
+                if !rejects_done.is_some_and(|p| at_or_before((seq, 0), p)) {
+                    let reject = Reject::new(RejectReason::CorruptAggregate, None, e.to_string());
+                    rejects.push(data, &reject, &lease.stream, &meta);
+                    rejected[RejectReason::CorruptAggregate as usize] += 1;
+                }
+                last = Some((seq.to_owned(), 0));
+                continue;
+            }
+        };
+        for (i, d) in users.iter().enumerate() {
+            let meta = RecordMeta { sub_sequence_number: i as i64, ..meta };
+            let done = rejects_done.is_some_and(|p| at_or_before((seq, i as i64), p));
+            let target = if done { &mut already } else { &mut rejects };
+            if let Err(reason) = clean::clean_into(kind, d, &meta, &lease.stream, &mut rows, target) {
+                if !done {
                     rejected[reason as usize] += 1;
                 }
-                last = Some((seq.to_owned(), 0));
-            }
-            Ok(Decoded::Aggregated(users)) => {
-                for (i, d) in users.iter().enumerate() {
-                    let meta = RecordMeta {
-                        sub_sequence_number: i as i64,
-                        ..meta
-                    };
-                    if let Err(reason) =
-                        clean::clean_into(kind, d, &meta, &lease.stream, &mut rows, &mut rejects)
-                    {
-                        rejected[reason as usize] += 1;
-                    }
-                }
-                last = Some((seq.to_owned(), users.len().saturating_sub(1) as i64));
-            }
-            Err(e) => {
-                let reject = Reject::new(RejectReason::CorruptAggregate, None, e.to_string());
-                rejects.push(data, &reject, &lease.stream, &meta);
-                rejected[RejectReason::CorruptAggregate as usize] += 1;
-                last = Some((seq.to_owned(), 0));
             }
         }
+        last = Some((seq.to_owned(), users.len().saturating_sub(1) as i64));
     }
     for (reason, n) in RejectReason::ALL.iter().zip(rejected) {
         if n > 0 {
@@ -721,4 +753,20 @@ fn build_chunk(
         end_of_shard: fetched.end_of_shard,
         bytes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_compare_as_numbers_then_sub_sequence() {
+        let p: Position = ("49680".into(), 2);
+        assert!(at_or_before(("49680", 2), &p));
+        assert!(at_or_before(("49680", 1), &p));
+        assert!(!at_or_before(("49680", 3), &p));
+        assert!(at_or_before(("9999", 9), &p), "shorter sequence numbers are smaller");
+        assert!(!at_or_before(("100000", 0), &p));
+        assert!(!at_or_before(("49681", 0), &p));
+    }
 }

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use crate::clean::Kind;
 use crate::config::FlushPolicy;
 use crate::lease::{Checkpoint, HeldLease, LeaseError, LeaseTable};
+use crate::fault::FaultPoint;
 use delta::ShardPosition;
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +104,8 @@ pub struct TableSink {
     pub leases: LeaseTable,
     pub policy: FlushPolicy,
     pub progress: Arc<crate::worker::RunProgress>,
+    /// Crash tests only: abort at a chosen point of a flush.
+    pub fault: Option<crate::fault::Fault>,
 }
 
 /// Chunks in flight per sink before readers wait (backpressure).
@@ -273,6 +276,7 @@ impl TableSink {
             })
             .collect();
 
+        self.fault_at(FaultPoint::BeforeCommit);
         // Rejects first: a crash between the two commits re-reads the batch (the rejects
         // carry their unique key), it never loses a reject.
         let rejects: Vec<RecordBatch> = planned
@@ -287,6 +291,7 @@ impl TableSink {
                 .cloned()
                 .collect();
             self.commit(true, &rejects, &with_rejects).await?;
+            self.fault_at(FaultPoint::BetweenCommits);
             totals.commits.fetch_add(1, Ordering::Relaxed);
         }
         let batches: Vec<RecordBatch> = planned
@@ -295,6 +300,7 @@ impl TableSink {
             .collect();
         let good_rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         self.commit(false, &batches, &positions).await?;
+        self.fault_at(FaultPoint::AfterCommit);
         totals
             .rows_committed
             .fetch_add(good_rows as u64, Ordering::Relaxed);
@@ -322,7 +328,14 @@ impl TableSink {
             self.checkpoint(&sb.lease, &checkpoint, pos.last_sub_sequence, *version)
                 .await;
         }
+        self.fault_at(FaultPoint::AfterCheckpoint);
         Ok(())
+    }
+
+    fn fault_at(&self, point: FaultPoint) {
+        if let Some(f) = &self.fault {
+            f.hit(point);
+        }
     }
 
     async fn commit(

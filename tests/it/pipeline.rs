@@ -29,6 +29,7 @@ fn options(available_now: bool) -> RunOptions {
         worker_id: support::unique("w"),
         shutdown_deadline: Duration::from_secs(30),
         progress: Arc::new(RunProgress::default()),
+        fault: None,
     }
 }
 

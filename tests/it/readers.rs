@@ -73,6 +73,7 @@ async fn python_deltalake_and_polars_read_the_tables() {
         worker_id: support::unique("w"),
         shutdown_deadline: Duration::from_secs(30),
         progress: Default::default(),
+        fault: None,
     };
     let summary = worker::run(settings, aws, run, CancellationToken::new())
         .await

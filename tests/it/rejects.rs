@@ -84,6 +84,7 @@ async fn malformed_records_go_to_rejects_with_their_reason_and_aggregates_are_sp
         worker_id: support::unique("w"),
         shutdown_deadline: Duration::from_secs(30),
         progress: Arc::new(Default::default()),
+        fault: None,
     };
     let summary = worker::run(settings, aws, run, CancellationToken::new())
         .await

@@ -29,7 +29,7 @@ struct InProcess {
 fn start_in_process(settings: &Settings, aws: &AwsClients) -> InProcess {
     let stop = CancellationToken::new();
     let id = support::unique("inproc");
-    let opts = RunOptions { available_now: false, worker_id: id.clone(), shutdown_deadline: Duration::from_secs(30), progress: Arc::new(RunProgress::default()) };
+    let opts = RunOptions { available_now: false, worker_id: id.clone(), shutdown_deadline: Duration::from_secs(30), progress: Arc::new(RunProgress::default()), fault: None };
     let task = tokio::spawn(worker::run(settings.clone(), aws.clone(), opts, stop.clone()));
     InProcess { stop, task, id }
 }

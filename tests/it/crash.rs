@@ -1,0 +1,114 @@
+//! Crash tests: a worker process aborts at a chosen point of a flush (before the commits,
+//! between the rejects and the cleaned commit, between commit and checkpoint, after the
+//! checkpoint); another worker then finishes the job. Every produced record must be in its
+//! table or its rejects table exactly once, counted by the unique key.
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pinstream::clean::Kind;
+use pinstream::producer::{self, ProduceOptions, Source};
+use pinstream::worker::{self, RunOptions, RunProgress};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{self, count, key_counts};
+
+const CONFIG: &str = "[flush]\nmax_batch_rows = 150\nmax_batch_age = \"30s\"\n[lease]\nfailover_time = \"2s\"\n[reader]\nmax_records = 100\nidle_poll_interval = \"100ms\"\n";
+
+async fn crash_then_recover(point: &str) {
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let name = support::unique(&format!("crash-{}", point.replace('_', "")));
+    let root = dir.path().join("tables");
+    let settings = support::settings(&name, &root, CONFIG);
+    for s in settings.streams.values() {
+        pinstream::kinesis::ensure_stream(&aws.kinesis, s, 2, Duration::from_secs(30)).await.unwrap();
+    }
+    let per_stream = 600u64;
+    let opts = ProduceOptions {
+        streams: settings.streams.clone(),
+        source: Source::Synthetic { seed: 77, dirty_rate: 0.05 },
+        rate: None,
+        count: Some(per_stream),
+        duration: None,
+        partition_key: None,
+        in_flight: 2,
+        progress_every: None,
+    };
+    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new()).await.unwrap();
+
+    // The crashing worker: a child process told to abort the second time a flush reaches
+    // the point.
+    let cfg = dir.path().join("crash.toml");
+    let streams: String = settings.streams.iter().map(|(k, v)| format!("{k} = \"{v}\"\n")).collect();
+    std::fs::write(
+        &cfg,
+        format!("application = \"{}\"\ntable_root = \"{}\"\n{CONFIG}[streams]\n{streams}", settings.application, root.display()),
+    )
+    .unwrap();
+    let log = dir.path().join("crash.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pinstream"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .args(["--worker-id", "crasher", "--fault", &format!("{point}:2")])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let status = support::wait_for("the injected crash", Duration::from_secs(60), || {
+        let s = child.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.code().is_none() && log_text.contains("injected fault"), "the worker must have aborted at {point}: {status:?}\n{log_text}");
+
+    // Another worker takes the expired leases, recovers, and finishes.
+    let progress = Arc::new(RunProgress::default());
+    let stop = CancellationToken::new();
+    let run = RunOptions { available_now: false, worker_id: support::unique("recover"), shutdown_deadline: Duration::from_secs(30), progress, fault: None };
+    let recovering = tokio::spawn(worker::run(settings.clone(), aws.clone(), run, stop.clone()));
+    for kind in Kind::ALL {
+        support::wait_for(&format!("{kind}: all {per_stream} records after recovery"), Duration::from_secs(60), || async {
+            let n = count(&support::read_table(&root, kind.name()).await) + count(&support::read_table(&root, kind.rejects_table()).await);
+            (n >= per_stream as usize).then_some(())
+        })
+        .await;
+    }
+    stop.cancel();
+    recovering.await.unwrap().unwrap();
+
+    for kind in Kind::ALL {
+        let rows = support::read_table(&root, kind.name()).await;
+        let rejects = support::read_table(&root, kind.rejects_table()).await;
+        let mut keys = key_counts(&rows);
+        for (k, n) in key_counts(&rejects) {
+            *keys.entry(k).or_insert(0) += n;
+        }
+        let twice: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "{point} {kind}: committed twice: {twice:?}");
+        assert_eq!(keys.len(), per_stream as usize, "{point} {kind}: every record once");
+        assert!(count(&rejects) > 0, "{point} {kind}: the dirty records are in the rejects table");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_commit() {
+    crash_then_recover("before_commit").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_rejects_and_cleaned_commit() {
+    crash_then_recover("between_commits").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_commit_and_checkpoint() {
+    crash_then_recover("after_commit").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_checkpoint() {
+    crash_then_recover("after_checkpoint").await;
+}
