@@ -109,9 +109,6 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run(args) => {
             let settings = settings(args.pipeline)?;
-            if let pinstream::config::TableRoot::S3(_) = settings.table_root {
-                deltalake::aws::register_handlers(None);
-            }
             let aws = AwsClients::from_env().await;
             let opts = worker::RunOptions {
                 available_now: args.available_now,

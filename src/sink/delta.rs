@@ -76,7 +76,12 @@ pub fn table_url(root: &TableRoot, table: &str) -> Result<url::Url, DeltaError> 
 fn storage_options(root: &TableRoot) -> HashMap<String, String> {
     match root {
         TableRoot::Local(_) => HashMap::new(),
-        TableRoot::S3(_) => crate::aws::s3_storage_options(),
+        TableRoot::S3(_) => {
+            // delta-rs learns the s3:// scheme once per process.
+            static S3_HANDLERS: std::sync::Once = std::sync::Once::new();
+            S3_HANDLERS.call_once(|| deltalake::aws::register_handlers(None));
+            crate::aws::s3_storage_options()
+        }
     }
 }
 

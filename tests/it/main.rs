@@ -10,4 +10,5 @@ mod readers;
 mod real_data;
 mod scaling;
 mod rejects;
+mod s3;
 mod support;
