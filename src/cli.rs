@@ -46,6 +46,9 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Show every lease: stream, shard, owner, checkpoint, lag, records/s.
     Status(StatusArgs),
+    /// Table health on demand: a log checkpoint and log cleanup for every table, and with
+    /// --vacuum a vacuum of data files no longer referenced. Safe while workers append.
+    Maintain(MaintainArgs),
     /// Run the whole job locally: emulators, streams, producer, worker, summary.
     ///
     /// Starts kinesalite and dynalite on loopback (installing them on first use), creates
@@ -145,6 +148,19 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub pipeline: PipelineArgs,
     /// Print JSON (an array of leases) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MaintainArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Also vacuum data files removed from the tables longer ago than this (e.g. 7d; the
+    /// tables refuse less than their own minimum, 7 days by default).
+    #[arg(long, value_name = "RETENTION", value_parser = humantime::parse_duration)]
+    pub vacuum: Option<std::time::Duration>,
+    /// Print a JSON report.
     #[arg(long)]
     pub json: bool,
 }

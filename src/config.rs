@@ -51,6 +51,15 @@ pub struct FileConfig {
     pub lease: LeaseConfig,
     #[serde(default)]
     pub reader: ReaderConfig,
+    #[serde(default)]
+    pub maintenance: MaintenanceConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    pub checkpoint_interval: Option<u64>,
+    pub log_retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -202,6 +211,15 @@ pub struct LeasePolicy {
     pub initial_position: InitialPosition,
 }
 
+/// Delta table health.
+#[derive(Debug, Clone)]
+pub struct MaintenancePolicy {
+    /// Write a log checkpoint every this many commits (0: never).
+    pub checkpoint_interval: u64,
+    /// Log files older than this are removed when a checkpoint is written.
+    pub log_retention: Duration,
+}
+
 #[derive(Debug, Clone)]
 pub struct ReaderPolicy {
     pub max_records: i32,
@@ -218,6 +236,7 @@ pub struct Settings {
     pub flush: FlushPolicy,
     pub lease: LeasePolicy,
     pub reader: ReaderPolicy,
+    pub maintenance: MaintenancePolicy,
 }
 
 pub const DEFAULT_TABLE_ROOT: &str = "pinstream-data/tables";
@@ -373,6 +392,14 @@ impl Settings {
                 Duration::from_millis(1000),
             )?,
         };
+        let maintenance = MaintenancePolicy {
+            checkpoint_interval: file.maintenance.checkpoint_interval.unwrap_or(100),
+            log_retention: duration(
+                "maintenance.log_retention",
+                file.maintenance.log_retention.as_deref(),
+                Duration::from_secs(30 * 86_400),
+            )?,
+        };
         Ok(Settings {
             application,
             streams,
@@ -381,6 +408,7 @@ impl Settings {
             flush,
             lease,
             reader,
+            maintenance,
         })
     }
 

@@ -21,6 +21,8 @@
 //! - [`sink`]: per-table micro-batch buffers flushed by age, rows or bytes into ONE Delta
 //!   commit per table carrying a `txn` per shard ([`sink::delta`]), then a conditional
 //!   checkpoint per shard.
+//! - [`maintenance`]: Delta log checkpoints, log cleanup and vacuum (after commits and
+//!   `pinstream maintain`).
 //! - [`worker`]: the coordinator loop (sync shards, renew, take, recover, release) and a
 //!   reader task per held lease, wiring the layers above; graceful shutdown.
 //! - [`producer`]: synthetic or replayed load into the streams (PutRecords, retries of
@@ -42,6 +44,7 @@ pub mod kinesis;
 pub mod fault;
 pub mod kpl;
 pub mod lease;
+pub mod maintenance;
 pub mod producer;
 pub mod sink;
 pub mod stack;

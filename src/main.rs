@@ -205,6 +205,18 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Maintain(args) => {
+            let settings = settings(args.pipeline)?;
+            let reports = pinstream::maintenance::run(&settings, args.vacuum).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            } else {
+                for r in reports {
+                    println!("{:<14} version {:>6}  checkpointed  {} old log files removed  {} data files vacuumed", r.table, r.version, r.logs_removed, r.files_vacuumed);
+                }
+            }
+            Ok(())
+        }
         Command::Demo(args) => {
             let opts = demo::DemoOptions {
                 records: args.records,

@@ -189,6 +189,7 @@ pub async fn run(
             policy: settings.flush.clone(),
             progress: opts.progress.clone(),
             fault: opts.fault.clone(),
+            maintenance: settings.maintenance.clone(),
         };
         let (handle, task) = sink.spawn();
         sinks.insert(kind, handle);

@@ -195,7 +195,9 @@ pub async fn append(
             )
         })
         .collect();
+    // Log checkpoints are pinstream's own (maintenance.checkpoint_interval), not delta-rs's.
     let props = CommitProperties::default()
+        .with_create_checkpoint(false)
         .with_application_transactions(txns)
         .with_metadata([(COMMIT_INFO_KEY.to_owned(), json!({ "shards": positions }))]);
     let mut writer = RecordBatchWriter::for_table(table)?.with_commit_properties(props);

@@ -106,6 +106,7 @@ pub struct TableSink {
     pub progress: Arc<crate::worker::RunProgress>,
     /// Crash tests only: abort at a chosen point of a flush.
     pub fault: Option<crate::fault::Fault>,
+    pub maintenance: crate::config::MaintenancePolicy,
 }
 
 /// Chunks in flight per sink before readers wait (backpressure).
@@ -355,6 +356,7 @@ impl TableSink {
             .record(started.elapsed().as_secs_f64());
         match res {
             Ok(version) => {
+                crate::maintenance::after_commit(table, version, &self.maintenance).await;
                 metrics::counter!("pinstream_delta_commits_total", "table" => name).increment(1);
                 tracing::info!(
                     table = name,

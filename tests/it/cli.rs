@@ -86,3 +86,21 @@ async fn status_lists_every_lease_as_text_and_json() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("OWNER") && text.contains("worker-a") && text.contains("2 leases, 1 owned by 1 workers"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintain_checkpoints_every_table_and_vacuum_respects_retention() {
+    let dir = crate::support::tempdir();
+    let root = dir.path().join("tables");
+    let root_s = root.to_string_lossy().into_owned();
+    let out = pinstream().args(["maintain", "--json", "--table-root", &root_s]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 6, "six tables");
+    for t in ["pin", "geo", "user", "pin_rejects", "geo_rejects", "user_rejects"] {
+        assert!(root.join(t).join("_delta_log/_last_checkpoint").is_file(), "{t} checkpointed");
+    }
+    let out = pinstream().args(["maintain", "--vacuum", "7d", "--table-root", &root_s]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = pinstream().args(["maintain", "--vacuum", "1h", "--table-root", &root_s]).output().unwrap();
+    assert!(!out.status.success(), "a vacuum below the tables' 7-day minimum is refused");
+}

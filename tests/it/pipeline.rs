@@ -59,7 +59,12 @@ async fn available_now_lands_every_record_exactly_once_and_a_rerun_adds_nothing(
     let aws = support::aws().await;
     let dir = support::tempdir();
     let name = support::unique("e2e");
-    let settings = support::settings(&name, dir.path(), "");
+    // Small batches and a checkpoint every 2 commits, so the log gets checkpoints.
+    let settings = support::settings(
+        &name,
+        dir.path(),
+        "[flush]\nmax_batch_rows = 200\n[reader]\nmax_records = 100\n[maintenance]\ncheckpoint_interval = 2\n",
+    );
     create_streams(&aws, &settings, 2).await;
     let report = produce(
         &aws,
@@ -112,6 +117,10 @@ async fn available_now_lands_every_record_exactly_once_and_a_rerun_adds_nothing(
     let inds: BTreeSet<i64> = support::i64_column(&pin, "ind").into_iter().collect();
     assert!(inds.iter().all(|i| (0..600).contains(i)));
 
+    assert!(
+        dir.path().join("pin/_delta_log/_last_checkpoint").is_file(),
+        "a log checkpoint every 2 commits"
+    );
     let second = worker::run(
         settings.clone(),
         aws.clone(),
