@@ -27,7 +27,7 @@ pub struct TableReport {
 /// `log_retention` that the checkpoint makes unnecessary.
 pub async fn checkpoint_and_clean(table: &DeltaTable, log_retention: Duration) -> Result<usize, DeltaTableError> {
     create_checkpoint(table, None).await?;
-    let version = table.version().unwrap_or(0) as u64;
+    let version = table.version().unwrap_or(0);
     let cutoff = chrono::Utc::now().timestamp_millis() - log_retention.as_millis() as i64;
     cleanup_expired_logs_for(version, table.log_store().as_ref(), cutoff, None).await
 }
@@ -35,7 +35,7 @@ pub async fn checkpoint_and_clean(table: &DeltaTable, log_retention: Duration) -
 /// Called by the sink after each commit: checkpoints on every `checkpoint_interval`-th
 /// version. A failure is logged, never fatal: the commit itself has landed.
 pub async fn after_commit(table: &DeltaTable, version: u64, policy: &MaintenancePolicy) {
-    if policy.checkpoint_interval == 0 || version == 0 || version % policy.checkpoint_interval != 0 {
+    if policy.checkpoint_interval == 0 || version == 0 || !version.is_multiple_of(policy.checkpoint_interval) {
         return;
     }
     match checkpoint_and_clean(table, policy.log_retention).await {
@@ -60,7 +60,7 @@ async fn maintain_one(settings: &Settings, name: &str, schema: &deltalake::arrow
     let de = |source| DeltaError::Delta { table: name.to_owned(), source };
     let table = delta::open_or_create(&settings.table_root, name, schema).await?;
     let logs_removed = checkpoint_and_clean(&table, settings.maintenance.log_retention).await.map_err(de)?;
-    let mut report = TableReport { table: name.to_owned(), version: table.version().unwrap_or(0) as u64, checkpointed: true, logs_removed, files_vacuumed: 0 };
+    let mut report = TableReport { table: name.to_owned(), version: table.version().unwrap_or(0), checkpointed: true, logs_removed, files_vacuumed: 0 };
     if let Some(retention) = vacuum {
         let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(7));
         let (_, metrics) = table.vacuum().with_retention_period(retention).await.map_err(de)?;
