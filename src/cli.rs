@@ -91,6 +91,9 @@ pub struct RunArgs {
     /// How long a graceful shutdown may take, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: std::time::Duration,
+    /// Serve /metrics (Prometheus), /healthz and /readyz on this address, e.g. 0.0.0.0:9464.
+    #[arg(long, env = "PINSTREAM_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Crash tests only: abort at POINT[:N] of a flush (before_commit, between_commits,
     /// after_commit, after_checkpoint).
     #[arg(long, hide = true, value_parser = crate::fault::Fault::parse)]

@@ -125,6 +125,7 @@ async fn run_on_stack(
             shutdown_deadline: Duration::from_secs(30),
             progress: progress.clone(),
             fault: None,
+            health: None,
         },
         stop_worker.clone(),
     ));

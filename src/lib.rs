@@ -49,4 +49,5 @@ pub mod producer;
 pub mod sink;
 pub mod stack;
 pub mod status;
+pub mod telemetry;
 pub mod worker;

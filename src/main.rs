@@ -76,11 +76,11 @@ fn shutdown_on_signals() -> CancellationToken {
                 _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
             }
             if first {
-                eprintln!("stopping gracefully (flush, commit, checkpoint, release); signal again to exit now");
+                tracing::info!("stopping gracefully (flush, commit, checkpoint, release); signal again to exit now");
                 t.cancel();
                 first = false;
             } else {
-                eprintln!("second signal: exiting now");
+                tracing::warn!("second signal: exiting now");
                 std::process::exit(130);
             }
         }
@@ -110,12 +110,24 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Run(args) => {
             let settings = settings(args.pipeline)?;
             let aws = AwsClients::from_env().await;
+            let health = match args.metrics_addr {
+                Some(addr) => {
+                    let handle = pinstream::telemetry::install_recorder().map_err(anyhow::Error::msg).context("metrics recorder")?;
+                    // Ready while the lease table answered within 3 renewal periods and commits
+                    // have not been failing for longer than two minutes.
+                    let health = std::sync::Arc::new(pinstream::telemetry::Health::new(settings.lease.failover_time, Duration::from_secs(120)));
+                    pinstream::telemetry::serve(addr, handle, health.clone(), shutdown.clone()).await.with_context(|| format!("cannot serve metrics on {addr}"))?;
+                    Some(health)
+                }
+                None => None,
+            };
             let opts = worker::RunOptions {
                 available_now: args.available_now,
                 worker_id: args.worker_id.unwrap_or_else(worker::default_worker_id),
                 shutdown_deadline: args.shutdown_timeout,
                 progress: Default::default(),
                 fault: args.fault,
+                health,
             };
             let summary = worker::run(settings, aws, opts, shutdown)
                 .await
@@ -125,12 +137,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 .iter()
                 .map(|(t, n)| format!("{t}={n}"))
                 .collect();
-            eprintln!(
-                "read {} records; committed {} in {} commits; {:.1}s",
-                summary.records_read,
-                rows.join(" "),
-                summary.commits,
-                summary.elapsed.as_secs_f64()
+            tracing::info!(
+                records_read = summary.records_read,
+                committed = %rows.join(" "),
+                commits = summary.commits,
+                seconds = summary.elapsed.as_secs_f64(),
+                "run finished"
             );
             Ok(())
         }

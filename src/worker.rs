@@ -53,6 +53,8 @@ pub struct RunOptions {
     pub progress: Arc<RunProgress>,
     /// Crash tests only: abort at a chosen point of a flush.
     pub fault: Option<crate::fault::Fault>,
+    /// Readiness signals for `/readyz`, when served.
+    pub health: Option<Arc<crate::telemetry::Health>>,
 }
 
 /// Live counters of a running worker.
@@ -190,6 +192,7 @@ pub async fn run(
             progress: opts.progress.clone(),
             fault: opts.fault.clone(),
             maintenance: settings.maintenance.clone(),
+            health: opts.health.clone(),
         };
         let (handle, task) = sink.spawn();
         sinks.insert(kind, handle);
@@ -262,7 +265,12 @@ pub async fn run(
             release_all(&shared, &mut held).await;
         }
         let all = match shared.leases.scan().await {
-            Ok(all) => all,
+            Ok(all) => {
+                if let Some(h) = &opts.health {
+                    h.lease_scan_ok();
+                }
+                all
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "lease scan failed; will retry");
                 continue;

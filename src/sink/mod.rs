@@ -107,6 +107,7 @@ pub struct TableSink {
     /// Crash tests only: abort at a chosen point of a flush.
     pub fault: Option<crate::fault::Fault>,
     pub maintenance: crate::config::MaintenancePolicy,
+    pub health: Option<Arc<crate::telemetry::Health>>,
 }
 
 /// Chunks in flight per sink before readers wait (backpressure).
@@ -194,7 +195,11 @@ impl TableSink {
         bytes: &mut usize,
         first_at: &mut Option<Instant>,
     ) {
-        match self.flush(buf, totals).await {
+        let res = self.flush(buf, totals).await;
+        if let Some(h) = &self.health {
+            if res.is_ok() { h.flush_ok() } else { h.flush_failed() }
+        }
+        match res {
             Ok(()) => (*rows, *bytes, *first_at, *retry_at, *failures) = (0, 0, None, None, 0),
             Err(e) => {
                 *failures += 1;

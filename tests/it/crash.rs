@@ -67,7 +67,7 @@ async fn crash_then_recover(point: &str) {
     // Another worker takes the expired leases, recovers, and finishes.
     let progress = Arc::new(RunProgress::default());
     let stop = CancellationToken::new();
-    let run = RunOptions { available_now: false, worker_id: support::unique("recover"), shutdown_deadline: Duration::from_secs(30), progress, fault: None };
+    let run = RunOptions { available_now: false, worker_id: support::unique("recover"), shutdown_deadline: Duration::from_secs(30), progress, fault: None, health: None };
     let recovering = tokio::spawn(worker::run(settings.clone(), aws.clone(), run, stop.clone()));
     for kind in Kind::ALL {
         support::wait_for(&format!("{kind}: all {per_stream} records after recovery"), Duration::from_secs(60), || async {

@@ -12,3 +12,4 @@ mod scaling;
 mod rejects;
 mod s3;
 mod support;
+mod telemetry;

@@ -30,6 +30,7 @@ fn options(available_now: bool) -> RunOptions {
         shutdown_deadline: Duration::from_secs(30),
         progress: Arc::new(RunProgress::default()),
         fault: None,
+        health: None,
     }
 }
 

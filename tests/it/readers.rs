@@ -74,6 +74,7 @@ async fn python_deltalake_and_polars_read_the_tables() {
         shutdown_deadline: Duration::from_secs(30),
         progress: Default::default(),
         fault: None,
+        health: None,
     };
     let summary = worker::run(settings, aws, run, CancellationToken::new())
         .await

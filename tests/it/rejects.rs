@@ -85,6 +85,7 @@ async fn malformed_records_go_to_rejects_with_their_reason_and_aggregates_are_sp
         shutdown_deadline: Duration::from_secs(30),
         progress: Arc::new(Default::default()),
         fault: None,
+        health: None,
     };
     let summary = worker::run(settings, aws, run, CancellationToken::new())
         .await

@@ -67,7 +67,7 @@ async fn two_workers_commit_concurrently_to_s3_tables_without_loss_or_duplicates
     let mut workers = Vec::new();
     for _ in 0..2 {
         let stop = CancellationToken::new();
-        let run = RunOptions { available_now: false, worker_id: support::unique("s3w"), shutdown_deadline: Duration::from_secs(30), progress: progress.clone(), fault: None };
+        let run = RunOptions { available_now: false, worker_id: support::unique("s3w"), shutdown_deadline: Duration::from_secs(30), progress: progress.clone(), fault: None, health: None };
         workers.push((stop.clone(), tokio::spawn(worker::run(settings.clone(), aws.clone(), run, stop))));
     }
     assert_eq!(producing.await.unwrap().sent, 3 * per_stream);

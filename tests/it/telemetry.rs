@@ -1,0 +1,123 @@
+//! A worker process with `--metrics-addr`: the Prometheus endpoint is scraped during a run
+//! and the pipeline's metrics are found moving; `/healthz` and `/readyz` answer.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use pinstream::producer::{self, ProduceOptions, Source};
+use tokio_util::sync::CancellationToken;
+
+use crate::support;
+
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, text.split_once("\r\n\r\n")?.1.to_owned()))
+}
+
+/// The value of the first sample of `name` (any labels) in a Prometheus scrape.
+fn sample(scrape: &str, name: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_readiness_are_served_during_a_run() {
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let name = support::unique("metrics");
+    let settings = support::settings(&name, &dir.path().join("tables"), "");
+    for s in settings.streams.values() {
+        pinstream::kinesis::ensure_stream(&aws.kinesis, s, 1, Duration::from_secs(30)).await.unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let cfg = dir.path().join("w.toml");
+    let streams: String = settings.streams.iter().map(|(k, v)| format!("{k} = \"{v}\"\n")).collect();
+    std::fs::write(
+        &cfg,
+        format!("application = \"{name}\"\ntable_root = \"{}\"\n[flush]\nmax_batch_age = \"300ms\"\n[lease]\nfailover_time = \"3s\"\n[reader]\nidle_poll_interval = \"100ms\"\n[streams]\n{streams}", dir.path().join("tables").display()),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pinstream"))
+        .args(["--log-format", "json", "run", "--config"])
+        .arg(&cfg)
+        .args(["--metrics-addr", &addr])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("w.log")).unwrap())
+        .spawn()
+        .unwrap();
+
+    let a = addr.clone();
+    support::wait_for("/healthz", Duration::from_secs(30), || {
+        let r = get(&a, "/healthz");
+        async move { r.filter(|(c, _)| *c == 200) }
+    })
+    .await;
+    let a = addr.clone();
+    support::wait_for("/readyz", Duration::from_secs(30), || {
+        let r = get(&a, "/readyz");
+        async move { r.filter(|(c, _)| *c == 200) }
+    })
+    .await;
+
+    let opts = ProduceOptions {
+        streams: settings.streams.clone(),
+        source: Source::Synthetic { seed: 4, dirty_rate: 0.1 },
+        rate: None,
+        count: Some(300),
+        duration: None,
+        partition_key: None,
+        in_flight: 2,
+        progress_every: None,
+    };
+    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new()).await.unwrap();
+    let a = addr.clone();
+    let scrape = support::wait_for("metrics moving", Duration::from_secs(60), || {
+        let r = get(&a, "/metrics");
+        async move {
+            let (_, body) = r?;
+            let received = sample(&body, "pinstream_records_received_total")?;
+            let written = sample(&body, "pinstream_records_written_total")?;
+            (received > 0.0 && written > 0.0 && body.contains("pinstream_records_rejected_total")).then_some(body)
+        }
+    })
+    .await;
+    for name in [
+        "pinstream_bytes_received_total",
+        "pinstream_delta_commits_total",
+        "pinstream_delta_commit_duration_seconds_bucket",
+        "pinstream_flush_rows",
+        "pinstream_millis_behind_latest",
+        "pinstream_leases_held",
+        "pinstream_leases_taken_total",
+    ] {
+        assert!(scrape.contains(name), "{name} missing from the scrape:\n{scrape}");
+    }
+    assert!(scrape.contains("reason=\""), "rejects are labelled by reason");
+    assert_eq!(get(&addr, "/nope").map(|(c, _)| c), Some(404));
+
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = support::wait_for("worker exit", Duration::from_secs(30), || {
+        let s = child.try_wait().unwrap();
+        async move { s }
+    })
+    .await;
+    assert_eq!(status.code(), Some(0));
+    // JSON logs: one object per line, with the shard span's fields on the commit lines.
+    let log = std::fs::read_to_string(dir.path().join("w.log")).unwrap();
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some(), "{line}");
+    }
+    assert!(log.contains("\"message\":\"committed\""), "{log}");
+    assert!(!log.contains("first_name"), "no record payloads in info logs");
+}
