@@ -159,10 +159,12 @@ async fn workers_share_fail_over_rebalance_and_hand_off_without_losing_a_record(
     a.stop.cancel();
     a.task.await.unwrap().unwrap();
     let stopped_at = tokio::time::Instant::now();
+    // The moment it has exited, none of its leases names it any more (released, not left to
+    // expire), so the others take them on their next cycle.
+    let after = holdings(&table).await;
+    assert!(!after.contains_key(&a.id), "a stopped worker holds nothing: {after:?}");
     wait_for_holdings(&table, "released leases taken over", Duration::from_secs(20), |h| h.len() == 2 && h.values().sum::<usize>() == 12).await;
-    let handoff = stopped_at.elapsed();
-    eprintln!("hand-off after graceful stop took {handoff:?}");
-    assert!(handoff < Duration::from_secs(6), "released leases are taken on the next cycle, not after failover ({handoff:?})");
+    eprintln!("hand-off after graceful stop took {:?}", stopped_at.elapsed());
 
     // SIGTERM on a worker process: it flushes, commits, checkpoints, releases and exits 0.
     let log2 = dir.path().join("child2.log");
