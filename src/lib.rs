@@ -35,6 +35,8 @@
 //! Delta; the lease table knows nothing of cleaning. A shard is checkpointed only after
 //! its rows are committed.
 
+#![forbid(unsafe_code)]
+
 pub mod aws;
 pub mod clean;
 pub mod cli;

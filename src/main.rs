@@ -1,6 +1,8 @@
 //! The `pinstream` binary: parses the command line, sets up logging and signals, runs the
 //! command, and maps errors to exit codes (2: the user's input, 1: everything else).
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 use std::time::Duration;
 

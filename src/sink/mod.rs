@@ -152,6 +152,7 @@ impl TableSink {
                     bytes += c.bytes;
                     first_at.get_or_insert_with(Instant::now);
                     add_chunk(&mut buf, c);
+                    buffer_gauges(self.kind, rows, bytes);
                     let full =
                         rows >= self.policy.max_batch_rows || bytes >= self.policy.max_batch_bytes;
                     if full && retry_at.is_none() {
@@ -170,6 +171,8 @@ impl TableSink {
                 Some(SinkMsg::Flush(reply)) => {
                     let res = self.flush(&mut buf, &totals).await;
                     if res.is_ok() {
+                        metrics::histogram!("pinstream_flush_bytes", "table" => self.kind.name()).record(bytes as f64);
+                        buffer_gauges(self.kind, 0, 0);
                         (rows, bytes, first_at, retry_at, failures) = (0, 0, None, None, 0);
                     }
                     let _ = reply.send(res);
@@ -200,7 +203,11 @@ impl TableSink {
             if res.is_ok() { h.flush_ok() } else { h.flush_failed() }
         }
         match res {
-            Ok(()) => (*rows, *bytes, *first_at, *retry_at, *failures) = (0, 0, None, None, 0),
+            Ok(()) => {
+                metrics::histogram!("pinstream_flush_bytes", "table" => self.kind.name()).record(*bytes as f64);
+                buffer_gauges(self.kind, 0, 0);
+                (*rows, *bytes, *first_at, *retry_at, *failures) = (0, 0, None, None, 0)
+            }
             Err(e) => {
                 *failures += 1;
                 let wait = backoff(*failures);
@@ -414,6 +421,12 @@ impl TableSink {
             }
         }
     }
+}
+
+/// Buffer fill of one table, rows and bytes of record data waiting for a commit.
+fn buffer_gauges(kind: Kind, rows: usize, bytes: usize) {
+    metrics::gauge!("pinstream_buffer_rows", "table" => kind.name()).set(rows as f64);
+    metrics::gauge!("pinstream_buffer_bytes", "table" => kind.name()).set(bytes as f64);
 }
 
 fn add_chunk(buf: &mut BTreeMap<String, ShardBuf>, c: Chunk) {
