@@ -129,6 +129,10 @@ pub struct ProduceArgs {
     /// Use this partition key for every record (default: spread over all shards).
     #[arg(long)]
     pub partition_key: Option<String>,
+    /// Pack up to N user records into one KPL aggregated record (readable by pinstream and
+    /// by the Kinesis Client Library).
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "100")]
+    pub aggregate: Option<usize>,
     /// PutRecords calls in flight per stream.
     #[arg(long, default_value_t = 4)]
     pub in_flight: usize,

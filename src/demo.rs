@@ -141,6 +141,7 @@ async fn run_on_stack(
         partition_key: None,
         in_flight: 4,
         progress_every: Some(Duration::from_secs(2)),
+        aggregate: None,
     };
     println!(
         "pinstream demo: producing {} records per stream while the worker consumes...",

@@ -166,6 +166,9 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 }
                 .into());
             }
+            if args.aggregate.is_some_and(|n| n == 0) {
+                return Err(ConfigError::Invalid { key: "--aggregate".into(), message: "0 records per aggregate".into(), fix: "give at least 1, e.g. --aggregate 100".into() }.into());
+            }
             let aws = AwsClients::from_env().await;
             if let Some(shards) = args.create_streams {
                 for stream in settings.streams.values() {
@@ -192,15 +195,20 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 duration: args.duration,
                 partition_key: args.partition_key,
                 in_flight: args.in_flight,
-                progress_every: Some(Duration::from_secs(2)),
+                progress_every: Some(Duration::from_secs(5)),
+                aggregate: args.aggregate,
             };
             let report = producer::produce(aws.kinesis.clone(), opts, shutdown).await?;
             match args.report {
                 ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                ReportFormat::Text => println!(
-                    "sent {} records in {:.1}s ({:.0} rec/s): {} failed, {} throttled, {} retried, {} PutRecords calls; per stream: {:?}",
-                    report.sent, report.elapsed_seconds, report.records_per_second, report.failed, report.throttled, report.retries, report.calls, report.per_stream
-                ),
+                ReportFormat::Text => {
+                    let l = &report.put_records_latency;
+                    println!(
+                        "sent {} records in {:.1}s ({:.0} rec/s): {} failed, {} throttled, {} retried, {} PutRecords calls (latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms); per stream: {:?}",
+                        report.sent, report.elapsed_seconds, report.records_per_second, report.failed, report.throttled, report.retries, report.calls,
+                        l.p50_ms, l.p95_ms, l.p99_ms, report.per_stream
+                    )
+                }
             }
             if report.failed > 0 {
                 anyhow::bail!("{} records could not be sent", report.failed);

@@ -35,6 +35,7 @@ async fn crash_then_recover(point: &str) {
         partition_key: None,
         in_flight: 2,
         progress_every: None,
+        aggregate: None,
     };
     producer::produce(aws.kinesis.clone(), opts, CancellationToken::new()).await.unwrap();
 

@@ -7,6 +7,7 @@ mod crash;
 mod infra;
 mod leases;
 mod pipeline;
+mod producer;
 mod readers;
 mod real_data;
 mod scaling;

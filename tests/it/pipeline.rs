@@ -49,6 +49,7 @@ async fn produce(
         partition_key: None,
         in_flight: 4,
         progress_every: None,
+        aggregate: None,
     };
     producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
         .await

@@ -64,6 +64,7 @@ async fn python_deltalake_and_polars_read_the_tables() {
         partition_key: None,
         in_flight: 2,
         progress_every: None,
+        aggregate: None,
     };
     producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
         .await

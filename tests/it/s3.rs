@@ -59,6 +59,7 @@ async fn two_workers_commit_concurrently_to_s3_tables_without_loss_or_duplicates
         partition_key: None,
         in_flight: 2,
         progress_every: None,
+        aggregate: None,
     };
     let client = aws.kinesis.clone();
     let producing = tokio::spawn(async move { producer::produce(client, opts, CancellationToken::new()).await.unwrap() });

@@ -91,6 +91,7 @@ fn steady_producer(aws: &AwsClients, settings: &Settings, per_stream: u64, rate:
         partition_key: None,
         in_flight: 2,
         progress_every: None,
+        aggregate: None,
     };
     let client = aws.kinesis.clone();
     tokio::spawn(async move { producer::produce(client, opts, CancellationToken::new()).await.unwrap() })

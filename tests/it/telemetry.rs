@@ -78,6 +78,7 @@ async fn metrics_health_and_readiness_are_served_during_a_run() {
         partition_key: None,
         in_flight: 2,
         progress_every: None,
+        aggregate: None,
     };
     producer::produce(aws.kinesis.clone(), opts, CancellationToken::new()).await.unwrap();
     const NAMES: [&str; 9] = [
