@@ -454,7 +454,8 @@ mod tests {
             pins.push(t[0].1.clone());
             users.push(t[2].1.clone());
         }
-        let checks: [(&str, Box<dyn Fn(&serde_json::Value) -> String>); 5] = [
+        type Shape = Box<dyn Fn(&serde_json::Value) -> String>;
+        let checks: [(&str, Shape); 5] = [
             ("follower_count format", Box::new(follower_shape)),
             ("media", Box::new(|v| v["is_image_or_video"].as_str().unwrap_or("null").to_owned())),
             ("category", Box::new(|v| v["category"].as_str().unwrap_or("").to_owned())),
