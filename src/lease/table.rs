@@ -253,6 +253,21 @@ impl LeaseTable {
         Ok(next)
     }
 
+    /// An UpdateItem of a lease we hold: conditional on `owner = me AND counter = c`, and
+    /// binding `:me`, `:c` and `:next` (= c + 1) for the update expression.
+    fn update_held(&self, key: &str, me: &str, counter: u64) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        self.client
+            .update_item()
+            .table_name(&self.name)
+            .key("lease_key", s(key))
+            .condition_expression("#owner = :me AND #counter = :c")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_names("#counter", "counter")
+            .expression_attribute_values(":me", s(me))
+            .expression_attribute_values(":c", n(counter))
+            .expression_attribute_values(":next", n(counter + 1))
+    }
+
     /// Renews a held lease (bumps the counter other workers watch). Also records the
     /// shard's lag for operators. Returns the new counter.
     pub async fn renew(
@@ -263,19 +278,9 @@ impl LeaseTable {
         millis_behind: Option<i64>,
         records_per_second: f64,
     ) -> Result<u64, LeaseError> {
-        let next = counter + 1;
         let mut set = String::from("SET #counter = :next, records_per_second = :rps");
         let mut req = self
-            .client
-            .update_item()
-            .table_name(&self.name)
-            .key("lease_key", s(key))
-            .condition_expression("#owner = :me AND #counter = :c")
-            .expression_attribute_names("#owner", "owner")
-            .expression_attribute_names("#counter", "counter")
-            .expression_attribute_values(":me", s(me))
-            .expression_attribute_values(":c", n(counter))
-            .expression_attribute_values(":next", n(next))
+            .update_held(key, me, counter)
             .expression_attribute_values(":rps", n(format!("{records_per_second:.1}")));
         if let Some(ms) = millis_behind {
             set.push_str(", millis_behind_latest = :lag");
@@ -285,7 +290,7 @@ impl LeaseTable {
             .send()
             .await
             .map_err(|e| cond("UpdateItem", key, e))?;
-        Ok(next)
+        Ok(counter + 1)
     }
 
     /// Records a committed position. Conditional on still holding the lease.
@@ -298,18 +303,8 @@ impl LeaseTable {
         sub_sequence: i64,
         batch_version: i64,
     ) -> Result<u64, LeaseError> {
-        let next = counter + 1;
-        self.client
-            .update_item()
-            .table_name(&self.name)
-            .key("lease_key", s(key))
+        self.update_held(key, me, counter)
             .update_expression("SET #counter = :next, checkpoint = :cp, sub_sequence = :sub, batch_version = :bv, owner_switches_since_checkpoint = :zero")
-            .condition_expression("#owner = :me AND #counter = :c")
-            .expression_attribute_names("#owner", "owner")
-            .expression_attribute_names("#counter", "counter")
-            .expression_attribute_values(":me", s(me))
-            .expression_attribute_values(":c", n(counter))
-            .expression_attribute_values(":next", n(next))
             .expression_attribute_values(":cp", s(&checkpoint.as_str()))
             .expression_attribute_values(":sub", n(sub_sequence))
             .expression_attribute_values(":bv", n(batch_version))
@@ -317,22 +312,13 @@ impl LeaseTable {
             .send()
             .await
             .map_err(|e| cond("UpdateItem", key, e))?;
-        Ok(next)
+        Ok(counter + 1)
     }
 
     /// Gives a lease up so another worker can take it on its next cycle.
     pub async fn release(&self, key: &str, me: &str, counter: u64) -> Result<(), LeaseError> {
-        self.client
-            .update_item()
-            .table_name(&self.name)
-            .key("lease_key", s(key))
+        self.update_held(key, me, counter)
             .update_expression("REMOVE #owner SET #counter = :next")
-            .condition_expression("#owner = :me AND #counter = :c")
-            .expression_attribute_names("#owner", "owner")
-            .expression_attribute_names("#counter", "counter")
-            .expression_attribute_values(":me", s(me))
-            .expression_attribute_values(":c", n(counter))
-            .expression_attribute_values(":next", n(counter + 1))
             .send()
             .await
             .map_err(|e| cond("UpdateItem", key, e))?;
