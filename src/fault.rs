@@ -42,18 +42,32 @@ impl Fault {
     /// Parses `POINT[:N]`.
     pub fn parse(s: &str) -> Result<Self, String> {
         let (point, nth) = match s.split_once(':') {
-            Some((p, n)) => (p, n.parse::<u32>().map_err(|_| format!("`{n}` is not a count"))?),
+            Some((p, n)) => (
+                p,
+                n.parse::<u32>()
+                    .map_err(|_| format!("`{n}` is not a count"))?,
+            ),
             None => (s, 1),
         };
-        let point = FaultPoint::parse(point)
-            .ok_or_else(|| format!("`{point}`: one of before_commit, between_commits, after_commit, after_checkpoint"))?;
-        Ok(Fault { point, nth: nth.max(1), seen: Arc::new(AtomicU32::new(0)) })
+        let point = FaultPoint::parse(point).ok_or_else(|| {
+            format!(
+                "`{point}`: one of before_commit, between_commits, after_commit, after_checkpoint"
+            )
+        })?;
+        Ok(Fault {
+            point,
+            nth: nth.max(1),
+            seen: Arc::new(AtomicU32::new(0)),
+        })
     }
 
     /// Called by a flush at `point`: aborts the process on the planned hit.
     pub fn hit(&self, point: FaultPoint) {
         if point == self.point && self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.nth {
-            eprintln!("pinstream: injected fault at {point:?} (hit {}): aborting", self.nth);
+            eprintln!(
+                "pinstream: injected fault at {point:?} (hit {}): aborting",
+                self.nth
+            );
             std::process::abort();
         }
     }

@@ -114,11 +114,18 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let aws = AwsClients::from_env().await;
             let health = match args.metrics_addr {
                 Some(addr) => {
-                    let handle = pinstream::telemetry::install_recorder().map_err(anyhow::Error::msg).context("metrics recorder")?;
+                    let handle = pinstream::telemetry::install_recorder()
+                        .map_err(anyhow::Error::msg)
+                        .context("metrics recorder")?;
                     // Ready while the lease table answered within 3 renewal periods and commits
                     // have not been failing for longer than two minutes.
-                    let health = std::sync::Arc::new(pinstream::telemetry::Health::new(settings.lease.failover_time, Duration::from_secs(120)));
-                    pinstream::telemetry::serve(addr, handle, health.clone(), shutdown.clone()).await.with_context(|| format!("cannot serve metrics on {addr}"))?;
+                    let health = std::sync::Arc::new(pinstream::telemetry::Health::new(
+                        settings.lease.failover_time,
+                        Duration::from_secs(120),
+                    ));
+                    pinstream::telemetry::serve(addr, handle, health.clone(), shutdown.clone())
+                        .await
+                        .with_context(|| format!("cannot serve metrics on {addr}"))?;
                     Some(health)
                 }
                 None => None,
@@ -167,7 +174,12 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 .into());
             }
             if args.aggregate.is_some_and(|n| n == 0) {
-                return Err(ConfigError::Invalid { key: "--aggregate".into(), message: "0 records per aggregate".into(), fix: "give at least 1, e.g. --aggregate 100".into() }.into());
+                return Err(ConfigError::Invalid {
+                    key: "--aggregate".into(),
+                    message: "0 records per aggregate".into(),
+                    fix: "give at least 1, e.g. --aggregate 100".into(),
+                }
+                .into());
             }
             let aws = AwsClients::from_env().await;
             if let Some(shards) = args.create_streams {
@@ -218,10 +230,16 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Status(args) => {
             let settings = settings(args.pipeline)?;
             let aws = AwsClients::from_env().await;
-            let table = pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
-            let leases = pinstream::status::leases(&table).await.context("reading the lease table")?;
+            let table =
+                pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
+            let leases = pinstream::status::leases(&table)
+                .await
+                .context("reading the lease table")?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&pinstream::status::to_json(&leases))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&pinstream::status::to_json(&leases))?
+                );
             } else {
                 println!("{}", pinstream::status::to_text(&leases));
             }

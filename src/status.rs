@@ -45,13 +45,30 @@ pub fn to_text(leases: &[Lease]) -> String {
                 l.shard_id.clone(),
                 l.owner.clone().unwrap_or_else(dash),
                 l.checkpoint.as_str().into_owned(),
-                l.millis_behind_latest.map(|m| m.to_string()).unwrap_or_else(dash),
-                l.records_per_second.map(|r| format!("{r:.1}")).unwrap_or_else(dash),
-                if l.parent_shard_ids.is_empty() { dash() } else { l.parent_shard_ids.join(",") },
+                l.millis_behind_latest
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(dash),
+                l.records_per_second
+                    .map(|r| format!("{r:.1}"))
+                    .unwrap_or_else(dash),
+                if l.parent_shard_ids.is_empty() {
+                    dash()
+                } else {
+                    l.parent_shard_ids.join(",")
+                },
             ]
         })
         .collect();
-    let header = ["STREAM", "SHARD", "OWNER", "CHECKPOINT", "LAG_MS", "REC/S", "PARENTS"].map(str::to_owned);
+    let header = [
+        "STREAM",
+        "SHARD",
+        "OWNER",
+        "CHECKPOINT",
+        "LAG_MS",
+        "REC/S",
+        "PARENTS",
+    ]
+    .map(str::to_owned);
     let mut widths = header.clone().map(|h| h.len());
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -59,14 +76,26 @@ pub fn to_text(leases: &[Lease]) -> String {
         }
     }
     let line = |r: &[String; 7]| {
-        r.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ").trim_end().to_owned()
+        r.iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
     };
     let mut out = line(&header);
     for r in &rows {
         out.push('\n');
         out.push_str(&line(r));
     }
-    let owners: std::collections::BTreeSet<&str> = leases.iter().filter_map(|l| l.owner.as_deref()).collect();
-    out.push_str(&format!("\n{} leases, {} owned by {} workers", leases.len(), leases.iter().filter(|l| l.owner.is_some()).count(), owners.len()));
+    let owners: std::collections::BTreeSet<&str> =
+        leases.iter().filter_map(|l| l.owner.as_deref()).collect();
+    out.push_str(&format!(
+        "\n{} leases, {} owned by {} workers",
+        leases.len(),
+        leases.iter().filter(|l| l.owner.is_some()).count(),
+        owners.len()
+    ));
     out
 }

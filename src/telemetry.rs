@@ -53,7 +53,12 @@ impl Health {
 
     pub fn flush_failed(&self) {
         let now = self.now_ms();
-        let _ = self.flush_failing_since.compare_exchange(-1, now, Ordering::Relaxed, Ordering::Relaxed);
+        let _ = self.flush_failing_since.compare_exchange(
+            -1,
+            now,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
     /// `Ok(())` when ready, else why not.
@@ -64,11 +69,17 @@ impl Health {
             return Err("no lease table scan has succeeded yet".into());
         }
         if now - scan > self.lease_bound.as_millis() as i64 {
-            return Err(format!("the lease table has not answered for {} ms", now - scan));
+            return Err(format!(
+                "the lease table has not answered for {} ms",
+                now - scan
+            ));
         }
         let failing = self.flush_failing_since.load(Ordering::Relaxed);
         if failing >= 0 && now - failing >= self.commit_bound.as_millis() as i64 {
-            return Err(format!("Delta commits have been failing for {} ms", now - failing));
+            return Err(format!(
+                "Delta commits have been failing for {} ms",
+                now - failing
+            ));
         }
         Ok(())
     }
@@ -77,14 +88,21 @@ impl Health {
 /// Installs the Prometheus recorder for the `metrics` facade (once per process).
 pub fn install_recorder() -> Result<PrometheusHandle, String> {
     PrometheusBuilder::new()
-        .set_buckets(&[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        .set_buckets(&[
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ])
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `stop`.
-pub async fn serve(addr: SocketAddr, handle: PrometheusHandle, health: Arc<Health>, stop: CancellationToken) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    handle: PrometheusHandle,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
     tracing::info!(addr = %local, "serving /metrics, /healthz, /readyz");
@@ -101,7 +119,9 @@ pub async fn serve(addr: SocketAddr, handle: PrometheusHandle, health: Arc<Healt
                 let mut n = 0;
                 // Read the request head (bounded; we need only the request line).
                 while n < buf.len() {
-                    match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf[n..])).await {
+                    match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf[n..]))
+                        .await
+                    {
                         Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
                         Ok(Ok(k)) => n += k,
                     }
@@ -117,10 +137,18 @@ pub async fn serve(addr: SocketAddr, handle: PrometheusHandle, health: Arc<Healt
                     ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
                     ("GET", "/readyz") => match health.ready() {
                         Ok(()) => ("200 OK", "text/plain", "ready\n".to_owned()),
-                        Err(why) => ("503 Service Unavailable", "text/plain", format!("not ready: {why}\n")),
+                        Err(why) => (
+                            "503 Service Unavailable",
+                            "text/plain",
+                            format!("not ready: {why}\n"),
+                        ),
                     },
                     ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-                    _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_owned()),
+                    _ => (
+                        "405 Method Not Allowed",
+                        "text/plain",
+                        "GET only\n".to_owned(),
+                    ),
                 };
                 let resp = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
                 let _ = sock.write_all(resp.as_bytes()).await;

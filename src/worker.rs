@@ -22,7 +22,9 @@ use crate::clean::{self, Kind, RecordMeta, Reject, RejectReason, RejectsColumns,
 use crate::config::{InitialPosition, ReaderPolicy, Settings};
 use crate::kinesis::{self, ShardReader, StartAt};
 use crate::kpl::{self, Decoded};
-use crate::lease::{self, Checkpoint, ExpiryTracker, HeldLease, Lease, LeaseError, LeaseTable, TakeKind};
+use crate::lease::{
+    self, Checkpoint, ExpiryTracker, HeldLease, Lease, LeaseError, LeaseTable, TakeKind,
+};
 use crate::sink::delta::{self, DeltaError};
 use crate::sink::{backoff, Chunk, SinkError, SinkHandle, SinkMsg, TableSink};
 
@@ -177,8 +179,12 @@ pub async fn run(
             kind,
             (
                 delta::open_or_create(&settings.table_root, kind.name(), &kind.schema()).await?,
-                delta::open_or_create(&settings.table_root, kind.rejects_table(), &clean::schema::REJECTS)
-                    .await?,
+                delta::open_or_create(
+                    &settings.table_root,
+                    kind.rejects_table(),
+                    &clean::schema::REJECTS,
+                )
+                .await?,
             ),
         );
         let sink = TableSink {
@@ -493,7 +499,9 @@ async fn release_one(shared: &Shared, h: &HeldLease) {
             metrics::counter!("pinstream_leases_released_total").increment(1);
             tracing::info!(lease = %h.key, "lease released");
         }
-        Err(LeaseError::Lost(_)) => tracing::debug!(lease = %h.key, "lease already taken by another worker"),
+        Err(LeaseError::Lost(_)) => {
+            tracing::debug!(lease = %h.key, "lease already taken by another worker")
+        }
         Err(e) => {
             tracing::warn!(lease = %h.key, error = %e, "release failed; the lease will expire instead")
         }
@@ -562,10 +570,18 @@ async fn resume_position(
         tracing::info!(lease = %lease.key, version = t, checkpoint = %cp.as_str(), "recovered a position committed but not checkpointed");
         cp
     };
-    let recovery = |e: deltalake::DeltaTableError| WorkerError::Recovery { lease: lease.key.clone(), message: e.to_string() };
-    let r = delta::txn_version(rejects_table, &app_id).await.map_err(recovery)?.unwrap_or(0);
+    let recovery = |e: deltalake::DeltaTableError| WorkerError::Recovery {
+        lease: lease.key.clone(),
+        message: e.to_string(),
+    };
+    let r = delta::txn_version(rejects_table, &app_id)
+        .await
+        .map_err(recovery)?
+        .unwrap_or(0);
     let rejects_done = if r > t {
-        let pos = delta::position_at(rejects_table, &lease.key, r).await.map_err(recovery)?;
+        let pos = delta::position_at(rejects_table, &lease.key, r)
+            .await
+            .map_err(recovery)?;
         pos.map(|p| (p.last_sequence, p.last_sub_sequence))
     } else {
         None
@@ -738,10 +754,14 @@ fn build_chunk(
             }
         };
         for (i, d) in users.iter().enumerate() {
-            let meta = RecordMeta { sub_sequence_number: i as i64, ..meta };
+            let meta = RecordMeta {
+                sub_sequence_number: i as i64,
+                ..meta
+            };
             let done = rejects_done.is_some_and(|p| at_or_before((seq, i as i64), p));
             let target = if done { &mut already } else { &mut rejects };
-            if let Err(reason) = clean::clean_into(kind, d, &meta, &lease.stream, &mut rows, target) {
+            if let Err(reason) = clean::clean_into(kind, d, &meta, &lease.stream, &mut rows, target)
+            {
                 if !done {
                     rejected[reason as usize] += 1;
                 }
@@ -774,7 +794,10 @@ mod tests {
         assert!(at_or_before(("49680", 2), &p));
         assert!(at_or_before(("49680", 1), &p));
         assert!(!at_or_before(("49680", 3), &p));
-        assert!(at_or_before(("9999", 9), &p), "shorter sequence numbers are smaller");
+        assert!(
+            at_or_before(("9999", 9), &p),
+            "shorter sequence numbers are smaller"
+        );
         assert!(!at_or_before(("100000", 0), &p));
         assert!(!at_or_before(("49681", 0), &p));
     }

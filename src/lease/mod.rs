@@ -165,7 +165,9 @@ pub fn leases_to_take<'a>(
     let alive = |l: &Lease| l.owner.is_some() && !tracker.is_expired(l, now, failover);
     let mut load: HashMap<&str, usize> = HashMap::new();
     for l in readable.iter().filter(|l| alive(l)) {
-        *load.entry(l.owner.as_deref().unwrap_or_default()).or_default() += 1;
+        *load
+            .entry(l.owner.as_deref().unwrap_or_default())
+            .or_default() += 1;
     }
     let held = load.get(me).copied().unwrap_or(0);
     let live = load.len() + usize::from(!load.contains_key(me));
@@ -201,7 +203,10 @@ pub fn leases_to_take<'a>(
                 .filter(|l| l.owner.as_deref() == Some(victim) && alive(l))
                 .collect();
             // Spread thieves over the victim's leases instead of all racing for the first.
-            let pick = me.bytes().fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize)) % theirs.len().max(1);
+            let pick = me
+                .bytes()
+                .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+                % theirs.len().max(1);
             if let Some(l) = theirs.get(pick) {
                 take.push((*l, TakeKind::Steal));
             }
@@ -343,7 +348,9 @@ mod tests {
         // Two live workers (w1 and me), 4 shards: target 2 each.
         let take = leases_to_take(&leases, "me", &t, Instant::now(), F, false);
         assert_eq!(take.len(), 2);
-        assert!(take.iter().all(|(l, k)| l.owner.is_none() && *k == TakeKind::Free));
+        assert!(take
+            .iter()
+            .all(|(l, k)| l.owner.is_none() && *k == TakeKind::Free));
         assert_eq!(
             leases_to_take(&leases, "me", &t, Instant::now(), F, true).len(),
             3
@@ -381,11 +388,16 @@ mod tests {
         t.observe(&renewed, Instant::now());
         let take = leases_to_take(&renewed, "me", &t, Instant::now(), F, false);
         assert_eq!(take.len(), 1);
-        assert_eq!((take[0].0.shard_id.as_str(), take[0].1), ("s0", TakeKind::Expired));
+        assert_eq!(
+            (take[0].0.shard_id.as_str(), take[0].1),
+            ("s0", TakeKind::Expired)
+        );
     }
 
     fn owned(n: usize, owner: &str, from: usize) -> Vec<Lease> {
-        (from..from + n).map(|i| lease(&format!("s{i:02}"), Some(owner), 1)).collect()
+        (from..from + n)
+            .map(|i| lease(&format!("s{i:02}"), Some(owner), 1))
+            .collect()
     }
 
     #[tokio::test(start_paused = true)]
@@ -396,7 +408,10 @@ mod tests {
         leases.extend(owned(4, "b", 8));
         let take = leases_to_take(&leases, "me", &t, Instant::now(), F, false);
         assert_eq!(take.len(), 1);
-        assert_eq!((take[0].0.owner.as_deref(), take[0].1), (Some("a"), TakeKind::Steal));
+        assert_eq!(
+            (take[0].0.owner.as_deref(), take[0].1),
+            (Some("a"), TakeKind::Steal)
+        );
         // Greedy (--available-now) never steals.
         assert!(leases_to_take(&leases, "me", &t, Instant::now(), F, true).is_empty());
     }
@@ -409,7 +424,10 @@ mod tests {
         leases.extend(owned(4, "b", 5));
         leases.extend(owned(4, "c", 9));
         for me in ["a", "b", "c"] {
-            assert!(leases_to_take(&leases, me, &t, Instant::now(), F, false).is_empty(), "{me}");
+            assert!(
+                leases_to_take(&leases, me, &t, Instant::now(), F, false).is_empty(),
+                "{me}"
+            );
         }
     }
 
@@ -425,7 +443,8 @@ mod tests {
             loop {
                 let mut changed = false;
                 for me in &names {
-                    for (l, _) in leases_to_take(&leases.clone(), me, &t, Instant::now(), F, false) {
+                    for (l, _) in leases_to_take(&leases.clone(), me, &t, Instant::now(), F, false)
+                    {
                         let key = l.key.clone();
                         let item = leases.iter_mut().find(|x| x.key == key).unwrap();
                         item.owner = Some(me.clone());
@@ -437,11 +456,20 @@ mod tests {
                 if !changed {
                     break;
                 }
-                assert!(cycles < 50, "no convergence for {shards} shards / {workers} workers");
+                assert!(
+                    cycles < 50,
+                    "no convergence for {shards} shards / {workers} workers"
+                );
             }
             for me in &names {
-                let n = leases.iter().filter(|l| l.owner.as_deref() == Some(me.as_str())).count();
-                assert!(n == shards / workers || n == shards.div_ceil(workers), "{me} holds {n} of {shards} with {workers} workers");
+                let n = leases
+                    .iter()
+                    .filter(|l| l.owner.as_deref() == Some(me.as_str()))
+                    .count();
+                assert!(
+                    n == shards / workers || n == shards.div_ceil(workers),
+                    "{me} holds {n} of {shards} with {workers} workers"
+                );
             }
         }
     }

@@ -255,7 +255,12 @@ impl LeaseTable {
 
     /// An UpdateItem of a lease we hold: conditional on `owner = me AND counter = c`, and
     /// binding `:me`, `:c` and `:next` (= c + 1) for the update expression.
-    fn update_held(&self, key: &str, me: &str, counter: u64) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+    fn update_held(
+        &self,
+        key: &str,
+        me: &str,
+        counter: u64,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
         self.client
             .update_item()
             .table_name(&self.name)

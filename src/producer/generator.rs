@@ -418,7 +418,10 @@ mod tests {
     }
 
     /// Shares of value shapes, computed the same way over generated and real records.
-    fn shares(records: impl Iterator<Item = Vec<u8>>, shape: impl Fn(&serde_json::Value) -> String) -> std::collections::BTreeMap<String, f64> {
+    fn shares(
+        records: impl Iterator<Item = Vec<u8>>,
+        shape: impl Fn(&serde_json::Value) -> String,
+    ) -> std::collections::BTreeMap<String, f64> {
         let mut counts = std::collections::BTreeMap::new();
         let mut n = 0.0;
         for r in records {
@@ -445,7 +448,11 @@ mod tests {
     fn distributions_match_the_real_records() {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
         let read = |f: &str| -> Vec<Vec<u8>> {
-            std::fs::read_to_string(path.join(f)).expect("shared/data beside the checkout").lines().map(|l| l.as_bytes().to_vec()).collect()
+            std::fs::read_to_string(path.join(f))
+                .expect("shared/data beside the checkout")
+                .lines()
+                .map(|l| l.as_bytes().to_vec())
+                .collect()
         };
         let mut g = Generator::new(5, 0.0);
         let (mut pins, mut users) = (Vec::new(), Vec::new());
@@ -457,21 +464,44 @@ mod tests {
         type Shape = Box<dyn Fn(&serde_json::Value) -> String>;
         let checks: [(&str, Shape); 5] = [
             ("follower_count format", Box::new(follower_shape)),
-            ("media", Box::new(|v| v["is_image_or_video"].as_str().unwrap_or("null").to_owned())),
-            ("category", Box::new(|v| v["category"].as_str().unwrap_or("").to_owned())),
-            ("no-tags marker", Box::new(|v| (v["tag_list"] == NO_TAGS).to_string())),
-            ("image src error", Box::new(|v| (v["image_src"] == "Image src error.").to_string())),
+            (
+                "media",
+                Box::new(|v| v["is_image_or_video"].as_str().unwrap_or("null").to_owned()),
+            ),
+            (
+                "category",
+                Box::new(|v| v["category"].as_str().unwrap_or("").to_owned()),
+            ),
+            (
+                "no-tags marker",
+                Box::new(|v| (v["tag_list"] == NO_TAGS).to_string()),
+            ),
+            (
+                "image src error",
+                Box::new(|v| (v["image_src"] == "Image src error.").to_string()),
+            ),
         ];
         for (what, shape) in &checks {
             let real = shares(read("pin.ndjson").into_iter(), shape);
             let generated = shares(pins.iter().cloned(), shape);
             for (k, r) in &real {
                 let got = generated.get(k).copied().unwrap_or(0.0);
-                assert!((got - r).abs() < 0.025, "{what} {k}: real {r:.3}, generated {got:.3}");
+                assert!(
+                    (got - r).abs() < 0.025,
+                    "{what} {k}: real {r:.3}, generated {got:.3}"
+                );
             }
         }
         let age20 = |v: &serde_json::Value| (v["age"] == 20).to_string();
-        let (real, generated) = (shares(read("user.ndjson").into_iter(), age20), shares(users.into_iter(), age20));
-        assert!((real["true"] - generated["true"]).abs() < 0.025, "age 20: real {:.3}, generated {:.3}", real["true"], generated["true"]);
+        let (real, generated) = (
+            shares(read("user.ndjson").into_iter(), age20),
+            shares(users.into_iter(), age20),
+        );
+        assert!(
+            (real["true"] - generated["true"]).abs() < 0.025,
+            "age 20: real {:.3}, generated {:.3}",
+            real["true"],
+            generated["true"]
+        );
     }
 }

@@ -222,38 +222,68 @@ impl Aggregator {
         }
         let records = std::mem::take(&mut self.records);
         self.bytes = 0;
-        let refs: Vec<(&str, &[u8])> = records.iter().map(|(k, d)| (k.as_str(), d.as_slice())).collect();
-        Some((records[0].0.clone(), kpl::encode(&refs), records.len() as u64))
+        let refs: Vec<(&str, &[u8])> = records
+            .iter()
+            .map(|(k, d)| (k.as_str(), d.as_slice()))
+            .collect();
+        Some((
+            records[0].0.clone(),
+            kpl::encode(&refs),
+            records.len() as u64,
+        ))
     }
 }
 
 /// Runs the producer until the count, the duration, the end of the files, or `cancel`.
-pub async fn produce(client: aws_sdk_kinesis::Client, opts: ProduceOptions, cancel: CancellationToken) -> Result<ProduceReport, ProduceError> {
+pub async fn produce(
+    client: aws_sdk_kinesis::Client,
+    opts: ProduceOptions,
+    cancel: CancellationToken,
+) -> Result<ProduceReport, ProduceError> {
     let mut feed = Feed::new(&opts.source, &opts.streams)?;
     let stats = Arc::new(Stats::default());
     let started = Instant::now();
     let deadline = opts.duration.map(|d| started + d);
     // Small batches when paced, so the rate is steady rather than bursts of 500.
     let batch_records = match opts.rate {
-        Some(r) => ((r / opts.streams.len().max(1) as f64 / 20.0).ceil() as usize).clamp(1, MAX_RECORDS_PER_CALL),
+        Some(r) => ((r / opts.streams.len().max(1) as f64 / 20.0).ceil() as usize)
+            .clamp(1, MAX_RECORDS_PER_CALL),
         None => MAX_RECORDS_PER_CALL,
     };
-    let permits = Arc::new(Semaphore::new(opts.in_flight.max(1) * opts.streams.len().max(1)));
+    let permits = Arc::new(Semaphore::new(
+        opts.in_flight.max(1) * opts.streams.len().max(1),
+    ));
     let mut calls: JoinSet<()> = JoinSet::new();
-    let mut buffers: BTreeMap<Kind, Buffer> = opts.streams.keys().map(|k| (*k, Buffer::default())).collect();
-    let mut aggregators: BTreeMap<Kind, Aggregator> = opts.streams.keys().map(|k| (*k, Aggregator::default())).collect();
+    let mut buffers: BTreeMap<Kind, Buffer> = opts
+        .streams
+        .keys()
+        .map(|k| (*k, Buffer::default()))
+        .collect();
+    let mut aggregators: BTreeMap<Kind, Aggregator> = opts
+        .streams
+        .keys()
+        .map(|k| (*k, Aggregator::default()))
+        .collect();
     let mut per_stream: BTreeMap<Kind, u64> = BTreeMap::new();
     let mut generated = 0u64;
-    let progress = opts.progress_every.map(|every| send::spawn_progress(stats.clone(), every, cancel.child_token()));
+    let progress = opts
+        .progress_every
+        .map(|every| send::spawn_progress(stats.clone(), every, cancel.child_token()));
 
     'feed: while let Some(item) = feed.next() {
         if cancel.is_cancelled() || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        let Some(stream) = opts.streams.get(&item.kind) else { continue };
+        let Some(stream) = opts.streams.get(&item.kind) else {
+            continue;
+        };
         let n = per_stream.entry(item.kind).or_default();
         if opts.count.is_some_and(|c| *n >= c) {
-            if per_stream.len() == opts.streams.len() && per_stream.values().all(|v| opts.count.is_some_and(|c| *v >= c)) {
+            if per_stream.len() == opts.streams.len()
+                && per_stream
+                    .values()
+                    .all(|v| opts.count.is_some_and(|c| *v >= c))
+            {
                 break;
             }
             continue;
@@ -270,7 +300,9 @@ pub async fn produce(client: aws_sdk_kinesis::Client, opts: ProduceOptions, canc
         let ready = match opts.aggregate {
             None => Some((key, item.data, 1)),
             Some(max) => {
-                let agg = aggregators.get_mut(&item.kind).expect("an aggregator per stream");
+                let agg = aggregators
+                    .get_mut(&item.kind)
+                    .expect("an aggregator per stream");
                 if agg.bytes + item.data.len() + key.len() > MAX_AGGREGATE_BYTES {
                     let full = agg.take();
                     agg.bytes = item.data.len() + key.len();
@@ -279,13 +311,30 @@ pub async fn produce(client: aws_sdk_kinesis::Client, opts: ProduceOptions, canc
                 } else {
                     agg.bytes += item.data.len() + key.len();
                     agg.records.push((key, item.data));
-                    if agg.records.len() >= max { agg.take() } else { None }
+                    if agg.records.len() >= max {
+                        agg.take()
+                    } else {
+                        None
+                    }
                 }
             }
         };
         if let Some((key, data, users)) = ready {
             let buf = buffers.get_mut(&item.kind).expect("a buffer per stream");
-            add_entry(&client, stream, buf, key, data, users, batch_records, &stats, &permits, &mut calls, &cancel).await;
+            add_entry(
+                &client,
+                stream,
+                buf,
+                key,
+                data,
+                users,
+                batch_records,
+                &stats,
+                &permits,
+                &mut calls,
+                &cancel,
+            )
+            .await;
         }
         if let Some(rate) = opts.rate {
             let due = started + Duration::from_secs_f64(generated as f64 / rate);
@@ -301,12 +350,34 @@ pub async fn produce(client: aws_sdk_kinesis::Client, opts: ProduceOptions, canc
         for (kind, agg) in aggregators.iter_mut() {
             if let Some((key, data, users)) = agg.take() {
                 let buf = buffers.get_mut(kind).expect("a buffer per stream");
-                add_entry(&client, &opts.streams[kind], buf, key, data, users, batch_records, &stats, &permits, &mut calls, &cancel).await;
+                add_entry(
+                    &client,
+                    &opts.streams[kind],
+                    buf,
+                    key,
+                    data,
+                    users,
+                    batch_records,
+                    &stats,
+                    &permits,
+                    &mut calls,
+                    &cancel,
+                )
+                .await;
             }
         }
         for (kind, buf) in buffers {
             if !buf.entries.is_empty() {
-                send::dispatch(&client, &opts.streams[&kind], buf.entries, &stats, &permits, &mut calls, &cancel).await;
+                send::dispatch(
+                    &client,
+                    &opts.streams[&kind],
+                    buf.entries,
+                    &stats,
+                    &permits,
+                    &mut calls,
+                    &cancel,
+                )
+                .await;
             }
         }
     }
@@ -324,9 +395,16 @@ pub async fn produce(client: aws_sdk_kinesis::Client, opts: ProduceOptions, canc
         retries: stats.retries.load(Ordering::Relaxed),
         throttled: stats.throttled.load(Ordering::Relaxed),
         calls: stats.calls.load(Ordering::Relaxed),
-        per_stream: per_stream.into_iter().map(|(k, v)| (opts.streams[&k].clone(), v)).collect(),
+        per_stream: per_stream
+            .into_iter()
+            .map(|(k, v)| (opts.streams[&k].clone(), v))
+            .collect(),
         elapsed_seconds: elapsed,
-        records_per_second: if elapsed > 0.0 { sent as f64 / elapsed } else { 0.0 },
+        records_per_second: if elapsed > 0.0 {
+            sent as f64 / elapsed
+        } else {
+            0.0
+        },
         put_records_latency: stats.latency(),
     })
 }
@@ -353,7 +431,11 @@ async fn add_entry(
         buf.bytes = 0;
         send::dispatch(client, stream, entries, stats, permits, calls, cancel).await;
     }
-    match PutRecordsRequestEntry::builder().data(Blob::new(data)).partition_key(key).build() {
+    match PutRecordsRequestEntry::builder()
+        .data(Blob::new(data))
+        .partition_key(key)
+        .build()
+    {
         Ok(entry) => {
             buf.entries.push(Pending { entry, users });
             buf.bytes += size;

@@ -40,7 +40,11 @@ pub struct Latency {
 
 impl Stats {
     pub fn latency(&self) -> Latency {
-        let mut v = self.latencies_us.lock().map(|v| v.clone()).unwrap_or_default();
+        let mut v = self
+            .latencies_us
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
         v.sort_unstable();
         let at = |q: f64| -> f64 {
             if v.is_empty() {
@@ -50,7 +54,12 @@ impl Stats {
             let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
             f64::from(v[rank - 1]) / 1000.0
         };
-        Latency { p50_ms: at(0.50), p95_ms: at(0.95), p99_ms: at(0.99), max_ms: at(1.0) }
+        Latency {
+            p50_ms: at(0.50),
+            p95_ms: at(0.95),
+            p99_ms: at(0.99),
+            max_ms: at(1.0),
+        }
     }
 }
 
@@ -72,8 +81,15 @@ pub async fn dispatch(
     calls: &mut JoinSet<()>,
     cancel: &CancellationToken,
 ) {
-    let Ok(permit) = permits.clone().acquire_owned().await else { return };
-    let (client, stream, stats, cancel) = (client.clone(), stream.to_owned(), stats.clone(), cancel.clone());
+    let Ok(permit) = permits.clone().acquire_owned().await else {
+        return;
+    };
+    let (client, stream, stats, cancel) = (
+        client.clone(),
+        stream.to_owned(),
+        stats.clone(),
+        cancel.clone(),
+    );
     calls.spawn(async move {
         put_with_retries(&client, &stream, entries, &stats, &cancel).await;
         drop(permit);
@@ -88,7 +104,13 @@ fn users(p: &[Pending]) -> u64 {
 
 /// Sends one batch; on a partial failure resends only the failed entries, with exponential
 /// backoff and full jitter, up to [`MAX_ATTEMPTS`] attempts.
-pub async fn put_with_retries(client: &aws_sdk_kinesis::Client, stream: &str, mut pending: Vec<Pending>, stats: &Stats, cancel: &CancellationToken) {
+pub async fn put_with_retries(
+    client: &aws_sdk_kinesis::Client,
+    stream: &str,
+    mut pending: Vec<Pending>,
+    stats: &Stats,
+    cancel: &CancellationToken,
+) {
     let mut attempt = 0u32;
     while !pending.is_empty() {
         attempt += 1;
@@ -131,7 +153,9 @@ pub async fn put_with_retries(client: &aws_sdk_kinesis::Client, stream: &str, mu
             Err(e) => {
                 let e = ServiceError::kinesis("PutRecords", e);
                 if e.is_throttle() {
-                    stats.throttled.fetch_add(users(&pending), Ordering::Relaxed);
+                    stats
+                        .throttled
+                        .fetch_add(users(&pending), Ordering::Relaxed);
                 }
                 if !e.is_retryable() {
                     tracing::error!(%stream, error = %e, records = users(&pending), "PutRecords failed; not retryable");
@@ -150,7 +174,8 @@ pub async fn put_with_retries(client: &aws_sdk_kinesis::Client, stream: &str, mu
             return;
         }
         stats.retries.fetch_add(users(&pending), Ordering::Relaxed);
-        metrics::counter!("pinstream_put_records_retries_total", "stream" => stream.to_owned()).increment(users(&pending));
+        metrics::counter!("pinstream_put_records_retries_total", "stream" => stream.to_owned())
+            .increment(users(&pending));
         tokio::time::sleep(jittered_backoff(attempt)).await;
     }
 }
@@ -163,11 +188,19 @@ pub fn jittered_backoff(attempt: u32) -> Duration {
 
 /// A live view: on a terminal one line rewritten in place; otherwise a log line each
 /// `every`. Returns the token that stops it.
-pub fn spawn_progress(stats: Arc<Stats>, every: Duration, stop: CancellationToken) -> CancellationToken {
+pub fn spawn_progress(
+    stats: Arc<Stats>,
+    every: Duration,
+    stop: CancellationToken,
+) -> CancellationToken {
     use std::io::IsTerminal as _;
     let handle = stop.clone();
     let tty = std::io::stderr().is_terminal();
-    let period = if tty { Duration::from_millis(500) } else { every };
+    let period = if tty {
+        Duration::from_millis(500)
+    } else {
+        every
+    };
     tokio::spawn(async move {
         let started = Instant::now();
         let mut last = (0u64, Instant::now());
@@ -180,8 +213,11 @@ pub fn spawn_progress(stats: Arc<Stats>, every: Duration, stop: CancellationToke
             let now = Instant::now();
             let rate = (sent - last.0) as f64 / now.duration_since(last.1).as_secs_f64().max(1e-9);
             last = (sent, now);
-            let (failed, throttled, retries) =
-                (stats.failed.load(Ordering::Relaxed), stats.throttled.load(Ordering::Relaxed), stats.retries.load(Ordering::Relaxed));
+            let (failed, throttled, retries) = (
+                stats.failed.load(Ordering::Relaxed),
+                stats.throttled.load(Ordering::Relaxed),
+                stats.retries.load(Ordering::Relaxed),
+            );
             let secs = started.elapsed().as_secs_f64();
             if tty {
                 eprint!("\r\x1b[2Kproduce {secs:>6.1}s  sent {sent}  {rate:>7.0} rec/s  failed {failed}  throttled {throttled}  retries {retries}");
@@ -189,7 +225,15 @@ pub fn spawn_progress(stats: Arc<Stats>, every: Duration, stop: CancellationToke
                     eprintln!();
                 }
             } else if !stopping {
-                tracing::info!(seconds = secs, sent, rate = rate.round(), failed, throttled, retries, "producing");
+                tracing::info!(
+                    seconds = secs,
+                    sent,
+                    rate = rate.round(),
+                    failed,
+                    throttled,
+                    retries,
+                    "producing"
+                );
             }
             if stopping {
                 return;
@@ -209,7 +253,10 @@ mod tests {
         assert_eq!(s.latency(), Latency::default());
         *s.latencies_us.lock().unwrap() = (1..=100).map(|ms| ms * 1000).collect();
         let l = s.latency();
-        assert_eq!((l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms), (50.0, 95.0, 99.0, 100.0));
+        assert_eq!(
+            (l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms),
+            (50.0, 95.0, 99.0, 100.0)
+        );
     }
 
     #[test]

@@ -20,8 +20,8 @@ use tokio::time::Instant;
 
 use crate::clean::Kind;
 use crate::config::FlushPolicy;
-use crate::lease::{Checkpoint, HeldLease, LeaseError, LeaseTable};
 use crate::fault::FaultPoint;
+use crate::lease::{Checkpoint, HeldLease, LeaseError, LeaseTable};
 use delta::ShardPosition;
 
 #[derive(Debug, thiserror::Error)]
@@ -171,7 +171,8 @@ impl TableSink {
                 Some(SinkMsg::Flush(reply)) => {
                     let res = self.flush(&mut buf, &totals).await;
                     if res.is_ok() {
-                        metrics::histogram!("pinstream_flush_bytes", "table" => self.kind.name()).record(bytes as f64);
+                        metrics::histogram!("pinstream_flush_bytes", "table" => self.kind.name())
+                            .record(bytes as f64);
                         buffer_gauges(self.kind, 0, 0);
                         (rows, bytes, first_at, retry_at, failures) = (0, 0, None, None, 0);
                     }
@@ -200,11 +201,16 @@ impl TableSink {
     ) {
         let res = self.flush(buf, totals).await;
         if let Some(h) = &self.health {
-            if res.is_ok() { h.flush_ok() } else { h.flush_failed() }
+            if res.is_ok() {
+                h.flush_ok()
+            } else {
+                h.flush_failed()
+            }
         }
         match res {
             Ok(()) => {
-                metrics::histogram!("pinstream_flush_bytes", "table" => self.kind.name()).record(*bytes as f64);
+                metrics::histogram!("pinstream_flush_bytes", "table" => self.kind.name())
+                    .record(*bytes as f64);
                 buffer_gauges(self.kind, 0, 0);
                 (*rows, *bytes, *first_at, *retry_at, *failures) = (0, 0, None, None, 0)
             }

@@ -67,14 +67,38 @@ async fn status_lists_every_lease_as_text_and_json() {
     let aws = crate::support::aws().await;
     let table_name = crate::support::unique("status-leases");
     let table = pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &table_name);
-    table.ensure_exists(std::time::Duration::from_secs(30)).await.unwrap();
+    table
+        .ensure_exists(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
     let cp = pinstream::lease::Checkpoint::TrimHorizon;
-    table.create_if_absent("pin", "shardId-000000000000", &[], &cp).await.unwrap();
-    table.create_if_absent("pin", "shardId-000000000001", &["shardId-000000000000".to_owned()], &cp).await.unwrap();
-    table.take("pin:shardId-000000000000", "worker-a", 0, None).await.unwrap();
+    table
+        .create_if_absent("pin", "shardId-000000000000", &[], &cp)
+        .await
+        .unwrap();
+    table
+        .create_if_absent(
+            "pin",
+            "shardId-000000000001",
+            &["shardId-000000000000".to_owned()],
+            &cp,
+        )
+        .await
+        .unwrap();
+    table
+        .take("pin:shardId-000000000000", "worker-a", 0, None)
+        .await
+        .unwrap();
 
-    let out = pinstream().args(["status", "--json", "--lease-table", &table_name]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = pinstream()
+        .args(["status", "--json", "--lease-table", &table_name])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let leases = v.as_array().unwrap();
     assert_eq!(leases.len(), 2);
@@ -82,9 +106,17 @@ async fn status_lists_every_lease_as_text_and_json() {
     assert_eq!(leases[0]["checkpoint"], "TRIM_HORIZON");
     assert_eq!(leases[1]["parent_shard_ids"][0], "shardId-000000000000");
 
-    let out = pinstream().args(["status", "--lease-table", &table_name]).output().unwrap();
+    let out = pinstream()
+        .args(["status", "--lease-table", &table_name])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("OWNER") && text.contains("worker-a") && text.contains("2 leases, 1 owned by 1 workers"), "{text}");
+    assert!(
+        text.contains("OWNER")
+            && text.contains("worker-a")
+            && text.contains("2 leases, 1 owned by 1 workers"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -92,15 +124,45 @@ async fn maintain_checkpoints_every_table_and_vacuum_respects_retention() {
     let dir = crate::support::tempdir();
     let root = dir.path().join("tables");
     let root_s = root.to_string_lossy().into_owned();
-    let out = pinstream().args(["maintain", "--json", "--table-root", &root_s]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = pinstream()
+        .args(["maintain", "--json", "--table-root", &root_s])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 6, "six tables");
-    for t in ["pin", "geo", "user", "pin_rejects", "geo_rejects", "user_rejects"] {
-        assert!(root.join(t).join("_delta_log/_last_checkpoint").is_file(), "{t} checkpointed");
+    for t in [
+        "pin",
+        "geo",
+        "user",
+        "pin_rejects",
+        "geo_rejects",
+        "user_rejects",
+    ] {
+        assert!(
+            root.join(t).join("_delta_log/_last_checkpoint").is_file(),
+            "{t} checkpointed"
+        );
     }
-    let out = pinstream().args(["maintain", "--vacuum", "7d", "--table-root", &root_s]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = pinstream().args(["maintain", "--vacuum", "1h", "--table-root", &root_s]).output().unwrap();
-    assert!(!out.status.success(), "a vacuum below the tables' 7-day minimum is refused");
+    let out = pinstream()
+        .args(["maintain", "--vacuum", "7d", "--table-root", &root_s])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = pinstream()
+        .args(["maintain", "--vacuum", "1h", "--table-root", &root_s])
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a vacuum below the tables' 7-day minimum is refused"
+    );
 }

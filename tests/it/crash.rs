@@ -22,13 +22,14 @@ async fn crash_then_recover(point: &str) {
     let name = support::unique(&format!("crash-{}", point.replace('_', "")));
     let root = dir.path().join("tables");
     let settings = support::settings(&name, &root, CONFIG);
-    for s in settings.streams.values() {
-        pinstream::kinesis::ensure_stream(&aws.kinesis, s, 2, Duration::from_secs(30)).await.unwrap();
-    }
+    support::create_streams(&aws, &settings, 2).await;
     let per_stream = 600u64;
     let opts = ProduceOptions {
         streams: settings.streams.clone(),
-        source: Source::Synthetic { seed: 77, dirty_rate: 0.05 },
+        source: Source::Synthetic {
+            seed: 77,
+            dirty_rate: 0.05,
+        },
         rate: None,
         count: Some(per_stream),
         duration: None,
@@ -37,15 +38,25 @@ async fn crash_then_recover(point: &str) {
         progress_every: None,
         aggregate: None,
     };
-    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new()).await.unwrap();
+    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
+        .await
+        .unwrap();
 
     // The crashing worker: a child process told to abort the second time a flush reaches
     // the point.
     let cfg = dir.path().join("crash.toml");
-    let streams: String = settings.streams.iter().map(|(k, v)| format!("{k} = \"{v}\"\n")).collect();
+    let streams: String = settings
+        .streams
+        .iter()
+        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+        .collect();
     std::fs::write(
         &cfg,
-        format!("application = \"{}\"\ntable_root = \"{}\"\n{CONFIG}[streams]\n{streams}", settings.application, root.display()),
+        format!(
+            "application = \"{}\"\ntable_root = \"{}\"\n{CONFIG}[streams]\n{streams}",
+            settings.application,
+            root.display()
+        ),
     )
     .unwrap();
     let log = dir.path().join("crash.log");
@@ -63,18 +74,38 @@ async fn crash_then_recover(point: &str) {
     })
     .await;
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-    assert!(status.code().is_none() && log_text.contains("injected fault"), "the worker must have aborted at {point}: {status:?}\n{log_text}");
+    assert!(
+        status.code().is_none() && log_text.contains("injected fault"),
+        "the worker must have aborted at {point}: {status:?}\n{log_text}"
+    );
 
     // Another worker takes the expired leases, recovers, and finishes.
     let progress = Arc::new(RunProgress::default());
     let stop = CancellationToken::new();
-    let run = RunOptions { available_now: false, worker_id: support::unique("recover"), shutdown_deadline: Duration::from_secs(30), progress, fault: None, health: None };
-    let recovering = tokio::spawn(worker::run(settings.clone(), aws.clone(), run, stop.clone()));
+    let run = RunOptions {
+        available_now: false,
+        worker_id: support::unique("recover"),
+        shutdown_deadline: Duration::from_secs(30),
+        progress,
+        fault: None,
+        health: None,
+    };
+    let recovering = tokio::spawn(worker::run(
+        settings.clone(),
+        aws.clone(),
+        run,
+        stop.clone(),
+    ));
     for kind in Kind::ALL {
-        support::wait_for(&format!("{kind}: all {per_stream} records after recovery"), Duration::from_secs(60), || async {
-            let n = count(&support::read_table(&root, kind.name()).await) + count(&support::read_table(&root, kind.rejects_table()).await);
-            (n >= per_stream as usize).then_some(())
-        })
+        support::wait_for(
+            &format!("{kind}: all {per_stream} records after recovery"),
+            Duration::from_secs(60),
+            || async {
+                let n = count(&support::read_table(&root, kind.name()).await)
+                    + count(&support::read_table(&root, kind.rejects_table()).await);
+                (n >= per_stream as usize).then_some(())
+            },
+        )
         .await;
     }
     stop.cancel();
@@ -88,9 +119,19 @@ async fn crash_then_recover(point: &str) {
             *keys.entry(k).or_insert(0) += n;
         }
         let twice: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
-        assert!(twice.is_empty(), "{point} {kind}: committed twice: {twice:?}");
-        assert_eq!(keys.len(), per_stream as usize, "{point} {kind}: every record once");
-        assert!(count(&rejects) > 0, "{point} {kind}: the dirty records are in the rejects table");
+        assert!(
+            twice.is_empty(),
+            "{point} {kind}: committed twice: {twice:?}"
+        );
+        assert_eq!(
+            keys.len(),
+            per_stream as usize,
+            "{point} {kind}: every record once"
+        );
+        assert!(
+            count(&rejects) > 0,
+            "{point} {kind}: the dirty records are in the rejects table"
+        );
     }
 }
 

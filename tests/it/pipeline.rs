@@ -11,18 +11,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{self, count, key_counts};
 
-async fn create_streams(
-    aws: &pinstream::aws::AwsClients,
-    settings: &pinstream::config::Settings,
-    shards: i32,
-) {
-    for s in settings.streams.values() {
-        pinstream::kinesis::ensure_stream(&aws.kinesis, s, shards, Duration::from_secs(30))
-            .await
-            .unwrap();
-    }
-}
-
 fn options(available_now: bool) -> RunOptions {
     RunOptions {
         available_now,
@@ -67,7 +55,7 @@ async fn available_now_lands_every_record_exactly_once_and_a_rerun_adds_nothing(
         dir.path(),
         "[flush]\nmax_batch_rows = 200\n[reader]\nmax_records = 100\n[maintenance]\ncheckpoint_interval = 2\n",
     );
-    create_streams(&aws, &settings, 2).await;
+    support::create_streams(&aws, &settings, 2).await;
     let report = produce(
         &aws,
         &settings,
@@ -180,7 +168,7 @@ async fn a_running_worker_consumes_while_the_producer_sends_then_stops_gracefull
         dir.path(),
         "[flush]\nmax_batch_age = \"300ms\"\n[reader]\nidle_poll_interval = \"100ms\"\n",
     );
-    create_streams(&aws, &settings, 3).await;
+    support::create_streams(&aws, &settings, 3).await;
     let progress = Arc::new(RunProgress::default());
     let stop = CancellationToken::new();
     let opts = RunOptions {
@@ -239,7 +227,7 @@ async fn the_real_sample_records_replay_and_clean_without_rejects() {
     let dir = support::tempdir();
     let name = support::unique("real");
     let settings = support::settings(&name, dir.path(), "");
-    create_streams(&aws, &settings, 2).await;
+    support::create_streams(&aws, &settings, 2).await;
     let data = support::shared_data();
     let files = Kind::ALL
         .iter()
@@ -284,19 +272,53 @@ async fn initial_position_at_timestamp_and_latest_skip_older_records() {
     let dir = support::tempdir();
     let name = support::unique("initpos");
     let base = support::settings(&name, dir.path(), "");
-    create_streams(&aws, &base, 1).await;
-    produce(&aws, &base, Source::Synthetic { seed: 1, dirty_rate: 0.0 }, Some(40)).await;
+    support::create_streams(&aws, &base, 1).await;
+    produce(
+        &aws,
+        &base,
+        Source::Synthetic {
+            seed: 1,
+            dirty_rate: 0.0,
+        },
+        Some(40),
+    )
+    .await;
     // Kinesis arrival timestamps have millisecond precision; keep a clear gap around the cut.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let cut = chrono::Utc::now();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    produce(&aws, &base, Source::Synthetic { seed: 2, dirty_rate: 0.0 }, Some(25)).await;
+    produce(
+        &aws,
+        &base,
+        Source::Synthetic {
+            seed: 2,
+            dirty_rate: 0.0,
+        },
+        Some(25),
+    )
+    .await;
 
-    let at = support::settings(&name, dir.path(), &format!("[lease]\ninitial_position = \"AT_TIMESTAMP:{}\"\n", cut.to_rfc3339()));
-    let summary = worker::run(at, aws.clone(), options(true), CancellationToken::new()).await.unwrap();
-    assert_eq!(summary.records_read, 75, "only the 25 records per stream after the cut");
+    let at = support::settings(
+        &name,
+        dir.path(),
+        &format!(
+            "[lease]\ninitial_position = \"AT_TIMESTAMP:{}\"\n",
+            cut.to_rfc3339()
+        ),
+    );
+    let summary = worker::run(at, aws.clone(), options(true), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(
+        summary.records_read, 75,
+        "only the 25 records per stream after the cut"
+    );
     for kind in Kind::ALL {
-        assert_eq!(count(&support::read_table(dir.path(), kind.name()).await), 25, "{kind}");
+        assert_eq!(
+            count(&support::read_table(dir.path(), kind.name()).await),
+            25,
+            "{kind}"
+        );
     }
 
     // LATEST: a fresh application on the same streams reads only what arrives after it started.
@@ -305,15 +327,40 @@ async fn initial_position_at_timestamp_and_latest_skip_older_records() {
     latest.streams = base.streams.clone();
     let progress = Arc::new(RunProgress::default());
     let stop = CancellationToken::new();
-    let running = tokio::spawn(worker::run(latest.clone(), aws.clone(), RunOptions { progress: progress.clone(), ..options(false) }, stop.clone()));
+    let running = tokio::spawn(worker::run(
+        latest.clone(),
+        aws.clone(),
+        RunOptions {
+            progress: progress.clone(),
+            ..options(false)
+        },
+        stop.clone(),
+    ));
     let leases = pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &latest.lease_table);
     // A lag written at renewal means the shard's reader has its iterator and has polled.
-    support::wait_for("the LATEST worker polls all three shards", Duration::from_secs(30), || async {
-        let all = leases.scan().await.unwrap_or_default();
-        (all.len() == 3 && all.iter().all(|l| l.owner.is_some() && l.millis_behind_latest.is_some())).then_some(())
-    })
+    support::wait_for(
+        "the LATEST worker polls all three shards",
+        Duration::from_secs(30),
+        || async {
+            let all = leases.scan().await.unwrap_or_default();
+            (all.len() == 3
+                && all
+                    .iter()
+                    .all(|l| l.owner.is_some() && l.millis_behind_latest.is_some()))
+            .then_some(())
+        },
+    )
     .await;
-    produce(&aws, &latest, Source::Synthetic { seed: 3, dirty_rate: 0.0 }, Some(10)).await;
+    produce(
+        &aws,
+        &latest,
+        Source::Synthetic {
+            seed: 3,
+            dirty_rate: 0.0,
+        },
+        Some(10),
+    )
+    .await;
     let p = progress.clone();
     support::wait_for("the 30 new records", Duration::from_secs(30), || {
         let p = p.clone();

@@ -14,10 +14,19 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support;
 
-fn options(settings: &pinstream::config::Settings, count: u64, rate: Option<f64>, duration: Option<Duration>, aggregate: Option<usize>) -> ProduceOptions {
+fn options(
+    settings: &pinstream::config::Settings,
+    count: u64,
+    rate: Option<f64>,
+    duration: Option<Duration>,
+    aggregate: Option<usize>,
+) -> ProduceOptions {
     ProduceOptions {
         streams: settings.streams.clone(),
-        source: Source::Synthetic { seed: 99, dirty_rate: 0.02 },
+        source: Source::Synthetic {
+            seed: 99,
+            dirty_rate: 0.02,
+        },
         rate,
         count: Some(count),
         duration,
@@ -31,8 +40,17 @@ fn options(settings: &pinstream::config::Settings, count: u64, rate: Option<f64>
 /// Every user record in the stream, de-aggregated, as data -> occurrences.
 async fn read_back(aws: &pinstream::aws::AwsClients, stream: &str) -> BTreeMap<Vec<u8>, usize> {
     let mut out = BTreeMap::new();
-    for shard in pinstream::kinesis::list_shards(&aws.kinesis, stream).await.unwrap() {
-        let mut reader = pinstream::kinesis::ShardReader::new(aws.kinesis.clone(), stream, &shard.shard_id, pinstream::kinesis::StartAt::TrimHorizon, 10_000);
+    for shard in pinstream::kinesis::list_shards(&aws.kinesis, stream)
+        .await
+        .unwrap()
+    {
+        let mut reader = pinstream::kinesis::ShardReader::new(
+            aws.kinesis.clone(),
+            stream,
+            &shard.shard_id,
+            pinstream::kinesis::StartAt::TrimHorizon,
+            10_000,
+        );
         loop {
             let f = reader.next().await.unwrap();
             for r in &f.records {
@@ -68,30 +86,65 @@ fn expected(count: u64) -> BTreeMap<Kind, BTreeMap<Vec<u8>, usize>> {
 async fn sent_once(aggregate: Option<usize>) {
     let aws = support::aws().await;
     let dir = support::tempdir();
-    let name = support::unique(if aggregate.is_some() { "prod-agg" } else { "prod" });
+    let name = support::unique(if aggregate.is_some() {
+        "prod-agg"
+    } else {
+        "prod"
+    });
     let settings = support::settings(&name, dir.path(), "");
-    for s in settings.streams.values() {
-        pinstream::kinesis::ensure_stream(&aws.kinesis, s, 2, Duration::from_secs(30)).await.unwrap();
-    }
+    support::create_streams(&aws, &settings, 2).await;
     let count = 1500;
-    let report = producer::produce(aws.kinesis.clone(), options(&settings, count, None, None, aggregate), CancellationToken::new()).await.unwrap();
+    let report = producer::produce(
+        aws.kinesis.clone(),
+        options(&settings, count, None, None, aggregate),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!((report.sent, report.failed), (3 * count, 0));
-    assert!(report.put_records_latency.p99_ms >= report.put_records_latency.p50_ms && report.put_records_latency.p50_ms > 0.0);
+    assert!(
+        report.put_records_latency.p99_ms >= report.put_records_latency.p50_ms
+            && report.put_records_latency.p50_ms > 0.0
+    );
     if aggregate.is_some() {
-        assert!(report.calls < 3 * count / 500 + 10, "aggregates make few calls: {}", report.calls);
+        assert!(
+            report.calls < 3 * count / 500 + 10,
+            "aggregates make few calls: {}",
+            report.calls
+        );
     }
     let want = expected(count);
     for (kind, stream) in &settings.streams {
         let got = read_back(&aws, stream).await;
-        assert_eq!(got.values().sum::<usize>(), count as usize, "{kind}: record count in the stream");
-        assert_eq!(&got, &want[kind], "{kind}: exactly the generated records, each once");
+        assert_eq!(
+            got.values().sum::<usize>(),
+            count as usize,
+            "{kind}: record count in the stream"
+        );
+        assert_eq!(
+            &got, &want[kind],
+            "{kind}: exactly the generated records, each once"
+        );
     }
     if aggregate.is_some() {
         // The worker splits the aggregates again: every user record lands once.
-        let run = RunOptions { available_now: true, worker_id: support::unique("w"), shutdown_deadline: Duration::from_secs(30), progress: Default::default(), fault: None, health: None };
-        let summary = worker::run(settings.clone(), aws.clone(), run, CancellationToken::new()).await.unwrap();
+        let run = RunOptions {
+            available_now: true,
+            worker_id: support::unique("w"),
+            shutdown_deadline: Duration::from_secs(30),
+            progress: Default::default(),
+            fault: None,
+            health: None,
+        };
+        let summary = worker::run(settings.clone(), aws.clone(), run, CancellationToken::new())
+            .await
+            .unwrap();
         for kind in Kind::ALL {
-            assert_eq!(summary.rows[kind.name()] + summary.rows[kind.rejects_table()], count, "{kind}");
+            assert_eq!(
+                summary.rows[kind.name()] + summary.rows[kind.rejects_table()],
+                count,
+                "{kind}"
+            );
         }
     }
 }
@@ -111,12 +164,23 @@ async fn the_rate_limiter_holds_the_asked_rate_within_five_percent() {
     let aws = support::aws().await;
     let dir = support::tempdir();
     let settings = support::settings(&support::unique("rate"), dir.path(), "");
-    for s in settings.streams.values() {
-        pinstream::kinesis::ensure_stream(&aws.kinesis, s, 1, Duration::from_secs(30)).await.unwrap();
-    }
-    let report = producer::produce(aws.kinesis.clone(), options(&settings, u64::MAX, Some(300.0), Some(Duration::from_secs(10)), None), CancellationToken::new())
-        .await
-        .unwrap();
+    support::create_streams(&aws, &settings, 1).await;
+    let report = producer::produce(
+        aws.kinesis.clone(),
+        options(
+            &settings,
+            u64::MAX,
+            Some(300.0),
+            Some(Duration::from_secs(10)),
+            None,
+        ),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
     let rate = report.sent as f64 / 10.0;
-    assert!((285.0..=315.0).contains(&rate), "asked 300 rec/s over 10 s, got {rate:.1} ({report:?})");
+    assert!(
+        (285.0..=315.0).contains(&rate),
+        "asked 300 rec/s over 10 s, got {rate:.1} ({report:?})"
+    );
 }

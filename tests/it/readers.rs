@@ -47,11 +47,7 @@ async fn python_deltalake_and_polars_read_the_tables() {
     let dir = support::tempdir();
     let name = support::unique("readers");
     let settings = support::settings(&name, dir.path(), "");
-    for s in settings.streams.values() {
-        pinstream::kinesis::ensure_stream(&aws.kinesis, s, 1, Duration::from_secs(30))
-            .await
-            .unwrap();
-    }
+    support::create_streams(&aws, &settings, 1).await;
     let opts = ProduceOptions {
         streams: settings.streams.clone(),
         source: Source::Synthetic {

@@ -20,11 +20,7 @@ async fn malformed_records_go_to_rejects_with_their_reason_and_aggregates_are_sp
     let dir = support::tempdir();
     let name = support::unique("hostile");
     let settings = support::settings(&name, dir.path(), "");
-    for s in settings.streams.values() {
-        pinstream::kinesis::ensure_stream(&aws.kinesis, s, 1, Duration::from_secs(30))
-            .await
-            .unwrap();
-    }
+    support::create_streams(&aws, &settings, 1).await;
     let mut corrupt = pinstream::kpl::encode(&[("k", br#"{"ind": 99, "age": 40}"#)]);
     let n = corrupt.len();
     corrupt[n - 1] ^= 0xff;

@@ -27,13 +27,18 @@ os._exit(0)
 
 fn python(args: &[&str]) -> String {
     let out = Command::new(support::python()).args(args).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_commit_concurrently_to_s3_tables_without_loss_or_duplicates() {
-    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").expect("moto runs under infra/local/with-stack.sh");
+    let endpoint =
+        std::env::var("AWS_ENDPOINT_URL_S3").expect("moto runs under infra/local/with-stack.sh");
     let aws = support::aws().await;
     let bucket = support::unique("lake").to_lowercase();
     python(&[
@@ -45,14 +50,16 @@ async fn two_workers_commit_concurrently_to_s3_tables_without_loss_or_duplicates
     let dir = support::tempdir();
     let name = support::unique("s3");
     let mut settings = support::settings(&name, dir.path(), "[flush]\nmax_batch_age = \"300ms\"\n[lease]\nfailover_time = \"3s\"\n[reader]\nidle_poll_interval = \"100ms\"\n");
-    settings.table_root = pinstream::config::TableRoot::parse(&format!("s3://{bucket}/pinterest")).unwrap();
-    for s in settings.streams.values() {
-        pinstream::kinesis::ensure_stream(&aws.kinesis, s, 4, Duration::from_secs(30)).await.unwrap();
-    }
+    settings.table_root =
+        pinstream::config::TableRoot::parse(&format!("s3://{bucket}/pinterest")).unwrap();
+    support::create_streams(&aws, &settings, 4).await;
     let per_stream = 800u64;
     let opts = ProduceOptions {
         streams: settings.streams.clone(),
-        source: Source::Synthetic { seed: 8, dirty_rate: 0.0 },
+        source: Source::Synthetic {
+            seed: 8,
+            dirty_rate: 0.0,
+        },
         rate: Some(1500.0),
         count: Some(per_stream),
         duration: None,
@@ -62,21 +69,42 @@ async fn two_workers_commit_concurrently_to_s3_tables_without_loss_or_duplicates
         aggregate: None,
     };
     let client = aws.kinesis.clone();
-    let producing = tokio::spawn(async move { producer::produce(client, opts, CancellationToken::new()).await.unwrap() });
+    let producing = tokio::spawn(async move {
+        producer::produce(client, opts, CancellationToken::new())
+            .await
+            .unwrap()
+    });
 
     let progress = Arc::new(RunProgress::default());
     let mut workers = Vec::new();
     for _ in 0..2 {
         let stop = CancellationToken::new();
-        let run = RunOptions { available_now: false, worker_id: support::unique("s3w"), shutdown_deadline: Duration::from_secs(30), progress: progress.clone(), fault: None, health: None };
-        workers.push((stop.clone(), tokio::spawn(worker::run(settings.clone(), aws.clone(), run, stop))));
+        let run = RunOptions {
+            available_now: false,
+            worker_id: support::unique("s3w"),
+            shutdown_deadline: Duration::from_secs(30),
+            progress: progress.clone(),
+            fault: None,
+            health: None,
+        };
+        workers.push((
+            stop.clone(),
+            tokio::spawn(worker::run(settings.clone(), aws.clone(), run, stop)),
+        ));
     }
     assert_eq!(producing.await.unwrap().sent, 3 * per_stream);
     let p = progress.clone();
-    support::wait_for("every record committed to S3", Duration::from_secs(120), || {
-        let p = p.clone();
-        async move { (p.rows_committed.load(std::sync::atomic::Ordering::Relaxed) >= 3 * per_stream).then_some(()) }
-    })
+    support::wait_for(
+        "every record committed to S3",
+        Duration::from_secs(120),
+        || {
+            let p = p.clone();
+            async move {
+                (p.rows_committed.load(std::sync::atomic::Ordering::Relaxed) >= 3 * per_stream)
+                    .then_some(())
+            }
+        },
+    )
     .await;
     let mut commits = 0;
     for (stop, task) in workers {
@@ -87,7 +115,15 @@ async fn two_workers_commit_concurrently_to_s3_tables_without_loss_or_duplicates
     }
     assert!(commits >= 2);
     for kind in Kind::ALL {
-        let out = python(&["-c", COUNT, &format!("s3://{bucket}/pinterest/{}", kind.name())]);
-        assert_eq!(out, format!("{per_stream} {per_stream}"), "{kind}: rows and distinct keys");
+        let out = python(&[
+            "-c",
+            COUNT,
+            &format!("s3://{bucket}/pinterest/{}", kind.name()),
+        ]);
+        assert_eq!(
+            out,
+            format!("{per_stream} {per_stream}"),
+            "{kind}: rows and distinct keys"
+        );
     }
 }

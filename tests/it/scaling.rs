@@ -29,8 +29,20 @@ struct InProcess {
 fn start_in_process(settings: &Settings, aws: &AwsClients) -> InProcess {
     let stop = CancellationToken::new();
     let id = support::unique("inproc");
-    let opts = RunOptions { available_now: false, worker_id: id.clone(), shutdown_deadline: Duration::from_secs(30), progress: Arc::new(RunProgress::default()), fault: None, health: None };
-    let task = tokio::spawn(worker::run(settings.clone(), aws.clone(), opts, stop.clone()));
+    let opts = RunOptions {
+        available_now: false,
+        worker_id: id.clone(),
+        shutdown_deadline: Duration::from_secs(30),
+        progress: Arc::new(RunProgress::default()),
+        fault: None,
+        health: None,
+    };
+    let task = tokio::spawn(worker::run(
+        settings.clone(),
+        aws.clone(),
+        opts,
+        stop.clone(),
+    ));
     InProcess { stop, task, id }
 }
 
@@ -49,7 +61,11 @@ fn start_child(config: &Path, id: &str, log: &Path) -> Child {
 
 fn write_config(dir: &Path, settings: &Settings) -> std::path::PathBuf {
     let path = dir.join("worker.toml");
-    let streams: String = settings.streams.iter().map(|(k, v)| format!("{k} = \"{v}\"\n")).collect();
+    let streams: String = settings
+        .streams
+        .iter()
+        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+        .collect();
     let text = format!(
         "application = \"{}\"\nlease_table = \"{}\"\ntable_root = \"{}\"\n{TIMINGS}[streams]\n{streams}",
         settings.application,
@@ -73,7 +89,12 @@ async fn holdings(table: &LeaseTable) -> BTreeMap<String, usize> {
     m
 }
 
-async fn wait_for_holdings(table: &LeaseTable, what: &str, deadline: Duration, ok: impl Fn(&BTreeMap<String, usize>) -> bool) -> BTreeMap<String, usize> {
+async fn wait_for_holdings(
+    table: &LeaseTable,
+    what: &str,
+    deadline: Duration,
+    ok: impl Fn(&BTreeMap<String, usize>) -> bool,
+) -> BTreeMap<String, usize> {
     support::wait_for(what, deadline, || async {
         let h = holdings(table).await;
         ok(&h).then_some(h)
@@ -81,10 +102,19 @@ async fn wait_for_holdings(table: &LeaseTable, what: &str, deadline: Duration, o
     .await
 }
 
-fn steady_producer(aws: &AwsClients, settings: &Settings, per_stream: u64, rate: f64, seed: u64) -> JoinHandle<producer::ProduceReport> {
+fn steady_producer(
+    aws: &AwsClients,
+    settings: &Settings,
+    per_stream: u64,
+    rate: f64,
+    seed: u64,
+) -> JoinHandle<producer::ProduceReport> {
     let opts = ProduceOptions {
         streams: settings.streams.clone(),
-        source: Source::Synthetic { seed, dirty_rate: 0.0 },
+        source: Source::Synthetic {
+            seed,
+            dirty_rate: 0.0,
+        },
         rate: Some(rate),
         count: Some(per_stream),
         duration: None,
@@ -94,22 +124,34 @@ fn steady_producer(aws: &AwsClients, settings: &Settings, per_stream: u64, rate:
         aggregate: None,
     };
     let client = aws.kinesis.clone();
-    tokio::spawn(async move { producer::produce(client, opts, CancellationToken::new()).await.unwrap() })
+    tokio::spawn(async move {
+        producer::produce(client, opts, CancellationToken::new())
+            .await
+            .unwrap()
+    })
 }
 
 /// Waits until every table holds `per_stream` distinct records, then checks none is twice.
 async fn assert_all_landed_once(root: &Path, per_stream: usize) {
     for kind in Kind::ALL {
-        support::wait_for(&format!("{kind}: {per_stream} rows"), Duration::from_secs(90), || async {
-            (count(&support::read_table(root, kind.name()).await) >= per_stream).then_some(())
-        })
+        support::wait_for(
+            &format!("{kind}: {per_stream} rows"),
+            Duration::from_secs(90),
+            || async {
+                (count(&support::read_table(root, kind.name()).await) >= per_stream).then_some(())
+            },
+        )
         .await;
         let rows = support::read_table(root, kind.name()).await;
         let keys = key_counts(&rows);
         let dup: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
         assert!(dup.is_empty(), "{kind}: records committed twice: {dup:?}");
         assert_eq!(count(&rows), per_stream, "{kind}");
-        assert_eq!(support::read_table(root, kind.rejects_table()).await.len(), 0, "{kind}: no rejects");
+        assert_eq!(
+            support::read_table(root, kind.rejects_table()).await.len(),
+            0,
+            "{kind}: no rejects"
+        );
     }
 }
 
@@ -119,9 +161,7 @@ async fn workers_share_fail_over_rebalance_and_hand_off_without_losing_a_record(
     let dir = support::tempdir();
     let name = support::unique("scale");
     let settings = support::settings(&name, &dir.path().join("tables"), TIMINGS);
-    for s in settings.streams.values() {
-        pinstream::kinesis::ensure_stream(&aws.kinesis, s, 4, Duration::from_secs(30)).await.unwrap();
-    }
+    support::create_streams(&aws, &settings, 4).await;
     let table = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
     let config = write_config(dir.path(), &settings);
     let per_stream = 2400;
@@ -132,28 +172,49 @@ async fn workers_share_fail_over_rebalance_and_hand_off_without_losing_a_record(
     let b = start_in_process(&settings, &aws);
     let log = dir.path().join("child.log");
     let mut child = start_child(&config, "child", &log);
-    let h = wait_for_holdings(&table, "3 workers x 4 leases", Duration::from_secs(60), |h| h.len() == 3 && h.values().all(|n| *n == 4)).await;
+    let h = wait_for_holdings(
+        &table,
+        "3 workers x 4 leases",
+        Duration::from_secs(60),
+        |h| h.len() == 3 && h.values().all(|n| *n == 4),
+    )
+    .await;
     assert!(h.contains_key("child"), "{h:?}");
 
     // SIGKILL the child: the survivors take its 4 leases after failover_time.
     child.kill().unwrap();
     child.wait().unwrap();
     let killed_at = tokio::time::Instant::now();
-    wait_for_holdings(&table, "survivors take the killed worker's leases", Duration::from_secs(30), |h| {
-        !h.contains_key("child") && h.values().sum::<usize>() == 12
-    })
+    wait_for_holdings(
+        &table,
+        "survivors take the killed worker's leases",
+        Duration::from_secs(30),
+        |h| !h.contains_key("child") && h.values().sum::<usize>() == 12,
+    )
     .await;
     let takeover = killed_at.elapsed();
     eprintln!("failover after SIGKILL took {takeover:?} (failover_time 6s)");
-    assert!(takeover >= Duration::from_secs(5), "leases must not move before they expire ({takeover:?})");
+    assert!(
+        takeover >= Duration::from_secs(5),
+        "leases must not move before they expire ({takeover:?})"
+    );
     // Expiry is noticed within failover_time (6 s) + one take cycle (2 s); measured alone that
     // is 7-8.3 s (README). Here other tests share the 2 cores, so only a loose upper bound:
     // the figure itself is a measurement, not a timed assertion.
-    assert!(takeover <= Duration::from_secs(16), "failover took {takeover:?}");
+    assert!(
+        takeover <= Duration::from_secs(16),
+        "failover took {takeover:?}"
+    );
 
     // A new worker joins and gets its share by stealing, one per cycle.
     let c = start_in_process(&settings, &aws);
-    let h = wait_for_holdings(&table, "the new worker gets its share", Duration::from_secs(60), |h| h.len() == 3 && h.values().all(|n| *n == 4)).await;
+    let h = wait_for_holdings(
+        &table,
+        "the new worker gets its share",
+        Duration::from_secs(60),
+        |h| h.len() == 3 && h.values().all(|n| *n == 4),
+    )
+    .await;
     assert_eq!(h.get(&c.id), Some(&4));
 
     // Graceful stop of one: its leases are released and taken well before failover_time.
@@ -163,24 +224,58 @@ async fn workers_share_fail_over_rebalance_and_hand_off_without_losing_a_record(
     // The moment it has exited, none of its leases names it any more (released, not left to
     // expire), so the others take them on their next cycle.
     let after = holdings(&table).await;
-    assert!(!after.contains_key(&a.id), "a stopped worker holds nothing: {after:?}");
-    wait_for_holdings(&table, "released leases taken over", Duration::from_secs(20), |h| h.len() == 2 && h.values().sum::<usize>() == 12).await;
-    eprintln!("hand-off after graceful stop took {:?}", stopped_at.elapsed());
+    assert!(
+        !after.contains_key(&a.id),
+        "a stopped worker holds nothing: {after:?}"
+    );
+    wait_for_holdings(
+        &table,
+        "released leases taken over",
+        Duration::from_secs(20),
+        |h| h.len() == 2 && h.values().sum::<usize>() == 12,
+    )
+    .await;
+    eprintln!(
+        "hand-off after graceful stop took {:?}",
+        stopped_at.elapsed()
+    );
 
     // SIGTERM on a worker process: it flushes, commits, checkpoints, releases and exits 0.
     let log2 = dir.path().join("child2.log");
     let mut child2 = start_child(&config, "child2", &log2);
-    wait_for_holdings(&table, "the second child gets its share", Duration::from_secs(60), |h| h.get("child2") == Some(&4)).await;
-    let term = Command::new("kill").args(["-TERM", &child2.id().to_string()]).status().unwrap();
-    assert!(term.success());
-    let status = support::wait_for("child2 exits after SIGTERM", Duration::from_secs(30), || {
-        let s = child2.try_wait().unwrap();
-        async move { s }
-    })
+    wait_for_holdings(
+        &table,
+        "the second child gets its share",
+        Duration::from_secs(60),
+        |h| h.get("child2") == Some(&4),
+    )
     .await;
-    assert_eq!(status.code(), Some(0), "graceful exit; log: {}", std::fs::read_to_string(&log2).unwrap_or_default());
+    let term = Command::new("kill")
+        .args(["-TERM", &child2.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = support::wait_for(
+        "child2 exits after SIGTERM",
+        Duration::from_secs(30),
+        || {
+            let s = child2.try_wait().unwrap();
+            async move { s }
+        },
+    )
+    .await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "graceful exit; log: {}",
+        std::fs::read_to_string(&log2).unwrap_or_default()
+    );
     let log_text = std::fs::read_to_string(&log2).unwrap_or_default();
-    assert_eq!(log_text.matches("lease released").count(), 4, "all four leases handed back: {log_text}");
+    assert_eq!(
+        log_text.matches("lease released").count(),
+        4,
+        "all four leases handed back: {log_text}"
+    );
 
     let report = producing.await.unwrap();
     assert_eq!((report.sent, report.failed), (3 * per_stream, 0));
@@ -191,14 +286,33 @@ async fn workers_share_fail_over_rebalance_and_hand_off_without_losing_a_record(
         w.task.await.unwrap().unwrap();
     }
     let leases = table.scan().await.unwrap();
-    let owned: Vec<_> = leases.iter().filter(|l| l.owner.is_some()).map(|l| (&l.key, &l.owner)).collect();
-    assert!(owned.is_empty(), "graceful stops release every lease: {owned:?} (b {}, c {})", b_id, c_id);
+    let owned: Vec<_> = leases
+        .iter()
+        .filter(|l| l.owner.is_some())
+        .map(|l| (&l.key, &l.owner))
+        .collect();
+    assert!(
+        owned.is_empty(),
+        "graceful stops release every lease: {owned:?} (b {}, c {})",
+        b_id,
+        c_id
+    );
 }
 
 async fn wait_active(aws: &AwsClients, stream: &str) {
     support::wait_for("stream ACTIVE", Duration::from_secs(30), || async {
-        let out = aws.kinesis.describe_stream_summary().stream_name(stream).send().await.unwrap();
-        (out.stream_description_summary().map(|d| d.stream_status().as_str().to_owned()).as_deref() == Some("ACTIVE")).then_some(())
+        let out = aws
+            .kinesis
+            .describe_stream_summary()
+            .stream_name(stream)
+            .send()
+            .await
+            .unwrap();
+        (out.stream_description_summary()
+            .map(|d| d.stream_status().as_str().to_owned())
+            .as_deref()
+            == Some("ACTIVE"))
+        .then_some(())
     })
     .await;
 }
@@ -210,9 +324,7 @@ async fn split_and_merge_while_running_keeps_every_record_and_reads_parents_firs
     let name = support::unique("reshard");
     let root = dir.path().join("tables");
     let settings = support::settings(&name, &root, TIMINGS);
-    for s in settings.streams.values() {
-        pinstream::kinesis::ensure_stream(&aws.kinesis, s, 1, Duration::from_secs(30)).await.unwrap();
-    }
+    support::create_streams(&aws, &settings, 1).await;
     let pin = settings.streams[&Kind::Pin].clone();
     let per_stream = 1500;
     let producing = steady_producer(&aws, &settings, per_stream, 300.0, 21);
@@ -220,11 +332,20 @@ async fn split_and_merge_while_running_keeps_every_record_and_reads_parents_firs
     let w2 = start_in_process(&settings, &aws);
 
     // Split the pin stream's only shard in two, then merge the children back into one.
-    support::wait_for("some pin rows committed", Duration::from_secs(60), || async {
-        (root.join("pin/_delta_log/00000000000000000001.json").exists()).then_some(())
-    })
+    support::wait_for(
+        "some pin rows committed",
+        Duration::from_secs(60),
+        || async {
+            (root
+                .join("pin/_delta_log/00000000000000000001.json")
+                .exists())
+            .then_some(())
+        },
+    )
     .await;
-    let shards = pinstream::kinesis::list_shards(&aws.kinesis, &pin).await.unwrap();
+    let shards = pinstream::kinesis::list_shards(&aws.kinesis, &pin)
+        .await
+        .unwrap();
     aws.kinesis
         .split_shard()
         .stream_name(&pin)
@@ -235,7 +356,9 @@ async fn split_and_merge_while_running_keeps_every_record_and_reads_parents_firs
         .unwrap();
     wait_active(&aws, &pin).await;
     tokio::time::sleep(Duration::from_secs(2)).await; // let records land in the children
-    let shards = pinstream::kinesis::list_shards(&aws.kinesis, &pin).await.unwrap();
+    let shards = pinstream::kinesis::list_shards(&aws.kinesis, &pin)
+        .await
+        .unwrap();
     let open: Vec<_> = shards.iter().filter(|s| !s.closed).collect();
     assert_eq!(open.len(), 2, "{shards:?}");
     aws.kinesis
@@ -254,9 +377,22 @@ async fn split_and_merge_while_running_keeps_every_record_and_reads_parents_firs
 
     // Lineage is recorded, and every closed shard was finished before its children started.
     let table = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
-    let leases: Vec<_> = table.scan().await.unwrap().into_iter().filter(|l| l.stream == pin).collect();
-    assert_eq!(leases.len(), 4, "parent, two children, merged child: {leases:?}");
-    let merged = leases.iter().find(|l| l.parent_shard_ids.len() == 2).expect("the merged shard lists both parents");
+    let leases: Vec<_> = table
+        .scan()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.stream == pin)
+        .collect();
+    assert_eq!(
+        leases.len(),
+        4,
+        "parent, two children, merged child: {leases:?}"
+    );
+    let merged = leases
+        .iter()
+        .find(|l| l.parent_shard_ids.len() == 2)
+        .expect("the merged shard lists both parents");
     for parent in &merged.parent_shard_ids {
         let p = leases.iter().find(|l| &l.shard_id == parent).unwrap();
         assert!(p.is_finished(), "{parent} reached SHARD_END");

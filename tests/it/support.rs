@@ -25,6 +25,15 @@ pub async fn aws() -> AwsClients {
     AwsClients::for_emulators(&k, &d).await
 }
 
+/// Creates every stream of `settings` with `shards` shards and waits until they are ACTIVE.
+pub async fn create_streams(aws: &AwsClients, settings: &Settings, shards: i32) {
+    for s in settings.streams.values() {
+        pinstream::kinesis::ensure_stream(&aws.kinesis, s, shards, Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+}
+
 /// A name unique to this test process and call.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

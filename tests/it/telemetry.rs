@@ -35,13 +35,19 @@ async fn metrics_health_and_readiness_are_served_during_a_run() {
     let dir = support::tempdir();
     let name = support::unique("metrics");
     let settings = support::settings(&name, &dir.path().join("tables"), "");
-    for s in settings.streams.values() {
-        pinstream::kinesis::ensure_stream(&aws.kinesis, s, 1, Duration::from_secs(30)).await.unwrap();
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    support::create_streams(&aws, &settings, 1).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr = format!("127.0.0.1:{port}");
     let cfg = dir.path().join("w.toml");
-    let streams: String = settings.streams.iter().map(|(k, v)| format!("{k} = \"{v}\"\n")).collect();
+    let streams: String = settings
+        .streams
+        .iter()
+        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+        .collect();
     std::fs::write(
         &cfg,
         format!("application = \"{name}\"\ntable_root = \"{}\"\n[flush]\nmax_batch_age = \"300ms\"\n[lease]\nfailover_time = \"3s\"\n[reader]\nidle_poll_interval = \"100ms\"\n[streams]\n{streams}", dir.path().join("tables").display()),
@@ -71,7 +77,10 @@ async fn metrics_health_and_readiness_are_served_during_a_run() {
 
     let opts = ProduceOptions {
         streams: settings.streams.clone(),
-        source: Source::Synthetic { seed: 4, dirty_rate: 0.1 },
+        source: Source::Synthetic {
+            seed: 4,
+            dirty_rate: 0.1,
+        },
         rate: None,
         count: Some(300),
         duration: None,
@@ -80,7 +89,9 @@ async fn metrics_health_and_readiness_are_served_during_a_run() {
         progress_every: None,
         aggregate: None,
     };
-    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new()).await.unwrap();
+    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
+        .await
+        .unwrap();
     const NAMES: [&str; 9] = [
         "pinstream_bytes_received_total",
         "pinstream_delta_commits_total",
@@ -93,21 +104,32 @@ async fn metrics_health_and_readiness_are_served_during_a_run() {
         "pinstream_leases_taken_total",
     ];
     let a = addr.clone();
-    let scrape = support::wait_for("every metric in the scrape, moving", Duration::from_secs(60), || {
-        let r = get(&a, "/metrics");
-        async move {
-            let (_, body) = r?;
-            let received = sample(&body, "pinstream_records_received_total")?;
-            let written = sample(&body, "pinstream_records_written_total")?;
-            let all = NAMES.iter().all(|n| body.contains(n)) && body.contains("pinstream_records_rejected_total");
-            (received > 0.0 && written > 0.0 && all).then_some(body)
-        }
-    })
+    let scrape = support::wait_for(
+        "every metric in the scrape, moving",
+        Duration::from_secs(60),
+        || {
+            let r = get(&a, "/metrics");
+            async move {
+                let (_, body) = r?;
+                let received = sample(&body, "pinstream_records_received_total")?;
+                let written = sample(&body, "pinstream_records_written_total")?;
+                let all = NAMES.iter().all(|n| body.contains(n))
+                    && body.contains("pinstream_records_rejected_total");
+                (received > 0.0 && written > 0.0 && all).then_some(body)
+            }
+        },
+    )
     .await;
-    assert!(scrape.contains("reason=\""), "rejects are labelled by reason");
+    assert!(
+        scrape.contains("reason=\""),
+        "rejects are labelled by reason"
+    );
     assert_eq!(get(&addr, "/nope").map(|(c, _)| c), Some(404));
 
-    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     let status = support::wait_for("worker exit", Duration::from_secs(30), || {
         let s = child.try_wait().unwrap();
         async move { s }
@@ -117,9 +139,13 @@ async fn metrics_health_and_readiness_are_served_during_a_run() {
     // JSON logs: one object per line, with the shard span's fields on the commit lines.
     let log = std::fs::read_to_string(dir.path().join("w.log")).unwrap();
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(v.get("level").is_some(), "{line}");
     }
     assert!(log.contains("\"message\":\"committed\""), "{log}");
-    assert!(!log.contains("first_name"), "no record payloads in info logs");
+    assert!(
+        !log.contains("first_name"),
+        "no record payloads in info logs"
+    );
 }
