@@ -70,7 +70,7 @@ pub struct PipelineArgs {
     /// Stream name of a kind, as KIND=NAME (KIND: pin, geo, user); repeatable [default: the kind's name].
     #[arg(long = "stream", value_name = "KIND=NAME", value_parser = Settings::parse_stream_flag)]
     pub streams: Vec<(Kind, String)>,
-    /// DynamoDB lease table [default: <app>-leases].
+    /// DynamoDB lease table (default: the application name followed by -leases).
     #[arg(long, env = "PINSTREAM_LEASE_TABLE")]
     pub lease_table: Option<String>,
     /// Where the Delta tables live: a local directory or s3://bucket/prefix [default: pinstream-data/tables].
@@ -94,7 +94,7 @@ pub struct RunArgs {
     /// Serve /metrics (Prometheus), /healthz and /readyz on this address, e.g. 0.0.0.0:9464.
     #[arg(long, env = "PINSTREAM_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
-    /// Crash tests only: abort at POINT[:N] of a flush (before_commit, between_commits,
+    /// Crash tests only: abort at `POINT[:N]` of a flush (before_commit, between_commits,
     /// after_commit, after_checkpoint).
     #[arg(long, hide = true, value_parser = crate::fault::Fault::parse)]
     pub fault: Option<crate::fault::Fault>,

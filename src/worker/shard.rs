@@ -1,0 +1,231 @@
+//! One shard's reader task: GetRecords polling with backoff, KPL de-aggregation, cleaning
+//! into a [`Chunk`] for the table sink, until the lease is lost, the worker stops, the shard
+//! ends, or (draining) it has caught up.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::Shared;
+use crate::clean::{self, Kind, RecordMeta, Reject, RejectReason, RejectsColumns, TableColumns};
+use crate::config::ReaderPolicy;
+use crate::kinesis::{self, ShardReader, StartAt};
+use crate::kpl::{self, Decoded};
+use crate::lease::HeldLease;
+use crate::sink::{backoff, Chunk, SinkMsg};
+
+/// Why a shard task ended.
+#[derive(Debug)]
+pub(super) enum ShardExit {
+    /// Read to the end of a closed shard (the sink checkpoints SHARD_END).
+    ShardEnd,
+    /// `--available-now`: nothing more to read right now.
+    CaughtUp,
+    /// Lease lost or shutdown.
+    Cancelled,
+}
+
+/// A record's position in its shard: sequence number and sub-sequence number.
+pub(super) type Position = (String, i64);
+
+/// Whether `a` is at or before `b`. Sequence numbers are decimal strings without leading
+/// zeros, so shorter is smaller.
+fn at_or_before(a: (&str, i64), b: &Position) -> bool {
+    (a.0.len(), a.0, a.1) <= (b.0.len(), b.0.as_str(), b.1)
+}
+
+fn arrival_micros(r: &aws_sdk_kinesis::types::Record) -> Option<i64> {
+    r.approximate_arrival_timestamp()
+        .map(|t| t.secs() * 1_000_000 + i64::from(t.subsec_nanos() / 1_000))
+}
+
+/// Reads one shard until the lease is lost, shutdown, the shard ends, or (draining) it has
+/// caught up.
+pub(super) async fn read_shard(
+    shared: Arc<Shared>,
+    kind: Kind,
+    lease: Arc<HeldLease>,
+    start: StartAt,
+    rejects_done: Option<Position>,
+    sink: mpsc::Sender<SinkMsg>,
+    drain: bool,
+) -> ShardExit {
+    let ReaderPolicy {
+        max_records,
+        idle_poll_interval,
+    } = shared.settings.reader.clone();
+    let mut reader = ShardReader::new(
+        shared.aws.kinesis.clone(),
+        &lease.stream,
+        &lease.shard_id,
+        start,
+        max_records,
+    );
+    let mut failures = 0u32;
+    let stream_label = lease.stream.clone();
+    loop {
+        let fetched = tokio::select! {
+            _ = lease.token.cancelled() => return ShardExit::Cancelled,
+            f = reader.next() => f,
+        };
+        let fetched = match fetched {
+            Ok(f) => {
+                failures = 0;
+                f
+            }
+            Err(e) => {
+                failures += 1;
+                if e.is_throttle() {
+                    metrics::counter!("pinstream_get_records_throttles_total", "stream" => stream_label.clone()).increment(1);
+                }
+                let wait = backoff(failures);
+                if e.is_retryable() {
+                    tracing::debug!(error = %e, retry_in = ?wait, "GetRecords failed; backing off");
+                } else {
+                    tracing::warn!(error = %e, retry_in = ?wait, "GetRecords failed; backing off");
+                }
+                tokio::select! {
+                    _ = lease.token.cancelled() => return ShardExit::Cancelled,
+                    _ = tokio::time::sleep(wait) => continue,
+                }
+            }
+        };
+        {
+            let mut state = lease.state.lock().await;
+            state.records += fetched.records.len() as u64;
+            if fetched.millis_behind_latest.is_some() {
+                state.millis_behind = fetched.millis_behind_latest;
+            }
+        }
+        if let Some(ms) = fetched.millis_behind_latest {
+            metrics::gauge!("pinstream_millis_behind_latest", "stream" => stream_label.clone(), "shard_id" => lease.shard_id.clone()).set(ms as f64);
+        }
+        let n = fetched.records.len();
+        if n > 0 || fetched.end_of_shard {
+            let chunk = match build_chunk(kind, &lease, &fetched, rejects_done.as_ref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    // Our schemas and builders disagree: a bug, not bad data. Stop the shard
+                    // without committing; its records stay in the stream.
+                    tracing::error!(error = %e, "cannot build a batch; stopping this shard");
+                    return ShardExit::Cancelled;
+                }
+            };
+            shared
+                .progress
+                .records_read
+                .fetch_add(n as u64, Ordering::Relaxed);
+            metrics::counter!("pinstream_records_received_total", "stream" => stream_label.clone())
+                .increment(n as u64);
+            metrics::counter!("pinstream_bytes_received_total", "stream" => stream_label.clone())
+                .increment(chunk.bytes as u64);
+            tokio::select! {
+                _ = lease.token.cancelled() => return ShardExit::Cancelled,
+                sent = sink.send(SinkMsg::Chunk(chunk)) => if sent.is_err() { return ShardExit::Cancelled },
+            }
+        }
+        if fetched.end_of_shard {
+            tracing::info!("reached the end of the shard");
+            return ShardExit::ShardEnd;
+        }
+        if n == 0 {
+            if drain && fetched.millis_behind_latest.unwrap_or(0) == 0 {
+                return ShardExit::CaughtUp;
+            }
+            tokio::select! {
+                _ = lease.token.cancelled() => return ShardExit::Cancelled,
+                _ = tokio::time::sleep(idle_poll_interval) => {}
+            }
+        }
+    }
+}
+
+/// Decodes (KPL) and cleans one GetRecords answer into a chunk for the sink. Reject
+/// counts are emitted once per chunk, by reason.
+fn build_chunk(
+    kind: Kind,
+    lease: &Arc<HeldLease>,
+    fetched: &kinesis::Fetched,
+    rejects_done: Option<&Position>,
+) -> Result<Chunk, deltalake::arrow::error::ArrowError> {
+    let mut rows = TableColumns::new(kind);
+    let mut rejects = RejectsColumns::default();
+    // Rejects at or before `rejects_done` were committed before a crash: cleaned rows of
+    // those records still go to `rows`, their rejects to this scratch builder, dropped.
+    let mut already = RejectsColumns::default();
+    let mut rejected = [0u64; RejectReason::ALL.len()];
+    let mut bytes = 0;
+    let mut last = None;
+    for r in &fetched.records {
+        let data = r.data().as_ref();
+        bytes += data.len();
+        let seq = r.sequence_number();
+        let meta = RecordMeta {
+            shard_id: &lease.shard_id,
+            sequence_number: seq,
+            sub_sequence_number: 0,
+            arrival_micros: arrival_micros(r),
+        };
+        let users = match kpl::decode(data) {
+            Ok(Decoded::Plain(d)) => vec![d],
+            Ok(Decoded::Aggregated(users)) => users,
+            Err(e) => {
+                if !rejects_done.is_some_and(|p| at_or_before((seq, 0), p)) {
+                    let reject = Reject::new(RejectReason::CorruptAggregate, None, e.to_string());
+                    rejects.push(data, &reject, &lease.stream, &meta);
+                    rejected[RejectReason::CorruptAggregate as usize] += 1;
+                }
+                last = Some((seq.to_owned(), 0));
+                continue;
+            }
+        };
+        for (i, d) in users.iter().enumerate() {
+            let meta = RecordMeta {
+                sub_sequence_number: i as i64,
+                ..meta
+            };
+            let done = rejects_done.is_some_and(|p| at_or_before((seq, i as i64), p));
+            let target = if done { &mut already } else { &mut rejects };
+            if let Err(reason) = clean::clean_into(kind, d, &meta, &lease.stream, &mut rows, target)
+            {
+                if !done {
+                    rejected[reason as usize] += 1;
+                }
+            }
+        }
+        last = Some((seq.to_owned(), users.len().saturating_sub(1) as i64));
+    }
+    for (reason, n) in RejectReason::ALL.iter().zip(rejected) {
+        if n > 0 {
+            metrics::counter!("pinstream_records_rejected_total", "stream" => lease.stream.clone(), "reason" => reason.as_str()).increment(n);
+        }
+    }
+    Ok(Chunk {
+        lease: lease.clone(),
+        rows: rows.finish()?,
+        rejects: rejects.finish()?,
+        last,
+        end_of_shard: fetched.end_of_shard,
+        bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_compare_as_numbers_then_sub_sequence() {
+        let p: Position = ("49680".into(), 2);
+        assert!(at_or_before(("49680", 2), &p));
+        assert!(at_or_before(("49680", 1), &p));
+        assert!(!at_or_before(("49680", 3), &p));
+        assert!(
+            at_or_before(("9999", 9), &p),
+            "shorter sequence numbers are smaller"
+        );
+        assert!(!at_or_before(("100000", 0), &p));
+        assert!(!at_or_before(("49681", 0), &p));
+    }
+}
