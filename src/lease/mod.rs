@@ -291,10 +291,6 @@ impl HeldLease {
         }
         self.token.cancel();
     }
-
-    pub async fn is_lost(&self) -> bool {
-        self.state.lock().await.lost
-    }
 }
 
 #[cfg(test)]

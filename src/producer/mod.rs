@@ -15,8 +15,6 @@ use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -250,10 +248,12 @@ pub async fn produce(
             .clamp(1, MAX_RECORDS_PER_CALL),
         None => MAX_RECORDS_PER_CALL,
     };
-    let permits = Arc::new(Semaphore::new(
+    let mut calls = send::Calls::new(
+        client,
+        stats.clone(),
         opts.in_flight.max(1) * opts.streams.len().max(1),
-    ));
-    let mut calls: JoinSet<()> = JoinSet::new();
+        cancel.clone(),
+    );
     let mut buffers: BTreeMap<Kind, Buffer> = opts
         .streams
         .keys()
@@ -321,20 +321,7 @@ pub async fn produce(
         };
         if let Some((key, data, users)) = ready {
             let buf = buffers.get_mut(&item.kind).expect("a buffer per stream");
-            add_entry(
-                &client,
-                stream,
-                buf,
-                key,
-                data,
-                users,
-                batch_records,
-                &stats,
-                &permits,
-                &mut calls,
-                &cancel,
-            )
-            .await;
+            add_entry(&mut calls, stream, buf, key, data, users, batch_records).await;
         }
         if let Some(rate) = opts.rate {
             let due = started + Duration::from_secs_f64(generated as f64 / rate);
@@ -351,37 +338,24 @@ pub async fn produce(
             if let Some((key, data, users)) = agg.take() {
                 let buf = buffers.get_mut(kind).expect("a buffer per stream");
                 add_entry(
-                    &client,
+                    &mut calls,
                     &opts.streams[kind],
                     buf,
                     key,
                     data,
                     users,
                     batch_records,
-                    &stats,
-                    &permits,
-                    &mut calls,
-                    &cancel,
                 )
                 .await;
             }
         }
         for (kind, buf) in buffers {
             if !buf.entries.is_empty() {
-                send::dispatch(
-                    &client,
-                    &opts.streams[&kind],
-                    buf.entries,
-                    &stats,
-                    &permits,
-                    &mut calls,
-                    &cancel,
-                )
-                .await;
+                calls.dispatch(&opts.streams[&kind], buf.entries).await;
             }
         }
     }
-    while calls.join_next().await.is_some() {}
+    calls.finish().await;
     if let Some(p) = progress {
         p.cancel();
         // Let the live line print its last state.
@@ -411,25 +385,21 @@ pub async fn produce(
 
 /// Adds one entry to a stream's buffer, sending the buffer first when the entry would push
 /// it past 5 MiB, and after when it holds `batch_records` entries.
-#[allow(clippy::too_many_arguments)]
 async fn add_entry(
-    client: &aws_sdk_kinesis::Client,
+    calls: &mut send::Calls,
     stream: &str,
     buf: &mut Buffer,
     key: String,
     data: Vec<u8>,
     users: u64,
     batch_records: usize,
-    stats: &Arc<Stats>,
-    permits: &Arc<Semaphore>,
-    calls: &mut JoinSet<()>,
-    cancel: &CancellationToken,
 ) {
     let size = data.len() + key.len();
     if buf.bytes + size > MAX_BYTES_PER_CALL && !buf.entries.is_empty() {
-        let entries = std::mem::take(&mut buf.entries);
         buf.bytes = 0;
-        send::dispatch(client, stream, entries, stats, permits, calls, cancel).await;
+        calls
+            .dispatch(stream, std::mem::take(&mut buf.entries))
+            .await;
     }
     match PutRecordsRequestEntry::builder()
         .data(Blob::new(data))
@@ -442,12 +412,13 @@ async fn add_entry(
         }
         Err(e) => {
             tracing::warn!(error = %e, "cannot build a PutRecords entry");
-            stats.failed.fetch_add(users, Ordering::Relaxed);
+            calls.stats().failed.fetch_add(users, Ordering::Relaxed);
         }
     }
     if buf.entries.len() >= batch_records {
-        let entries = std::mem::take(&mut buf.entries);
         buf.bytes = 0;
-        send::dispatch(client, stream, entries, stats, permits, calls, cancel).await;
+        calls
+            .dispatch(stream, std::mem::take(&mut buf.entries))
+            .await;
     }
 }

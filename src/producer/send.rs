@@ -70,32 +70,59 @@ pub struct Pending {
     pub users: u64,
 }
 
-/// Sends `entries` on a task once one of `permits` is free (bounded in-flight calls).
-#[allow(clippy::too_many_arguments)]
-pub async fn dispatch(
-    client: &aws_sdk_kinesis::Client,
-    stream: &str,
-    entries: Vec<Pending>,
-    stats: &Arc<Stats>,
-    permits: &Arc<Semaphore>,
-    calls: &mut JoinSet<()>,
-    cancel: &CancellationToken,
-) {
-    let Ok(permit) = permits.clone().acquire_owned().await else {
-        return;
-    };
-    let (client, stream, stats, cancel) = (
-        client.clone(),
-        stream.to_owned(),
-        stats.clone(),
-        cancel.clone(),
-    );
-    calls.spawn(async move {
-        put_with_retries(&client, &stream, entries, &stats, &cancel).await;
-        drop(permit);
-    });
-    // Reap finished calls so the set stays small.
-    while calls.try_join_next().is_some() {}
+/// PutRecords calls in flight: each batch is sent on its own task once a permit is free,
+/// so at most `permits` calls run at once.
+pub struct Calls {
+    client: aws_sdk_kinesis::Client,
+    stats: Arc<Stats>,
+    permits: Arc<Semaphore>,
+    tasks: JoinSet<()>,
+    cancel: CancellationToken,
+}
+
+impl Calls {
+    pub fn new(
+        client: aws_sdk_kinesis::Client,
+        stats: Arc<Stats>,
+        in_flight: usize,
+        cancel: CancellationToken,
+    ) -> Self {
+        Calls {
+            client,
+            stats,
+            permits: Arc::new(Semaphore::new(in_flight.max(1))),
+            tasks: JoinSet::new(),
+            cancel,
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Sends `entries` to `stream` on a task, waiting for a free permit first.
+    pub async fn dispatch(&mut self, stream: &str, entries: Vec<Pending>) {
+        let Ok(permit) = self.permits.clone().acquire_owned().await else {
+            return;
+        };
+        let (client, stream, stats, cancel) = (
+            self.client.clone(),
+            stream.to_owned(),
+            self.stats.clone(),
+            self.cancel.clone(),
+        );
+        self.tasks.spawn(async move {
+            put_with_retries(&client, &stream, entries, &stats, &cancel).await;
+            drop(permit);
+        });
+        // Reap finished calls so the set stays small.
+        while self.tasks.try_join_next().is_some() {}
+    }
+
+    /// Waits for every call in flight.
+    pub async fn finish(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
+    }
 }
 
 fn users(p: &[Pending]) -> u64 {

@@ -64,7 +64,6 @@ pub struct SinkTotals {
     pub rows_committed: AtomicU64,
     pub rejects_committed: AtomicU64,
     pub commits: AtomicU64,
-    pub rows_dropped_lost_lease: AtomicU64,
 }
 
 /// Handle to a running sink.
@@ -239,7 +238,7 @@ impl TableSink {
             let (expected, lost) = (state.batch_version, state.lost);
             drop(state);
             if lost {
-                drop_shard(buf, &key, totals);
+                drop_shard(buf, &key);
             } else if sb.last.is_none() && !sb.end_of_shard {
                 buf.remove(&key);
             } else {
@@ -271,7 +270,7 @@ impl TableSink {
                 let mut state = lease.state.lock().await;
                 lease.mark_lost(&mut state);
                 drop(state);
-                drop_shard(buf, &key, totals);
+                drop_shard(buf, &key);
                 continue;
             }
             planned.push((key, expected + 1));
@@ -466,7 +465,7 @@ fn add_chunk(buf: &mut BTreeMap<String, ShardBuf>, c: Chunk) {
     entry.end_of_shard |= c.end_of_shard;
 }
 
-fn drop_shard(buf: &mut BTreeMap<String, ShardBuf>, key: &str, totals: &SinkTotals) {
+fn drop_shard(buf: &mut BTreeMap<String, ShardBuf>, key: &str) {
     if let Some(sb) = buf.remove(key) {
         let n: usize = sb
             .rows
@@ -474,9 +473,6 @@ fn drop_shard(buf: &mut BTreeMap<String, ShardBuf>, key: &str, totals: &SinkTota
             .chain(&sb.rejects)
             .map(RecordBatch::num_rows)
             .sum();
-        totals
-            .rows_dropped_lost_lease
-            .fetch_add(n as u64, Ordering::Relaxed);
         tracing::info!(lease = %key, rows = n, "dropped uncommitted rows of a lost lease");
     }
 }

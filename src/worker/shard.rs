@@ -167,9 +167,17 @@ fn build_chunk(
             sub_sequence_number: 0,
             arrival_micros: arrival_micros(r),
         };
-        let users = match kpl::decode(data) {
-            Ok(Decoded::Plain(d)) => vec![d],
-            Ok(Decoded::Aggregated(users)) => users,
+        // A plain record is one user record; no allocation for it on this per-record path.
+        let (plain, aggregated);
+        let users: &[&[u8]] = match kpl::decode(data) {
+            Ok(Decoded::Plain(d)) => {
+                plain = [d];
+                &plain
+            }
+            Ok(Decoded::Aggregated(v)) => {
+                aggregated = v;
+                &aggregated
+            }
             Err(e) => {
                 if !rejects_done.is_some_and(|p| at_or_before((seq, 0), p)) {
                     let reject = Reject::new(RejectReason::CorruptAggregate, None, e.to_string());
