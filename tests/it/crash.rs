@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pinstream::clean::Kind;
-use pinstream::producer::{self, ProduceOptions, Source};
+use pinstream::producer::{self};
 use pinstream::worker::{self, RunOptions, RunProgress};
 use tokio_util::sync::CancellationToken;
 
@@ -24,20 +24,7 @@ async fn crash_then_recover(point: &str) {
     let settings = support::settings(&name, &root, CONFIG);
     support::create_streams(&aws, &settings, 2).await;
     let per_stream = 600u64;
-    let opts = ProduceOptions {
-        streams: settings.streams.clone(),
-        source: Source::Synthetic {
-            seed: 77,
-            dirty_rate: 0.05,
-        },
-        rate: None,
-        count: Some(per_stream),
-        duration: None,
-        partition_key: None,
-        in_flight: 2,
-        progress_every: None,
-        aggregate: None,
-    };
+    let opts = support::produce_options(&settings, 77, 0.05, per_stream);
     producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
         .await
         .unwrap();
@@ -68,11 +55,8 @@ async fn crash_then_recover(point: &str) {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let status = support::wait_for("the injected crash", Duration::from_secs(60), || {
-        let s = child.try_wait().unwrap();
-        async move { s }
-    })
-    .await;
+    let status =
+        support::wait_exit(&mut child, "the injected crash", Duration::from_secs(60)).await;
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(
         status.code().is_none() && log_text.contains("injected fault"),

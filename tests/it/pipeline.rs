@@ -12,14 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::support::{self, count, key_counts};
 
 fn options(available_now: bool) -> RunOptions {
-    RunOptions {
-        available_now,
-        worker_id: support::unique("w"),
-        shutdown_deadline: Duration::from_secs(30),
-        progress: Arc::new(RunProgress::default()),
-        fault: None,
-        health: None,
-    }
+    support::run_options(available_now)
 }
 
 async fn produce(

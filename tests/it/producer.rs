@@ -9,7 +9,7 @@ use pinstream::clean::Kind;
 use pinstream::kpl::{self, Decoded};
 use pinstream::producer::generator::Generator;
 use pinstream::producer::{self, ProduceOptions, Source};
-use pinstream::worker::{self, RunOptions};
+use pinstream::worker::{self};
 use tokio_util::sync::CancellationToken;
 
 use crate::support;
@@ -128,14 +128,7 @@ async fn sent_once(aggregate: Option<usize>) {
     }
     if aggregate.is_some() {
         // The worker splits the aggregates again: every user record lands once.
-        let run = RunOptions {
-            available_now: true,
-            worker_id: support::unique("w"),
-            shutdown_deadline: Duration::from_secs(30),
-            progress: Default::default(),
-            fault: None,
-            health: None,
-        };
+        let run = support::run_options(true);
         let summary = worker::run(settings.clone(), aws.clone(), run, CancellationToken::new())
             .await
             .unwrap();

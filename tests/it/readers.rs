@@ -2,11 +2,10 @@
 //! project's own venv, made by infra/local/start.sh) read them with the right schema and rows.
 
 use std::process::Command;
-use std::time::Duration;
 
 use pinstream::clean::Kind;
-use pinstream::producer::{self, ProduceOptions, Source};
-use pinstream::worker::{self, RunOptions};
+use pinstream::producer::{self};
+use pinstream::worker::{self};
 use tokio_util::sync::CancellationToken;
 
 use crate::support;
@@ -48,31 +47,11 @@ async fn python_deltalake_and_polars_read_the_tables() {
     let name = support::unique("readers");
     let settings = support::settings(&name, dir.path(), "");
     support::create_streams(&aws, &settings, 1).await;
-    let opts = ProduceOptions {
-        streams: settings.streams.clone(),
-        source: Source::Synthetic {
-            seed: 3,
-            dirty_rate: 0.02,
-        },
-        rate: None,
-        count: Some(300),
-        duration: None,
-        partition_key: None,
-        in_flight: 2,
-        progress_every: None,
-        aggregate: None,
-    };
+    let opts = support::produce_options(&settings, 3, 0.02, 300);
     producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
         .await
         .unwrap();
-    let run = RunOptions {
-        available_now: true,
-        worker_id: support::unique("w"),
-        shutdown_deadline: Duration::from_secs(30),
-        progress: Default::default(),
-        fault: None,
-        health: None,
-    };
+    let run = support::run_options(true);
     let summary = worker::run(settings, aws, run, CancellationToken::new())
         .await
         .unwrap();

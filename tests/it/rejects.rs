@@ -2,14 +2,12 @@
 //! their reason; KPL aggregates are split into their user records.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use deltalake::arrow::array::{Array, AsArray};
 use deltalake::arrow::datatypes::Int64Type;
-use pinstream::worker::{self, RunOptions};
+use pinstream::worker::{self};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{self, count};
@@ -75,14 +73,7 @@ async fn malformed_records_go_to_rejects_with_their_reason_and_aggregates_are_sp
         .unwrap();
     assert_eq!(out.failed_record_count(), Some(0));
 
-    let run = RunOptions {
-        available_now: true,
-        worker_id: support::unique("w"),
-        shutdown_deadline: Duration::from_secs(30),
-        progress: Arc::new(Default::default()),
-        fault: None,
-        health: None,
-    };
+    let run = support::run_options(true);
     let summary = worker::run(settings, aws, run, CancellationToken::new())
         .await
         .unwrap();

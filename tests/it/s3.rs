@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pinstream::clean::Kind;
-use pinstream::producer::{self, ProduceOptions, Source};
+use pinstream::producer::{self, ProduceOptions};
 use pinstream::worker::{self, RunOptions, RunProgress};
 use tokio_util::sync::CancellationToken;
 
@@ -55,18 +55,8 @@ async fn two_workers_commit_concurrently_to_s3_tables_without_loss_or_duplicates
     support::create_streams(&aws, &settings, 4).await;
     let per_stream = 800u64;
     let opts = ProduceOptions {
-        streams: settings.streams.clone(),
-        source: Source::Synthetic {
-            seed: 8,
-            dirty_rate: 0.0,
-        },
         rate: Some(1500.0),
-        count: Some(per_stream),
-        duration: None,
-        partition_key: None,
-        in_flight: 2,
-        progress_every: None,
-        aggregate: None,
+        ..support::produce_options(&settings, 8, 0.0, per_stream)
     };
     let client = aws.kinesis.clone();
     let producing = tokio::spawn(async move {
@@ -80,12 +70,8 @@ async fn two_workers_commit_concurrently_to_s3_tables_without_loss_or_duplicates
     for _ in 0..2 {
         let stop = CancellationToken::new();
         let run = RunOptions {
-            available_now: false,
-            worker_id: support::unique("s3w"),
-            shutdown_deadline: Duration::from_secs(30),
             progress: progress.clone(),
-            fault: None,
-            health: None,
+            ..support::run_options(false)
         };
         workers.push((
             stop.clone(),

@@ -11,7 +11,7 @@ use pinstream::aws::AwsClients;
 use pinstream::clean::Kind;
 use pinstream::config::Settings;
 use pinstream::lease::LeaseTable;
-use pinstream::producer::{self, ProduceOptions, Source};
+use pinstream::producer::{self, ProduceOptions};
 use pinstream::worker::{self, RunOptions, RunProgress, RunSummary, WorkerError};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -110,18 +110,8 @@ fn steady_producer(
     seed: u64,
 ) -> JoinHandle<producer::ProduceReport> {
     let opts = ProduceOptions {
-        streams: settings.streams.clone(),
-        source: Source::Synthetic {
-            seed,
-            dirty_rate: 0.0,
-        },
         rate: Some(rate),
-        count: Some(per_stream),
-        duration: None,
-        partition_key: None,
-        in_flight: 2,
-        progress_every: None,
-        aggregate: None,
+        ..support::produce_options(settings, seed, 0.0, per_stream)
     };
     let client = aws.kinesis.clone();
     tokio::spawn(async move {
@@ -255,13 +245,10 @@ async fn workers_share_fail_over_rebalance_and_hand_off_without_losing_a_record(
         .status()
         .unwrap();
     assert!(term.success());
-    let status = support::wait_for(
+    let status = support::wait_exit(
+        &mut child2,
         "child2 exits after SIGTERM",
         Duration::from_secs(30),
-        || {
-            let s = child2.try_wait().unwrap();
-            async move { s }
-        },
     )
     .await;
     assert_eq!(
@@ -355,7 +342,26 @@ async fn split_and_merge_while_running_keeps_every_record_and_reads_parents_firs
         .await
         .unwrap();
     wait_active(&aws, &pin).await;
-    tokio::time::sleep(Duration::from_secs(2)).await; // let records land in the children
+    // Merge only once both children have records committed (the parent was finished first).
+    let parent = shards[0].shard_id.clone();
+    let leases = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
+    support::wait_for(
+        "both children of the split read and checkpointed",
+        Duration::from_secs(60),
+        || async {
+            let all = leases.scan().await.unwrap_or_default();
+            let children: Vec<_> = all
+                .iter()
+                .filter(|l| l.stream == pin && l.parent_shard_ids.contains(&parent))
+                .collect();
+            (children.len() == 2
+                && children
+                    .iter()
+                    .all(|l| matches!(l.checkpoint, pinstream::lease::Checkpoint::Sequence(_))))
+            .then_some(())
+        },
+    )
+    .await;
     let shards = pinstream::kinesis::list_shards(&aws.kinesis, &pin)
         .await
         .unwrap();

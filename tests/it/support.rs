@@ -87,6 +87,52 @@ where
     }
 }
 
+/// Waits (bounded) for a child process to exit.
+pub async fn wait_exit(
+    child: &mut std::process::Child,
+    what: &str,
+    deadline: Duration,
+) -> std::process::ExitStatus {
+    wait_for(what, deadline, || {
+        let s = child.try_wait().expect("child status");
+        async move { s }
+    })
+    .await
+}
+
+/// Synthetic produce options for a test: every stream of `settings`, `count` records each,
+/// flat out, 2 calls in flight, quiet. Override fields with struct update syntax.
+pub fn produce_options(
+    settings: &Settings,
+    seed: u64,
+    dirty_rate: f64,
+    count: u64,
+) -> pinstream::producer::ProduceOptions {
+    pinstream::producer::ProduceOptions {
+        streams: settings.streams.clone(),
+        source: pinstream::producer::Source::Synthetic { seed, dirty_rate },
+        rate: None,
+        count: Some(count),
+        duration: None,
+        partition_key: None,
+        in_flight: 2,
+        progress_every: None,
+        aggregate: None,
+    }
+}
+
+/// Options of an in-process worker with a unique id.
+pub fn run_options(available_now: bool) -> pinstream::worker::RunOptions {
+    pinstream::worker::RunOptions {
+        available_now,
+        worker_id: unique("w"),
+        shutdown_deadline: Duration::from_secs(30),
+        progress: Default::default(),
+        fault: None,
+        health: None,
+    }
+}
+
 /// Every row of a Delta table, read through its log (never by globbing files).
 pub async fn read_table(root: &Path, table: &str) -> Vec<RecordBatch> {
     let url =

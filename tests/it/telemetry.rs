@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use pinstream::producer::{self, ProduceOptions, Source};
+use pinstream::producer::{self};
 use tokio_util::sync::CancellationToken;
 
 use crate::support;
@@ -75,20 +75,7 @@ async fn metrics_health_and_readiness_are_served_during_a_run() {
     })
     .await;
 
-    let opts = ProduceOptions {
-        streams: settings.streams.clone(),
-        source: Source::Synthetic {
-            seed: 4,
-            dirty_rate: 0.1,
-        },
-        rate: None,
-        count: Some(300),
-        duration: None,
-        partition_key: None,
-        in_flight: 2,
-        progress_every: None,
-        aggregate: None,
-    };
+    let opts = support::produce_options(&settings, 4, 0.1, 300);
     producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
         .await
         .unwrap();
@@ -130,11 +117,7 @@ async fn metrics_health_and_readiness_are_served_during_a_run() {
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    let status = support::wait_for("worker exit", Duration::from_secs(30), || {
-        let s = child.try_wait().unwrap();
-        async move { s }
-    })
-    .await;
+    let status = support::wait_exit(&mut child, "worker exit", Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(0));
     // JSON logs: one object per line, with the shard span's fields on the commit lines.
     let log = std::fs::read_to_string(dir.path().join("w.log")).unwrap();
