@@ -4,6 +4,7 @@
 
 mod cli;
 mod crash;
+mod flaky;
 mod infra;
 mod leases;
 mod pipeline;

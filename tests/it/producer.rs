@@ -1,6 +1,7 @@
 //! The producer against kinesalite: every record it reports sent is in the stream exactly
-//! once (plain and KPL-aggregated), aggregated records round-trip through the worker, and
-//! the rate limiter holds the asked rate.
+//! once (plain and KPL-aggregated), also when PutRecords entries fail (injected by a proxy)
+//! and are retried; aggregated records round-trip through the worker and through the
+//! Python KPL de-aggregator (`aws-kinesis-agg` over boto3); the rate limiter holds the rate.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use pinstream::producer::{self, ProduceOptions, Source};
 use pinstream::worker::{self};
 use tokio_util::sync::CancellationToken;
 
-use crate::support;
+use crate::{flaky, support};
 
 fn options(
     settings: &pinstream::config::Settings,
@@ -176,4 +177,108 @@ async fn the_rate_limiter_holds_the_asked_rate_within_five_percent() {
         (285.0..=315.0).contains(&rate),
         "asked 300 rec/s over 10 s, got {rate:.1} ({report:?})"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partially_failed_batches_resend_only_the_failed_entries_once_each() {
+    let aws = support::aws().await;
+    let proxy = flaky::FlakyKinesis::start(&std::env::var("AWS_ENDPOINT_URL_KINESIS").unwrap(), 7).await;
+    let via_proxy = pinstream::aws::AwsClients::for_emulators(
+        &proxy.url,
+        &std::env::var("AWS_ENDPOINT_URL_DYNAMODB").unwrap(),
+    )
+    .await;
+    let dir = support::tempdir();
+    let settings = support::settings(&support::unique("prod-flaky"), dir.path(), "");
+    support::create_streams(&aws, &settings, 2).await;
+    let count = 1000;
+    let report = producer::produce(
+        via_proxy.kinesis.clone(),
+        options(&settings, count, None, None, None),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let (throttled, internal, entries) = proxy.counts();
+    let injected = throttled + internal;
+    assert!(
+        throttled > 100 && internal > 100,
+        "the proxy failed entries of both kinds: {throttled} throttled, {internal} internal"
+    );
+    assert_eq!((report.sent, report.failed), (3 * count, 0), "{report:?}");
+    assert_eq!(report.retries, injected, "each failed entry resent once: {report:?}");
+    assert_eq!(report.throttled, throttled, "{report:?}");
+    assert_eq!(
+        entries,
+        3 * count + injected,
+        "only the failed entries of a batch were resent, not the whole batch"
+    );
+    let want = expected(count);
+    for (kind, stream) in &settings.streams {
+        assert_eq!(
+            read_back(&aws, stream).await,
+            want[kind],
+            "{kind}: every record in the stream exactly once despite the failures"
+        );
+    }
+}
+
+/// Reads a stream with boto3 and de-aggregates with `aws_kinesis_agg`, the library KCL-less
+/// Python consumers use; prints each user record's data, base64, one per line.
+const BOTO3_READ: &str = r#"
+import base64, sys, boto3
+from aws_kinesis_agg.deaggregator import iter_deaggregate_records
+k = boto3.client("kinesis")
+stream = sys.argv[1]
+aggregated = 0
+for shard in k.list_shards(StreamName=stream)["Shards"]:
+    it = k.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+    while it:
+        out = k.get_records(ShardIterator=it, Limit=10000)
+        for r in iter_deaggregate_records(out["Records"], data_format="Boto3"):
+            aggregated += bool(r["kinesis"].get("aggregated"))
+            print(r["kinesis"]["data"].decode() if r["kinesis"].get("aggregated") else base64.b64encode(r["kinesis"]["data"]).decode())
+        it = out.get("NextShardIterator")
+        if not out["Records"] and out.get("MillisBehindLatest", 0) == 0:
+            break
+print("aggregated", aggregated, file=sys.stderr)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_boto3_and_aws_kinesis_agg_read_the_aggregated_records() {
+    use base64::Engine;
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let settings = support::settings(&support::unique("prod-py"), dir.path(), "");
+    support::create_streams(&aws, &settings, 2).await;
+    let count = 600;
+    let report = producer::produce(
+        aws.kinesis.clone(),
+        options(&settings, count, None, None, Some(40)),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.sent, 3 * count);
+    let want = expected(count);
+    for (kind, stream) in &settings.streams {
+        let out = std::process::Command::new(support::python())
+            .arg("-c")
+            .arg(BOTO3_READ)
+            .arg(stream)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "boto3 reader failed: {stderr}");
+        assert!(
+            stderr.contains(&format!("aggregated {count}")),
+            "{kind}: every user record came out of a KPL aggregate: {stderr}"
+        );
+        let mut got: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let data = base64::engine::general_purpose::STANDARD.decode(line).unwrap();
+            *got.entry(data).or_insert(0) += 1;
+        }
+        assert_eq!(got, want[kind], "{kind}: boto3 + aws_kinesis_agg read each record once");
+    }
 }

@@ -1,0 +1,210 @@
+//! A fault-injecting HTTP proxy in front of the real Kinesis emulator. kinesalite never fails
+//! single PutRecords entries, so the proxy does what Kinesis does under load: it takes some
+//! entries out of a PutRecords request before forwarding it, and answers them in the
+//! response, at their positions, as `ProvisionedThroughputExceededException` or
+//! `InternalFailure`. Every other call passes through untouched. Each distinct record fails
+//! at most once, so a correct producer ends with every record in the stream exactly once.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Default)]
+struct State {
+    /// Fail one entry in `every`.
+    every: u64,
+    next: AtomicU64,
+    failed_once: Mutex<HashSet<String>>,
+    /// PutRecords entries received from the client, failed ones included.
+    entries: AtomicU64,
+    throttled: AtomicU64,
+    internal: AtomicU64,
+}
+
+pub struct FlakyKinesis {
+    pub url: String,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FlakyKinesis {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl FlakyKinesis {
+    /// Listens on a free loopback port and forwards to `upstream` (`http://host:port`),
+    /// failing one PutRecords entry in `every`.
+    pub async fn start(upstream: &str, every: u64) -> Self {
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(State {
+            every,
+            ..State::default()
+        });
+        let s = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((conn, _)) = listener.accept().await {
+                let (s, upstream) = (s.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    // A connection ends when either side closes it; errors end it too.
+                    let _ = serve(conn, &upstream, &s).await;
+                });
+            }
+        });
+        FlakyKinesis { url, state, task }
+    }
+
+    /// Entries answered as throttled, as internal failures, and all entries received.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let s = &self.state;
+        (
+            s.throttled.load(Ordering::Relaxed),
+            s.internal.load(Ordering::Relaxed),
+            s.entries.load(Ordering::Relaxed),
+        )
+    }
+}
+
+async fn serve(mut client: TcpStream, upstream: &str, state: &State) -> std::io::Result<()> {
+    let mut up = TcpStream::connect(upstream).await?;
+    let (mut from_client, mut from_up) = (Vec::new(), Vec::new());
+    while let Some((head, body)) = read_message(&mut client, &mut from_client).await? {
+        let put_records = header(&head, "x-amz-target").is_some_and(|t| t.ends_with(".PutRecords"));
+        if !put_records {
+            write_message(&mut up, &head, &body).await?;
+            let Some((h, b)) = read_message(&mut up, &mut from_up).await? else {
+                return Ok(());
+            };
+            write_message(&mut client, &h, &b).await?;
+            continue;
+        }
+        let mut req: Value = serde_json::from_slice(&body).map_err(std::io::Error::other)?;
+        let entries = req["Records"].as_array().cloned().unwrap_or_default();
+        state
+            .entries
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        // Which positions fail, and with what.
+        let injected: Vec<Option<&str>> = entries
+            .iter()
+            .map(|e| {
+                let n = state.next.fetch_add(1, Ordering::Relaxed);
+                let data = e["Data"].as_str().unwrap_or_default().to_owned();
+                if n % state.every != 0 || !state.failed_once.lock().unwrap().insert(data) {
+                    return None;
+                }
+                Some(if n % (2 * state.every) == 0 {
+                    state.throttled.fetch_add(1, Ordering::Relaxed);
+                    "ProvisionedThroughputExceededException"
+                } else {
+                    state.internal.fetch_add(1, Ordering::Relaxed);
+                    "InternalFailure"
+                })
+            })
+            .collect();
+        let kept: Vec<Value> = entries
+            .iter()
+            .zip(&injected)
+            .filter(|(_, f)| f.is_none())
+            .map(|(e, _)| e.clone())
+            .collect();
+        let mut forwarded = Vec::new();
+        let mut failed_upstream = 0;
+        if !kept.is_empty() {
+            req["Records"] = Value::Array(kept);
+            write_message(&mut up, &head, &serde_json::to_vec(&req)?).await?;
+            let Some((h, b)) = read_message(&mut up, &mut from_up).await? else {
+                return Ok(());
+            };
+            if !h.starts_with("HTTP/1.1 200") {
+                // A whole-call error (throttling of the call, a bad stream): pass it on as is;
+                // the client resends the whole batch, the injected entries included.
+                write_message(&mut client, &h, &b).await?;
+                continue;
+            }
+            let out: Value = serde_json::from_slice(&b).map_err(std::io::Error::other)?;
+            failed_upstream = out["FailedRecordCount"].as_u64().unwrap_or(0);
+            forwarded = out["Records"].as_array().cloned().unwrap_or_default();
+        }
+        let mut forwarded = forwarded.into_iter();
+        let records: Vec<Value> = injected
+            .iter()
+            .map(|f| match f {
+                Some(code) => json!({"ErrorCode": code, "ErrorMessage": "injected by the test proxy"}),
+                None => forwarded.next().unwrap_or(Value::Null),
+            })
+            .collect();
+        let failed = failed_upstream + injected.iter().filter(|f| f.is_some()).count() as u64;
+        let body = serde_json::to_vec(&json!({"FailedRecordCount": failed, "Records": records}))?;
+        let head = "HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: flaky-proxy\r\nConnection: keep-alive";
+        write_message(&mut client, head, &body).await?;
+    }
+    Ok(())
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.lines().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// One HTTP/1.1 message (head without the blank line, and a Content-Length body); `None`
+/// when the peer closed between messages. Bytes past the message stay in `buf`.
+async fn read_message(
+    conn: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<(String, Vec<u8>)>> {
+    let mut chunk = [0u8; 16 * 1024];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let len: usize = header(&head, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let start = head_end + 4;
+    while buf.len() < start + len {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = buf[start..start + len].to_vec();
+    buf.drain(..start + len);
+    Ok(Some((head, body)))
+}
+
+/// Writes `head` with its Content-Length replaced by the length of `body`.
+async fn write_message(conn: &mut TcpStream, head: &str, body: &[u8]) -> std::io::Result<()> {
+    let mut out = String::with_capacity(head.len() + 32);
+    for line in head.lines() {
+        let is_len = line
+            .split_once(':')
+            .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"));
+        if !is_len {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+    conn.write_all(out.as_bytes()).await?;
+    conn.write_all(body).await
+}
