@@ -49,6 +49,14 @@ pub enum Command {
     /// Table health on demand: a log checkpoint and log cleanup for every table, and with
     /// --vacuum a vacuum of data files no longer referenced. Safe while workers append.
     Maintain(MaintainArgs),
+    /// Run SQL over the tables (DataFusion): pin, geo, user and the *_rejects tables.
+    ///
+    /// Example: pinstream query "SELECT category, COUNT(*) FROM pin GROUP BY 1 ORDER BY 2 DESC"
+    Query(QueryArgs),
+    /// Answer one of the analysts' questions (the original project's tasks 4 to 11).
+    ///
+    /// `pinstream report --list` lists them.
+    Report(ReportArgs),
     /// Run the whole job locally: emulators, streams, producer, worker, summary.
     ///
     /// Starts kinesalite and dynalite on loopback (installing them on first use), creates
@@ -170,6 +178,42 @@ pub struct MaintainArgs {
     /// Print a JSON report.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Output and time travel, shared by `query` and `report`.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = crate::query::Format::Table)]
+    pub format: crate::query::Format,
+    /// Read the tables as of a version (e.g. 12) or an RFC 3339 time (e.g. 2026-11-21T10:00:00Z).
+    #[arg(long, value_name = "VERSION_OR_TIME", value_parser = crate::query::AsOf::parse)]
+    pub as_of: Option<crate::query::AsOf>,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// The SQL statement. Table names: pin, geo, "user" (quoted: USER is an SQL keyword),
+    /// pin_rejects, geo_rejects, user_rejects.
+    pub sql: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    /// List the reports, one line each, and exit.
+    #[arg(long, conflicts_with = "name")]
+    pub list: bool,
+    /// The report to run (see --list).
+    #[arg(required_unless_present = "list")]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -60,6 +60,12 @@ pub struct FileConfig {
 pub struct MaintenanceConfig {
     pub checkpoint_interval: Option<u64>,
     pub log_retention: Option<String>,
+    pub compact_interval: Option<String>,
+    pub compact_min_age: Option<String>,
+    pub compact_target_size: Option<u64>,
+    pub compact_min_files: Option<usize>,
+    pub vacuum_interval: Option<String>,
+    pub vacuum_retention: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -218,6 +224,19 @@ pub struct MaintenancePolicy {
     pub checkpoint_interval: u64,
     /// Log files older than this are removed when a checkpoint is written.
     pub log_retention: Duration,
+    /// How often a worker compacts the tables it writes to; `None`: never.
+    pub compact_interval: Option<Duration>,
+    /// Files younger than this are left out of compaction.
+    pub compact_min_age: Duration,
+    /// Files at or above this many bytes are left alone; compaction writes files of about
+    /// this size.
+    pub compact_target_size: u64,
+    /// Compact only when at least this many files qualify.
+    pub compact_min_files: usize,
+    /// How often a worker vacuums the tables it writes to; `None` (the default): never.
+    pub vacuum_interval: Option<Duration>,
+    /// Vacuum deletes files removed from the table longer ago than this.
+    pub vacuum_retention: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -257,6 +276,17 @@ fn duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, C
                 "write a duration such as \"5s\" or \"500ms\"",
             )),
         },
+    }
+}
+
+/// An interval that `"off"` disables.
+fn interval(key: &str, v: Option<&str>, default: Option<Duration>) -> Result<Option<Duration>, ConfigError> {
+    match v {
+        Some("off") => Ok(None),
+        Some(s) => duration(key, Some(s), Duration::ZERO)
+            .map(Some)
+            .map_err(|_| invalid(key, format!("`{s}` is not a duration"), "write a duration such as \"10m\" or \"24h\", or \"off\"")),
+        None => Ok(default),
     }
 }
 
@@ -392,12 +422,35 @@ impl Settings {
                 Duration::from_millis(1000),
             )?,
         };
+        let m = &file.maintenance;
         let maintenance = MaintenancePolicy {
-            checkpoint_interval: file.maintenance.checkpoint_interval.unwrap_or(100),
+            checkpoint_interval: m.checkpoint_interval.unwrap_or(100),
             log_retention: duration(
                 "maintenance.log_retention",
-                file.maintenance.log_retention.as_deref(),
+                m.log_retention.as_deref(),
                 Duration::from_secs(30 * 86_400),
+            )?,
+            compact_interval: interval(
+                "maintenance.compact_interval",
+                m.compact_interval.as_deref(),
+                Some(Duration::from_secs(600)),
+            )?,
+            compact_min_age: duration(
+                "maintenance.compact_min_age",
+                m.compact_min_age.as_deref(),
+                Duration::from_secs(300),
+            )?,
+            compact_target_size: positive(
+                "maintenance.compact_target_size",
+                m.compact_target_size,
+                64 * 1024 * 1024,
+            )?,
+            compact_min_files: positive("maintenance.compact_min_files", m.compact_min_files, 10)?,
+            vacuum_interval: interval("maintenance.vacuum_interval", m.vacuum_interval.as_deref(), None)?,
+            vacuum_retention: duration(
+                "maintenance.vacuum_retention",
+                m.vacuum_retention.as_deref(),
+                Duration::from_secs(7 * 86_400),
             )?,
         };
         Ok(Settings {

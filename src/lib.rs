@@ -25,6 +25,8 @@
 //!   `pinstream maintain`).
 //! - [`worker`]: the coordinator loop (sync shards, renew, take, recover, release) and a
 //!   reader task per held lease, wiring the layers above; graceful shutdown.
+//! - [`query`] and [`report`]: SQL (DataFusion) over the tables, and the analysts'
+//!   questions as named reports.
 //! - [`producer`]: synthetic or replayed load into the streams (PutRecords, retries of
 //!   failed entries only, pacing).
 //! - [`stack`] and [`demo`]: the local emulators and the one-command demo.
@@ -48,6 +50,8 @@ pub mod kpl;
 pub mod lease;
 pub mod maintenance;
 pub mod producer;
+pub mod query;
+pub mod report;
 pub mod sink;
 pub mod stack;
 pub mod status;

@@ -38,7 +38,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            if e.downcast_ref::<ConfigError>().is_some() {
+            let user_query_error = e
+                .downcast_ref::<pinstream::query::QueryError>()
+                .is_some_and(|q| q.is_user_error());
+            if e.downcast_ref::<ConfigError>().is_some() || user_query_error {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)
@@ -255,6 +258,27 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     println!("{:<14} version {:>6}  checkpointed  {} old log files removed  {} data files vacuumed", r.table, r.version, r.logs_removed, r.files_vacuumed);
                 }
             }
+            Ok(())
+        }
+        Command::Query(args) => {
+            let settings = settings(args.pipeline)?;
+            let ctx =
+                pinstream::query::session(&settings.table_root, args.output.as_of.as_ref()).await?;
+            let batches = pinstream::query::run(&ctx, &args.sql).await?;
+            pinstream::query::write(&batches, args.output.format, &mut std::io::stdout().lock())?;
+            Ok(())
+        }
+        Command::Report(args) => {
+            if args.list {
+                print!("{}", pinstream::report::list());
+                return Ok(());
+            }
+            let report = pinstream::report::find(args.name.as_deref().unwrap_or_default())?;
+            let settings = settings(args.pipeline)?;
+            let ctx =
+                pinstream::query::session(&settings.table_root, args.output.as_of.as_ref()).await?;
+            let batches = pinstream::report::run(&ctx, report).await?;
+            pinstream::query::write(&batches, args.output.format, &mut std::io::stdout().lock())?;
             Ok(())
         }
         Command::Demo(args) => {

@@ -1,13 +1,28 @@
 //! Table health for tables written every few seconds for months: a Delta log checkpoint
 //! every `checkpoint_interval` commits with cleanup of log files older than
 //! `log_retention` (aligned to a checkpoint, so time travel within the retention keeps
-//! working), and an optional `vacuum` of data files no longer in the table.
-//! `pinstream maintain` runs them on demand for all six tables.
+//! working); compaction of small files into files of about `compact_target_size`,
+//! leaving files younger than `compact_min_age` alone; and a `vacuum` of data files no
+//! longer in the table. Workers run compaction (and vacuum, when configured) on a schedule;
+//! `pinstream maintain` runs everything on demand for all six tables.
+//!
+//! Compaction is safe while workers append: it rewrites only files that exist in the
+//! snapshot it read, commits their removal and the new files as one `OPTIMIZE` commit with
+//! `dataChange = false` (streaming readers skip it), and delta-rs's conflict check rejects
+//! the commit if another writer removed one of those files in between (then nothing
+//! changed and the next run tries again). Appends only add files, so they never conflict.
 
 use std::time::Duration;
 
 use deltalake::checkpoints::{cleanup_expired_logs_for, create_checkpoint};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::Action;
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use deltalake::protocol::DeltaOperation;
+use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
+
+use deltalake::arrow::datatypes::SchemaRef;
 
 use crate::clean;
 use crate::config::{MaintenancePolicy, Settings};
@@ -21,6 +36,120 @@ pub struct TableReport {
     pub checkpointed: bool,
     pub logs_removed: usize,
     pub files_vacuumed: usize,
+    pub compaction: Option<Compaction>,
+}
+
+/// What one compaction did to a table.
+#[derive(Debug, Default, Clone, serde::Serialize, PartialEq)]
+pub struct Compaction {
+    /// The OPTIMIZE commit's version; `None` when there was nothing worth compacting.
+    pub version: Option<u64>,
+    pub files_removed: usize,
+    pub files_added: usize,
+    pub bytes_removed: u64,
+    pub bytes_added: u64,
+    pub rows: u64,
+}
+
+/// Which files compaction rewrites.
+#[derive(Debug, Clone)]
+pub struct CompactOptions {
+    /// Files at or above this size are left alone; new files are cut near it.
+    pub target_size: u64,
+    /// Files written more recently than this are left alone (they may still be read by
+    /// streaming consumers catching up, and the next run gets them).
+    pub min_age: Duration,
+    /// Do nothing unless at least this many files qualify.
+    pub min_files: usize,
+}
+
+impl CompactOptions {
+    pub fn from_policy(p: &MaintenancePolicy) -> Self {
+        CompactOptions {
+            target_size: p.compact_target_size,
+            min_age: p.compact_min_age,
+            min_files: p.compact_min_files,
+        }
+    }
+}
+
+/// Bin-packs the table's small, old-enough files into files of about `target_size` and
+/// commits the swap as one OPTIMIZE commit (see the module docs for why that is safe while
+/// appends continue). Reads one input file at a time; memory is about one output file.
+pub async fn compact(
+    table: &mut DeltaTable,
+    opts: &CompactOptions,
+) -> Result<Compaction, DeltaTableError> {
+    table.update_state().await?;
+    let snapshot = table.snapshot()?.clone();
+    let cutoff = chrono::Utc::now().timestamp_millis() - opts.min_age.as_millis() as i64;
+    let mut candidates: Vec<_> = snapshot
+        .log_data()
+        .iter()
+        .filter(|f| (f.size() as u64) < opts.target_size && f.modification_time() <= cutoff)
+        .collect();
+    if candidates.len() < opts.min_files.max(2) {
+        return Ok(Compaction::default());
+    }
+    // Oldest first, so rows keep roughly their arrival order.
+    candidates.sort_by_key(|f| (f.modification_time(), f.path().into_owned()));
+    let mut bins: Vec<Vec<_>> = vec![Vec::new()];
+    let mut bin_bytes = 0u64;
+    for f in candidates {
+        let size = f.size() as u64;
+        if bin_bytes + size > opts.target_size && !bins.last().is_some_and(Vec::is_empty) {
+            bins.push(Vec::new());
+            bin_bytes = 0;
+        }
+        bin_bytes += size;
+        bins.last_mut().expect("one bin at least").push(f);
+    }
+    // A bin of one file would rewrite it unchanged.
+    bins.retain(|b| b.len() > 1);
+    if bins.iter().map(Vec::len).sum::<usize>() < opts.min_files.max(2) {
+        return Ok(Compaction::default());
+    }
+    let store = table.log_store().object_store(None);
+    let mut report = Compaction::default();
+    let mut actions = Vec::new();
+    for bin in &bins {
+        let mut writer = RecordBatchWriter::for_table(table)?;
+        for f in bin {
+            let bytes = store
+                .get_opts(&f.object_store_path(), Default::default())
+                .await?
+                .bytes()
+                .await?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?
+                .with_batch_size(64 * 1024)
+                .build()?;
+            for batch in reader {
+                let batch = batch?;
+                report.rows += batch.num_rows() as u64;
+                writer.write(batch).await?;
+            }
+            report.files_removed += 1;
+            report.bytes_removed += f.size() as u64;
+            actions.push(Action::Remove(f.remove_action(false)));
+        }
+        for mut add in writer.flush().await? {
+            add.data_change = false;
+            report.files_added += 1;
+            report.bytes_added += add.size as u64;
+            actions.push(Action::Add(add));
+        }
+    }
+    let operation = DeltaOperation::Optimize {
+        predicate: None,
+        target_size: opts.target_size as i64,
+    };
+    let commit = CommitBuilder::from(CommitProperties::default().with_create_checkpoint(false))
+        .with_actions(actions)
+        .build(Some(&snapshot), table.log_store(), operation)
+        .await?;
+    report.version = Some(commit.version() as u64);
+    table.update_state().await?;
+    Ok(report)
 }
 
 /// Writes a checkpoint at the table's current version and removes log files older than
@@ -56,35 +185,47 @@ pub async fn after_commit(table: &DeltaTable, version: u64, policy: &Maintenance
     }
 }
 
-/// `pinstream maintain`: checkpoint, clean logs and (when `vacuum` is given) vacuum every
-/// table. Vacuum honours the tables' own minimum retention (7 days by default).
+/// `pinstream maintain`: compact, checkpoint, clean logs and (when `vacuum` is given) vacuum
+/// every table. Vacuum honours the tables' own minimum retention (7 days by default).
 pub async fn run(
     settings: &Settings,
     vacuum: Option<Duration>,
 ) -> Result<Vec<TableReport>, DeltaError> {
     let mut reports = Vec::new();
-    for &kind in settings.streams.keys() {
-        for (name, schema) in [
-            (kind.name(), kind.schema()),
-            (kind.rejects_table(), clean::schema::REJECTS.clone()),
-        ] {
-            reports.push(maintain_one(settings, name, &schema, vacuum).await?);
-        }
+    for (name, schema) in tables(settings) {
+        reports.push(maintain_one(settings, name, &schema, vacuum).await?);
     }
     Ok(reports)
+}
+
+/// Every table of the configured streams, cleaned and rejects, with its schema.
+fn tables(settings: &Settings) -> Vec<(&'static str, SchemaRef)> {
+    settings
+        .streams
+        .keys()
+        .flat_map(|&kind| {
+            [
+                (kind.name(), kind.schema()),
+                (kind.rejects_table(), clean::schema::REJECTS.clone()),
+            ]
+        })
+        .collect()
 }
 
 async fn maintain_one(
     settings: &Settings,
     name: &str,
-    schema: &deltalake::arrow::datatypes::SchemaRef,
+    schema: &SchemaRef,
     vacuum: Option<Duration>,
 ) -> Result<TableReport, DeltaError> {
     let de = |source| DeltaError::Delta {
         table: name.to_owned(),
         source,
     };
-    let table = delta::open_or_create(&settings.table_root, name, schema).await?;
+    let mut table = delta::open_or_create(&settings.table_root, name, schema).await?;
+    let compaction = compact(&mut table, &CompactOptions::from_policy(&settings.maintenance))
+        .await
+        .map_err(de)?;
     let logs_removed = checkpoint_and_clean(&table, settings.maintenance.log_retention)
         .await
         .map_err(de)?;
@@ -94,16 +235,96 @@ async fn maintain_one(
         checkpointed: true,
         logs_removed,
         files_vacuumed: 0,
+        compaction: Some(compaction),
     };
     if let Some(retention) = vacuum {
-        let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(7));
-        let (_, metrics) = table
-            .vacuum()
-            .with_retention_period(retention)
-            .await
-            .map_err(de)?;
-        report.files_vacuumed = metrics.files_deleted.len();
+        report.files_vacuumed = vacuum_one(&mut table, retention).await.map_err(de)?;
     }
     tracing::info!(table = name, ?report, "maintained");
     Ok(report)
+}
+
+/// Deletes data files removed from the table longer ago than `retention`; returns how many.
+pub async fn vacuum_one(table: &mut DeltaTable, retention: Duration) -> Result<usize, DeltaTableError> {
+    let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(7));
+    let (t, metrics) = table.clone().vacuum().with_retention_period(retention).await?;
+    *table = t;
+    Ok(metrics.files_deleted.len())
+}
+
+/// Uniform in [0.8, 1.2] x `d`, so that workers started together drift apart and rarely
+/// compact the same table at once (when they do, one commit wins and the other is refused
+/// by the conflict check; no data is touched twice).
+fn jittered(d: Duration) -> Duration {
+    use rand::Rng as _;
+    d.mul_f64(rand::rng().random_range(0.8..=1.2))
+}
+
+/// The worker's scheduled maintenance: compaction of every table each `compact_interval`,
+/// vacuum each `vacuum_interval` (off by default), both jittered. Failures are logged and
+/// retried at the next run; they never stop the worker. `None` when both are off.
+pub fn spawn_scheduled(
+    settings: &Settings,
+    stop: tokio_util::sync::CancellationToken,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let policy = settings.maintenance.clone();
+    if policy.compact_interval.is_none() && policy.vacuum_interval.is_none() {
+        return None;
+    }
+    let settings = settings.clone();
+    Some(tokio::spawn(async move {
+        let now = tokio::time::Instant::now();
+        let mut next_compact = policy.compact_interval.map(|i| now + jittered(i));
+        let mut next_vacuum = policy.vacuum_interval.map(|i| now + jittered(i));
+        loop {
+            let Some(next) = [next_compact, next_vacuum].into_iter().flatten().min() else {
+                return;
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep_until(next) => {}
+            }
+            let now = tokio::time::Instant::now();
+            let compact_now = next_compact.is_some_and(|t| t <= now);
+            let vacuum_now = next_vacuum.is_some_and(|t| t <= now);
+            for (name, schema) in tables(&settings) {
+                let mut table = match delta::open_or_create(&settings.table_root, name, &schema).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        tracing::warn!(table = name, error = %e, "scheduled maintenance cannot open the table");
+                        continue;
+                    }
+                };
+                if compact_now {
+                    let started = std::time::Instant::now();
+                    match compact(&mut table, &CompactOptions::from_policy(&policy)).await {
+                        Ok(c) if c.version.is_some() => {
+                            metrics::counter!("pinstream_compactions_total", "table" => name).increment(1);
+                            metrics::counter!("pinstream_compaction_files_removed_total", "table" => name)
+                                .increment(c.files_removed as u64);
+                            tracing::info!(table = name, version = c.version, files_removed = c.files_removed, files_added = c.files_added, rows = c.rows, seconds = started.elapsed().as_secs_f64(), "compacted");
+                        }
+                        Ok(_) => tracing::debug!(table = name, "nothing to compact"),
+                        Err(e) => tracing::warn!(table = name, error = %e, "compaction failed; the next run tries again"),
+                    }
+                }
+                if vacuum_now {
+                    match vacuum_one(&mut table, policy.vacuum_retention).await {
+                        Ok(n) => {
+                            metrics::counter!("pinstream_vacuum_files_deleted_total", "table" => name).increment(n as u64);
+                            tracing::info!(table = name, files_deleted = n, "vacuumed");
+                        }
+                        Err(e) => tracing::warn!(table = name, error = %e, "vacuum failed; the next run tries again"),
+                    }
+                }
+            }
+            let now = tokio::time::Instant::now();
+            if compact_now {
+                next_compact = policy.compact_interval.map(|i| now + jittered(i));
+            }
+            if vacuum_now {
+                next_vacuum = policy.vacuum_interval.map(|i| now + jittered(i));
+            }
+        }
+    }))
 }

@@ -73,7 +73,7 @@ pub fn table_url(root: &TableRoot, table: &str) -> Result<url::Url, DeltaError> 
     }
 }
 
-fn storage_options(root: &TableRoot) -> HashMap<String, String> {
+pub(crate) fn storage_options(root: &TableRoot) -> HashMap<String, String> {
     match root {
         TableRoot::Local(_) => HashMap::new(),
         TableRoot::S3(_) => {

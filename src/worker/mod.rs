@@ -195,6 +195,10 @@ pub async fn run(
         sinks.insert(kind, handle);
         sink_tasks.push(task);
     }
+    // Compaction and vacuum on a schedule, beside the sinks (never inside a flush).
+    let maintenance_stop = CancellationToken::new();
+    let maintenance_task =
+        crate::maintenance::spawn_scheduled(&settings, maintenance_stop.clone());
     let kind_of: HashMap<String, Kind> = settings
         .streams
         .iter()
@@ -365,6 +369,7 @@ pub async fn run(
 
     // Graceful stop: stop reading, flush and commit, checkpoint, release.
     readers.cancel();
+    maintenance_stop.cancel();
     let deadline = Instant::now() + opts.shutdown_deadline;
     while !tasks.is_empty() {
         if tokio::time::timeout_at(deadline, tasks.join_next())
@@ -406,6 +411,9 @@ pub async fn run(
     }
     drop(sinks);
     for t in sink_tasks {
+        let _ = t.await;
+    }
+    if let Some(t) = maintenance_task {
         let _ = t.await;
     }
     tracing::info!(records_read = summary.records_read, "worker stopped");

@@ -10,6 +10,7 @@ mod leases;
 mod pipeline;
 mod producer;
 mod readers;
+mod reports;
 mod real_data;
 mod rejects;
 mod s3;
