@@ -18,10 +18,12 @@ use pinstream::{demo, kinesis, producer, worker};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo prints its own progress; its workers' info lines would drown it.
-    let default_filter = if matches!(cli.command, Command::Demo(_)) {
-        "warn"
-    } else {
-        "warn,pinstream=info"
+    // Queries print results on stdout; only pinstream's own warnings belong on stderr
+    // (delta-rs logs a handled time-travel miss as an ERROR).
+    let default_filter = match cli.command {
+        Command::Demo(_) => "warn",
+        Command::Query(_) | Command::Report(_) => "off,pinstream=warn",
+        _ => "warn,pinstream=info",
     };
     init_logging(cli.log_format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

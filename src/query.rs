@@ -81,13 +81,24 @@ pub fn table_names() -> Vec<&'static str> {
         .collect()
 }
 
-/// A DataFusion session with every existing table under `root` registered.
+/// A DataFusion session with every existing table under `root` registered. With a version
+/// to read, a table that has no such version is left out (with a warning naming it): the
+/// tables advance independently, so version 12 of `pin` is not the same moment as version
+/// 12 of `geo`; use a time to read all of them at one moment.
 pub async fn session(root: &TableRoot, as_of: Option<&AsOf>) -> Result<SessionContext, QueryError> {
     let ctx = SessionContext::new();
     let mut registered = 0;
+    let mut first_refusal = None;
     for name in table_names() {
-        let Some(table) = open(root, name, as_of).await? else {
-            continue;
+        let table = match open(root, name, as_of).await {
+            Ok(Some(t)) => t,
+            Ok(None) => continue,
+            Err(e @ QueryError::TimeTravel { .. }) => {
+                tracing::warn!(table = name, error = %e, "table left out of the query");
+                first_refusal.get_or_insert(e);
+                continue;
+            }
+            Err(e) => return Err(e),
         };
         let provider = table
             .table_provider()
@@ -98,9 +109,9 @@ pub async fn session(root: &TableRoot, as_of: Option<&AsOf>) -> Result<SessionCo
         registered += 1;
     }
     if registered == 0 {
-        return Err(QueryError::NoTables {
+        return Err(first_refusal.unwrap_or_else(|| QueryError::NoTables {
             root: root.table_url(""),
-        });
+        }));
     }
     Ok(ctx)
 }

@@ -195,6 +195,7 @@ async fn reports_match_an_independent_computation_and_query_works_as_a_cli() {
     };
     assert_eq!(count_at("0"), 0, "version 0 is the empty table");
     assert!(count_at("1") > 0 && count_at("1") <= 3675);
+    assert_eq!(count_at(&chrono::Utc::now().to_rfc3339()), 4675, "as of now: everything");
 
     // A bad query: DataFusion's message, exit code 2, no panic.
     let out = pinstream("query", dir.path())
