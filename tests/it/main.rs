@@ -5,6 +5,7 @@
 mod cli;
 mod crash;
 mod flaky;
+mod health;
 mod infra;
 mod leases;
 mod pipeline;
