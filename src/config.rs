@@ -280,12 +280,22 @@ fn duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, C
 }
 
 /// An interval that `"off"` disables.
-fn interval(key: &str, v: Option<&str>, default: Option<Duration>) -> Result<Option<Duration>, ConfigError> {
+fn interval(
+    key: &str,
+    v: Option<&str>,
+    default: Option<Duration>,
+) -> Result<Option<Duration>, ConfigError> {
     match v {
         Some("off") => Ok(None),
         Some(s) => duration(key, Some(s), Duration::ZERO)
             .map(Some)
-            .map_err(|_| invalid(key, format!("`{s}` is not a duration"), "write a duration such as \"10m\" or \"24h\", or \"off\"")),
+            .map_err(|_| {
+                invalid(
+                    key,
+                    format!("`{s}` is not a duration"),
+                    "write a duration such as \"10m\" or \"24h\", or \"off\"",
+                )
+            }),
         None => Ok(default),
     }
 }
@@ -446,7 +456,11 @@ impl Settings {
                 64 * 1024 * 1024,
             )?,
             compact_min_files: positive("maintenance.compact_min_files", m.compact_min_files, 10)?,
-            vacuum_interval: interval("maintenance.vacuum_interval", m.vacuum_interval.as_deref(), None)?,
+            vacuum_interval: interval(
+                "maintenance.vacuum_interval",
+                m.vacuum_interval.as_deref(),
+                None,
+            )?,
             vacuum_retention: duration(
                 "maintenance.vacuum_retention",
                 m.vacuum_retention.as_deref(),

@@ -223,9 +223,12 @@ async fn maintain_one(
         source,
     };
     let mut table = delta::open_or_create(&settings.table_root, name, schema).await?;
-    let compaction = compact(&mut table, &CompactOptions::from_policy(&settings.maintenance))
-        .await
-        .map_err(de)?;
+    let compaction = compact(
+        &mut table,
+        &CompactOptions::from_policy(&settings.maintenance),
+    )
+    .await
+    .map_err(de)?;
     let logs_removed = checkpoint_and_clean(&table, settings.maintenance.log_retention)
         .await
         .map_err(de)?;
@@ -245,9 +248,16 @@ async fn maintain_one(
 }
 
 /// Deletes data files removed from the table longer ago than `retention`; returns how many.
-pub async fn vacuum_one(table: &mut DeltaTable, retention: Duration) -> Result<usize, DeltaTableError> {
+pub async fn vacuum_one(
+    table: &mut DeltaTable,
+    retention: Duration,
+) -> Result<usize, DeltaTableError> {
     let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(7));
-    let (t, metrics) = table.clone().vacuum().with_retention_period(retention).await?;
+    let (t, metrics) = table
+        .clone()
+        .vacuum()
+        .with_retention_period(retention)
+        .await?;
     *table = t;
     Ok(metrics.files_deleted.len())
 }
@@ -288,7 +298,9 @@ pub fn spawn_scheduled(
             let compact_now = next_compact.is_some_and(|t| t <= now);
             let vacuum_now = next_vacuum.is_some_and(|t| t <= now);
             for (name, schema) in tables(&settings) {
-                let mut table = match delta::open_or_create(&settings.table_root, name, &schema).await {
+                let mut table = match delta::open_or_create(&settings.table_root, name, &schema)
+                    .await
+                {
                     Ok(t) => t,
                     Err(e) => {
                         tracing::warn!(table = name, error = %e, "scheduled maintenance cannot open the table");
@@ -299,13 +311,24 @@ pub fn spawn_scheduled(
                     let started = std::time::Instant::now();
                     match compact(&mut table, &CompactOptions::from_policy(&policy)).await {
                         Ok(c) if c.version.is_some() => {
-                            metrics::counter!("pinstream_compactions_total", "table" => name).increment(1);
+                            metrics::counter!("pinstream_compactions_total", "table" => name)
+                                .increment(1);
                             metrics::counter!("pinstream_compaction_files_removed_total", "table" => name)
                                 .increment(c.files_removed as u64);
-                            tracing::info!(table = name, version = c.version, files_removed = c.files_removed, files_added = c.files_added, rows = c.rows, seconds = started.elapsed().as_secs_f64(), "compacted");
+                            tracing::info!(
+                                table = name,
+                                version = c.version,
+                                files_removed = c.files_removed,
+                                files_added = c.files_added,
+                                rows = c.rows,
+                                seconds = started.elapsed().as_secs_f64(),
+                                "compacted"
+                            );
                         }
                         Ok(_) => tracing::debug!(table = name, "nothing to compact"),
-                        Err(e) => tracing::warn!(table = name, error = %e, "compaction failed; the next run tries again"),
+                        Err(e) => {
+                            tracing::warn!(table = name, error = %e, "compaction failed; the next run tries again")
+                        }
                     }
                 }
                 if vacuum_now {
@@ -314,7 +337,9 @@ pub fn spawn_scheduled(
                             metrics::counter!("pinstream_vacuum_files_deleted_total", "table" => name).increment(n as u64);
                             tracing::info!(table = name, files_deleted = n, "vacuumed");
                         }
-                        Err(e) => tracing::warn!(table = name, error = %e, "vacuum failed; the next run tries again"),
+                        Err(e) => {
+                            tracing::warn!(table = name, error = %e, "vacuum failed; the next run tries again")
+                        }
                     }
                 }
             }

@@ -51,10 +51,10 @@ pub enum QueryError {
     TimeTravel {
         table: String,
         as_of: AsOf,
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
     #[error(transparent)]
-    Delta(#[from] delta::DeltaError),
+    Delta(Box<delta::DeltaError>),
     /// Reading the data failed (storage, corrupt files): not the query's fault.
     #[error("query execution failed: {0}")]
     Execution(String),
@@ -127,12 +127,12 @@ async fn open(
             return Ok(None);
         }
     }
-    let url = delta::table_url(root, name)?;
+    let url = delta::table_url(root, name).map_err(|e| QueryError::Delta(Box::new(e)))?;
     let de = |source| {
-        QueryError::Delta(delta::DeltaError::Delta {
+        QueryError::Delta(Box::new(delta::DeltaError::Delta {
             table: name.to_owned(),
             source,
-        })
+        }))
     };
     let mut builder = DeltaTableBuilder::from_url(url)
         .map_err(de)?
@@ -148,7 +148,7 @@ async fn open(
         Err(e) if as_of.is_some() => Err(QueryError::TimeTravel {
             table: name.to_owned(),
             as_of: as_of.cloned().unwrap_or(AsOf::Version(0)),
-            source: e,
+            source: Box::new(e),
         }),
         Err(e) => Err(de(e)),
     }
@@ -189,12 +189,17 @@ pub enum Format {
 }
 
 /// Writes `batches` to `out` in `format`.
-pub fn write(batches: &[RecordBatch], format: Format, out: &mut dyn Write) -> Result<(), QueryError> {
+pub fn write(
+    batches: &[RecordBatch],
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<(), QueryError> {
     use deltalake::arrow::{csv, json};
     let err = |e: deltalake::arrow::error::ArrowError| QueryError::Execution(e.to_string());
     match format {
         Format::Table => {
-            let text = deltalake::arrow::util::pretty::pretty_format_batches(batches).map_err(err)?;
+            let text =
+                deltalake::arrow::util::pretty::pretty_format_batches(batches).map_err(err)?;
             writeln!(out, "{text}")?;
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
             writeln!(out, "{rows} row{}", if rows == 1 { "" } else { "s" })?;
@@ -207,13 +212,15 @@ pub fn write(batches: &[RecordBatch], format: Format, out: &mut dyn Write) -> Re
         }
         Format::Json => {
             let mut w = json::ArrayWriter::new(&mut *out);
-            w.write_batches(&batches.iter().collect::<Vec<_>>()).map_err(err)?;
+            w.write_batches(&batches.iter().collect::<Vec<_>>())
+                .map_err(err)?;
             w.finish().map_err(err)?;
             writeln!(out)?;
         }
         Format::Ndjson => {
             let mut w = json::LineDelimitedWriter::new(&mut *out);
-            w.write_batches(&batches.iter().collect::<Vec<_>>()).map_err(err)?;
+            w.write_batches(&batches.iter().collect::<Vec<_>>())
+                .map_err(err)?;
             w.finish().map_err(err)?;
         }
     }

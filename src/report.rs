@@ -168,7 +168,11 @@ pub fn find(name: &str) -> Result<&'static Report, QueryError> {
     REPORTS.iter().find(|r| r.name == name).ok_or_else(|| {
         QueryError::Sql(format!(
             "no report `{name}`; reports: {} (see `pinstream report --list`)",
-            REPORTS.iter().map(|r| r.name).collect::<Vec<_>>().join(", ")
+            REPORTS
+                .iter()
+                .map(|r| r.name)
+                .collect::<Vec<_>>()
+                .join(", ")
         ))
     })
 }
@@ -201,6 +205,9 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), REPORTS.len());
         assert_eq!(list().lines().count(), REPORTS.len());
-        assert!(find("nope").unwrap_err().to_string().contains("category-by-country"));
+        assert!(find("nope")
+            .unwrap_err()
+            .to_string()
+            .contains("category-by-country"));
     }
 }

@@ -197,8 +197,7 @@ pub async fn run(
     }
     // Compaction and vacuum on a schedule, beside the sinks (never inside a flush).
     let maintenance_stop = CancellationToken::new();
-    let maintenance_task =
-        crate::maintenance::spawn_scheduled(&settings, maintenance_stop.clone());
+    let maintenance_task = crate::maintenance::spawn_scheduled(&settings, maintenance_stop.clone());
     let kind_of: HashMap<String, Kind> = settings
         .streams
         .iter()

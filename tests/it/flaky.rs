@@ -99,10 +99,11 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &State) -> std::io:
             .map(|e| {
                 let n = state.next.fetch_add(1, Ordering::Relaxed);
                 let data = e["Data"].as_str().unwrap_or_default().to_owned();
-                if n % state.every != 0 || !state.failed_once.lock().unwrap().insert(data) {
+                if !n.is_multiple_of(state.every) || !state.failed_once.lock().unwrap().insert(data)
+                {
                     return None;
                 }
-                Some(if n % (2 * state.every) == 0 {
+                Some(if n.is_multiple_of(2 * state.every) {
                     state.throttled.fetch_add(1, Ordering::Relaxed);
                     "ProvisionedThroughputExceededException"
                 } else {
@@ -139,7 +140,9 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &State) -> std::io:
         let records: Vec<Value> = injected
             .iter()
             .map(|f| match f {
-                Some(code) => json!({"ErrorCode": code, "ErrorMessage": "injected by the test proxy"}),
+                Some(code) => {
+                    json!({"ErrorCode": code, "ErrorMessage": "injected by the test proxy"})
+                }
                 None => forwarded.next().unwrap_or(Value::Null),
             })
             .collect();

@@ -145,7 +145,10 @@ async fn five_hundred_small_commits_open_from_a_checkpoint_and_compact_without_c
 
     compacting.update_state().await.unwrap();
     let files = compacting.snapshot().unwrap().log_data().num_files();
-    assert!(files <= 21, "500 small files became one (+ at most 20 new ones): {files}");
+    assert!(
+        files <= 21,
+        "500 small files became one (+ at most 20 new ones): {files}"
+    );
     let after = support::key_counts(&support::read_table(dir.path(), "pin").await);
     assert_eq!(after.len(), 1560, "every row of both writers");
     assert!(after.values().all(|n| *n == 1), "no row twice");

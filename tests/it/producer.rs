@@ -182,7 +182,8 @@ async fn the_rate_limiter_holds_the_asked_rate_within_five_percent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partially_failed_batches_resend_only_the_failed_entries_once_each() {
     let aws = support::aws().await;
-    let proxy = flaky::FlakyKinesis::start(&std::env::var("AWS_ENDPOINT_URL_KINESIS").unwrap(), 7).await;
+    let proxy =
+        flaky::FlakyKinesis::start(&std::env::var("AWS_ENDPOINT_URL_KINESIS").unwrap(), 7).await;
     let via_proxy = pinstream::aws::AwsClients::for_emulators(
         &proxy.url,
         &std::env::var("AWS_ENDPOINT_URL_DYNAMODB").unwrap(),
@@ -206,7 +207,10 @@ async fn partially_failed_batches_resend_only_the_failed_entries_once_each() {
         "the proxy failed entries of both kinds: {throttled} throttled, {internal} internal"
     );
     assert_eq!((report.sent, report.failed), (3 * count, 0), "{report:?}");
-    assert_eq!(report.retries, injected, "each failed entry resent once: {report:?}");
+    assert_eq!(
+        report.retries, injected,
+        "each failed entry resent once: {report:?}"
+    );
     assert_eq!(report.throttled, throttled, "{report:?}");
     assert_eq!(
         entries,
@@ -276,9 +280,14 @@ async fn python_boto3_and_aws_kinesis_agg_read_the_aggregated_records() {
         );
         let mut got: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            let data = base64::engine::general_purpose::STANDARD.decode(line).unwrap();
+            let data = base64::engine::general_purpose::STANDARD
+                .decode(line)
+                .unwrap();
             *got.entry(data).or_insert(0) += 1;
         }
-        assert_eq!(got, want[kind], "{kind}: boto3 + aws_kinesis_agg read each record once");
+        assert_eq!(
+            got, want[kind],
+            "{kind}: boto3 + aws_kinesis_agg read each record once"
+        );
     }
 }

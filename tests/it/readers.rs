@@ -30,8 +30,14 @@ assert str(g.schema["timestamp"]) == "Datetime(time_unit='us', time_zone='UTC')"
 assert str(g.schema["coordinates"]) == "List(Float64)", g.schema["coordinates"]
 u = pl.read_delta(f"{root}/user")
 assert u["age"].dtype == pl.Int64
-r = pl.read_delta(f"{root}/pin_rejects")
-print("pin_rejects", r.height)
+meta = ["_shard_id", "_sequence_number", "_sub_sequence_number", "_approximate_arrival_timestamp"]
+for t in ["pin_rejects", "geo_rejects", "user_rejects"]:
+    arrow = deltalake.DeltaTable(f"{root}/{t}").to_pyarrow_table()
+    assert arrow.column_names == ["raw_data", "raw_data_is_base64", "reason", "field", "detail", "_stream"] + meta, (t, arrow.column_names)
+    r = pl.read_delta(f"{root}/{t}")
+    assert r.height == arrow.num_rows, t
+    assert r["reason"].null_count() == 0, t
+    print(t, r.height)
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,9 +74,11 @@ async fn python_deltalake_and_polars_read_the_tables() {
         String::from_utf8_lossy(&out.stderr)
     );
     for kind in Kind::ALL {
-        assert!(
-            stdout.contains(&format!("{} {}", kind.name(), summary.rows[kind.name()])),
-            "{stdout}"
-        );
+        for table in [kind.name(), kind.rejects_table()] {
+            assert!(
+                stdout.contains(&format!("{table} {}", summary.rows[table])),
+                "{table}: {stdout}"
+            );
+        }
     }
 }

@@ -70,7 +70,10 @@ async fn reports_match_an_independent_computation_and_query_works_as_a_cli() {
     };
     run(settings.clone()).await;
     // The first 1000 pins again: duplicates of `ind` the reports must count once.
-    assert_eq!(replay(&aws, &settings, &[Kind::Pin], Some(1000)).await, 1000);
+    assert_eq!(
+        replay(&aws, &settings, &[Kind::Pin], Some(1000)).await,
+        1000
+    );
     let summary = run(settings.clone()).await;
     assert_eq!(summary.rows["pin"], 1000, "the duplicates landed as rows");
 
@@ -88,9 +91,12 @@ async fn reports_match_an_independent_computation_and_query_works_as_a_cli() {
         serde_json::from_slice(&python.stdout).unwrap();
 
     let ctx = query::session(&settings.table_root, None).await.unwrap();
-    let pins = query::run(&ctx, "SELECT COUNT(*) AS n, COUNT(DISTINCT ind) AS d FROM pin")
-        .await
-        .unwrap();
+    let pins = query::run(
+        &ctx,
+        "SELECT COUNT(*) AS n, COUNT(DISTINCT ind) AS d FROM pin",
+    )
+    .await
+    .unwrap();
     assert_eq!(
         query::rows_as_strings(&pins).unwrap(),
         [["4675", "3675"]],
@@ -126,28 +132,37 @@ async fn reports_match_an_independent_computation_and_query_works_as_a_cli() {
             s(&["36-50", "8000"])
         ]
     );
-    assert_eq!(
-        got["category-by-year"][0],
-        s(&["2018", "christmas", "75"])
-    );
+    assert_eq!(got["category-by-year"][0], s(&["2018", "christmas", "75"]));
     assert_eq!(
         got["category-by-age-group"][1],
         s(&["18-24", "tattoos", "194"])
     );
     assert_eq!(
         got["median-followers-by-join-year"],
-        [s(&["2015", "163000"]), s(&["2016", "19000"]), s(&["2017", "4000"])]
+        [
+            s(&["2015", "163000"]),
+            s(&["2016", "19000"]),
+            s(&["2017", "4000"])
+        ]
     );
-    assert_eq!(got["category-by-country"][2], s(&["Algeria", "quotes", "92"]));
+    assert_eq!(
+        got["category-by-country"][2],
+        s(&["Algeria", "quotes", "92"])
+    );
 
     // The CLI: formats.
-    let sql = "SELECT ind, category FROM pin WHERE ind IN (1, 2) ORDER BY ind, _sequence_number LIMIT 2";
+    let sql =
+        "SELECT ind, category FROM pin WHERE ind IN (1, 2) ORDER BY ind, _sequence_number LIMIT 2";
     let out = pinstream("query", dir.path())
         .args(["--format", "csv", sql])
         .output()
         .unwrap();
     let csv = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(csv.lines().next(), Some("ind,category"), "{csv}");
     assert_eq!(csv.lines().count(), 3, "{csv}");
     let out = pinstream("query", dir.path())
@@ -172,7 +187,9 @@ async fn reports_match_an_independent_computation_and_query_works_as_a_cli() {
         "{table}"
     );
     let out = pinstream("report", dir.path())
-        .args(["--list"]).output().unwrap();
+        .args(["--list"])
+        .output()
+        .unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).lines().count(),
         report::REPORTS.len()
@@ -181,11 +198,15 @@ async fn reports_match_an_independent_computation_and_query_works_as_a_cli() {
     // Time travel: version 1 of pin is the first commit of the first run, before the duplicates.
     let count_at = |as_of: &str| {
         let out = pinstream("query", dir.path())
-        .args(["--format", "csv", "--as-of", as_of])
+            .args(["--format", "csv", "--as-of", as_of])
             .arg("SELECT COUNT(*) AS n FROM pin")
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .nth(1)
@@ -195,7 +216,11 @@ async fn reports_match_an_independent_computation_and_query_works_as_a_cli() {
     };
     assert_eq!(count_at("0"), 0, "version 0 is the empty table");
     assert!(count_at("1") > 0 && count_at("1") <= 3675);
-    assert_eq!(count_at(&chrono::Utc::now().to_rfc3339()), 4675, "as of now: everything");
+    assert_eq!(
+        count_at(&chrono::Utc::now().to_rfc3339()),
+        4675,
+        "as of now: everything"
+    );
 
     // A bad query: DataFusion's message, exit code 2, no panic.
     let out = pinstream("query", dir.path())

@@ -112,4 +112,37 @@ async fn two_workers_commit_concurrently_to_s3_tables_without_loss_or_duplicates
             "{kind}: rows and distinct keys"
         );
     }
+    // `pinstream query` reads the same tables from S3, and compaction works there too.
+    let ctx = pinstream::query::session(&settings.table_root, None)
+        .await
+        .unwrap();
+    let rows = pinstream::query::run(
+        &ctx,
+        "SELECT COUNT(*), COUNT(DISTINCT _shard_id || '/' || _sequence_number) FROM geo",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        pinstream::query::rows_as_strings(&rows).unwrap(),
+        [[per_stream.to_string(), per_stream.to_string()]]
+    );
+    let mut pin =
+        pinstream::sink::delta::open_or_create(&settings.table_root, "pin", &Kind::Pin.schema())
+            .await
+            .unwrap();
+    let opts = pinstream::maintenance::CompactOptions {
+        target_size: 64 << 20,
+        min_age: Duration::ZERO,
+        min_files: 2,
+    };
+    let c = pinstream::maintenance::compact(&mut pin, &opts)
+        .await
+        .unwrap();
+    assert!(c.files_removed >= 2 && c.files_added == 1, "{c:?}");
+    let out = python(&["-c", COUNT, &format!("s3://{bucket}/pinterest/pin")]);
+    assert_eq!(
+        out,
+        format!("{per_stream} {per_stream}"),
+        "pin after compaction"
+    );
 }
