@@ -57,6 +57,11 @@ pub enum Command {
     ///
     /// `pinstream report --list` lists them.
     Report(ReportArgs),
+    /// Measure: local stack, producer at a rate, 1..N worker processes; throughput,
+    /// arrival-to-commit latency, worker peak RSS and CPU, files written, exactly-once check.
+    ///
+    /// Exits 1 if a record is missing or duplicated in the tables.
+    Loadtest(LoadtestArgs),
     /// Run the whole job locally: emulators, streams, producer, worker, summary.
     ///
     /// Starts kinesalite and dynalite on loopback (installing them on first use), creates
@@ -214,6 +219,37 @@ pub struct ReportArgs {
     /// The report to run (see --list).
     #[arg(required_unless_present = "list")]
     pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadtestArgs {
+    /// Shards per stream.
+    #[arg(long, default_value_t = 2)]
+    pub shards: i32,
+    /// Records per second over all three streams [default: flat out].
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// How long the producer runs.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Worker processes.
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Share of malformed records.
+    #[arg(long, default_value_t = 0.01)]
+    pub dirty_rate: f64,
+    /// Where the run's tables, worker logs and the emulators' state go.
+    #[arg(long, default_value = "pinstream-data")]
+    pub data_dir: PathBuf,
+    /// Give up if the workers have not committed everything this long after the producer stops.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub drain_timeout: std::time::Duration,
+    /// TOML with [flush], [lease], [reader] or [maintenance] settings for the workers.
+    #[arg(long, value_name = "FILE")]
+    pub worker_config: Option<PathBuf>,
+    /// Output of the final report.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub report: ReportFormat,
 }
 
 #[derive(Debug, Args)]

@@ -29,7 +29,8 @@
 //!   questions as named reports.
 //! - [`producer`]: synthetic or replayed load into the streams (PutRecords, retries of
 //!   failed entries only, pacing).
-//! - [`stack`] and [`demo`]: the local emulators and the one-command demo.
+//! - [`stack`], [`demo`] and [`loadtest`]: the local emulators, the one-command demo, and
+//!   the load test that measures worker processes from outside.
 //! - [`cli`]: command-line definitions; `main.rs` parses, dispatches and maps errors to
 //!   exit codes.
 //!
@@ -48,6 +49,7 @@ pub mod fault;
 pub mod kinesis;
 pub mod kpl;
 pub mod lease;
+pub mod loadtest;
 pub mod maintenance;
 pub mod producer;
 pub mod query;

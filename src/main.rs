@@ -283,6 +283,43 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             pinstream::query::write(&batches, args.output.format, &mut std::io::stdout().lock())?;
             Ok(())
         }
+        Command::Loadtest(args) => {
+            let worker_config = match &args.worker_config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                        path: path.clone(),
+                        source: e,
+                    })?;
+                    // Refuse bad keys now, not in every worker.
+                    FileConfig::parse(&text, path)?;
+                    text
+                }
+                None => String::new(),
+            };
+            let opts = pinstream::loadtest::LoadtestOptions {
+                shards: args.shards,
+                rate: args.rate,
+                duration: args.duration,
+                workers: args.workers,
+                dirty_rate: args.dirty_rate,
+                data_dir: args.data_dir,
+                drain_timeout: args.drain_timeout,
+                worker_config,
+            };
+            let report = pinstream::loadtest::run(opts, shutdown).await?;
+            match args.report {
+                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                ReportFormat::Text => print!("{}", pinstream::loadtest::to_text(&report)),
+            }
+            if report.missing > 0 || report.duplicates > 0 {
+                return Err(pinstream::loadtest::LoadtestError::NotExactlyOnce {
+                    missing: report.missing,
+                    duplicates: report.duplicates,
+                }
+                .into());
+            }
+            Ok(())
+        }
         Command::Demo(args) => {
             let opts = demo::DemoOptions {
                 records: args.records,

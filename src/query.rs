@@ -117,7 +117,7 @@ pub async fn session(root: &TableRoot, as_of: Option<&AsOf>) -> Result<SessionCo
 }
 
 /// Opens `name` read-only at `as_of`; `None` when it does not exist (nothing is created).
-async fn open(
+pub(crate) async fn open(
     root: &TableRoot,
     name: &str,
     as_of: Option<&AsOf>,

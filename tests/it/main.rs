@@ -8,6 +8,7 @@ mod flaky;
 mod health;
 mod infra;
 mod leases;
+mod loadtest;
 mod pipeline;
 mod producer;
 mod readers;

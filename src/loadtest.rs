@@ -1,0 +1,452 @@
+//! `pinstream loadtest`: the local stack, run-specific streams of a chosen shard count, the
+//! producer at a target rate (or flat out) for a duration, and 1..N `pinstream run` worker
+//! processes; then a report measured from outside the workers: records/s produced and
+//! committed, end-to-end latency from each record's Kinesis arrival timestamp to the
+//! timestamp of the Delta commit that made it visible (p50/p95/p99), each worker's peak RSS
+//! (`VmHWM`) and CPU seconds (`/proc/PID/stat`), and the Delta files and bytes written.
+//! Every produced record must be in a cleaned or rejects table exactly once, else it fails.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use deltalake::arrow::array::{Array, AsArray};
+use deltalake::DeltaTable;
+use deltalake::arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::aws::AwsClients;
+use crate::clean::Kind;
+use crate::config::TableRoot;
+use crate::producer::{self, ProduceOptions, Source};
+use crate::query;
+use crate::stack::LocalStack;
+
+#[derive(Debug, Clone)]
+pub struct LoadtestOptions {
+    pub shards: i32,
+    /// Records/s over all streams; `None`: flat out.
+    pub rate: Option<f64>,
+    pub duration: Duration,
+    pub workers: usize,
+    pub dirty_rate: f64,
+    pub data_dir: PathBuf,
+    /// How long to wait for the workers to commit everything after the producer stops.
+    pub drain_timeout: Duration,
+    /// Extra TOML for the workers' configuration (e.g. `[flush]` settings).
+    pub worker_config: String,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct WorkerUsage {
+    pub pid: u32,
+    pub peak_rss_mib: f64,
+    pub cpu_seconds: f64,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LoadtestReport {
+    pub shards_per_stream: i32,
+    pub workers: usize,
+    pub produced: u64,
+    pub produce_seconds: f64,
+    pub produced_per_second: f64,
+    pub committed: u64,
+    /// From the first record sent to the last one committed.
+    pub end_to_end_seconds: f64,
+    pub committed_per_second: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p95_ms: f64,
+    pub latency_p99_ms: f64,
+    pub latency_max_ms: f64,
+    pub missing: u64,
+    pub duplicates: u64,
+    pub delta_files: u64,
+    pub delta_bytes: u64,
+    pub worker_usage: Vec<WorkerUsage>,
+    pub cpu_seconds_per_million_records: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadtestError {
+    #[error(transparent)]
+    Stack(#[from] crate::stack::StackError),
+    #[error("the local stack did not export {0}")]
+    Endpoint(&'static str),
+    #[error(transparent)]
+    Kinesis(#[from] crate::aws::ServiceError),
+    #[error(transparent)]
+    Produce(#[from] crate::producer::ProduceError),
+    #[error("{0}")]
+    Io(String),
+    #[error("only {committed} of {produced} records were committed within {timeout:?} after the producer stopped")]
+    Drain {
+        committed: u64,
+        produced: u64,
+        timeout: Duration,
+    },
+    #[error("{missing} records missing and {duplicates} duplicated in the tables")]
+    NotExactlyOnce { missing: u64, duplicates: u64 },
+    #[error("interrupted")]
+    Interrupted,
+}
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> LoadtestError + '_ {
+    move |e| LoadtestError::Io(format!("{what}: {e}"))
+}
+
+pub async fn run(
+    opts: LoadtestOptions,
+    interrupt: CancellationToken,
+) -> Result<LoadtestReport, LoadtestError> {
+    let run_id = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
+    let run_dir = opts.data_dir.join(format!("loadtest-{run_id}"));
+    std::fs::create_dir_all(&run_dir).map_err(io("creating the run directory"))?;
+    eprintln!("loadtest: starting the local stack (kinesalite, dynalite)...");
+    let stack =
+        LocalStack::start(&["kinesalite", "dynalite"], &opts.data_dir.join("stack")).await?;
+    let res = run_on_stack(&opts, &stack, &run_id, &run_dir, interrupt).await;
+    stack.stop().await;
+    res
+}
+
+async fn run_on_stack(
+    opts: &LoadtestOptions,
+    stack: &LocalStack,
+    run_id: &str,
+    run_dir: &Path,
+    interrupt: CancellationToken,
+) -> Result<LoadtestReport, LoadtestError> {
+    let endpoint = |k: &'static str| stack.var(k).ok_or(LoadtestError::Endpoint(k));
+    let (kinesis, dynamodb) = (
+        endpoint("AWS_ENDPOINT_URL_KINESIS")?,
+        endpoint("AWS_ENDPOINT_URL_DYNAMODB")?,
+    );
+    let aws = AwsClients::for_emulators(kinesis, dynamodb).await;
+    let tables = run_dir.join("tables");
+    let streams: Vec<(Kind, String)> = Kind::ALL
+        .iter()
+        .map(|k| (*k, format!("loadtest-{run_id}-{k}")))
+        .collect();
+    for (_, s) in &streams {
+        crate::kinesis::ensure_stream(&aws.kinesis, s, opts.shards, Duration::from_secs(60))
+            .await?;
+    }
+    let config = run_dir.join("worker.toml");
+    let mut toml = format!(
+        "application = \"loadtest-{run_id}\"\ntable_root = \"{}\"\n",
+        tables.display()
+    );
+    toml.push_str(&opts.worker_config);
+    toml.push_str("\n[streams]\n");
+    for (k, s) in &streams {
+        toml.push_str(&format!("{k} = \"{s}\"\n"));
+    }
+    std::fs::write(&config, toml).map_err(io("writing the worker config"))?;
+
+    // Workers: separate processes, so memory and CPU are theirs alone, read from outside.
+    let exe = std::env::current_exe().map_err(io("locating the pinstream binary"))?;
+    let mut children = Vec::new();
+    for i in 0..opts.workers.max(1) {
+        let log = std::fs::File::create(run_dir.join(format!("worker-{i}.log")))
+            .map_err(io("creating a worker log"))?;
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--worker-id")
+            .arg(format!("loadtest-worker-{i}"))
+            .envs(stack.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        children.push(cmd.spawn().map_err(io("starting a worker"))?);
+    }
+    let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
+    eprintln!(
+        "loadtest: {} worker(s) (pids {pids:?}), {} shards per stream, producing {} for {:?}; logs in {}",
+        pids.len(),
+        opts.shards,
+        opts.rate
+            .map(|r| format!("{r:.0} rec/s"))
+            .unwrap_or_else(|| "flat out".into()),
+        opts.duration,
+        run_dir.display()
+    );
+
+    let started = Instant::now();
+    let produce = ProduceOptions {
+        streams: streams.iter().cloned().collect(),
+        source: Source::Synthetic {
+            seed: 7,
+            dirty_rate: opts.dirty_rate,
+        },
+        rate: opts.rate,
+        count: None,
+        duration: Some(opts.duration),
+        partition_key: None,
+        in_flight: 4,
+        progress_every: Some(Duration::from_secs(5)),
+        aggregate: None,
+    };
+    let produced = producer::produce(aws.kinesis.clone(), produce, interrupt.clone()).await?;
+    eprintln!(
+        "loadtest: produced {} records in {:.1}s; waiting for the workers to commit them...",
+        produced.sent, produced.elapsed_seconds
+    );
+
+    // Drain: wait until the tables hold as many rows as were sent.
+    let deadline = Instant::now() + opts.drain_timeout;
+    let mut usage = vec![WorkerUsage::default(); pids.len()];
+    let root = TableRoot::Local(tables.clone());
+    let mut open = HashMap::new();
+    let committed = loop {
+        for (u, pid) in usage.iter_mut().zip(&pids) {
+            if let Some(now) = read_usage(*pid) {
+                *u = now;
+            }
+        }
+        let committed = committed_rows(&root, &mut open).await;
+        if committed >= produced.sent {
+            break committed;
+        }
+        if interrupt.is_cancelled() {
+            return Err(LoadtestError::Interrupted);
+        }
+        if Instant::now() >= deadline {
+            return Err(LoadtestError::Drain {
+                committed,
+                produced: produced.sent,
+                timeout: opts.drain_timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let end_to_end = started.elapsed();
+    for (u, pid) in usage.iter_mut().zip(&pids) {
+        if let Some(now) = read_usage(*pid) {
+            *u = now;
+        }
+    }
+    for pid in &pids {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+    }
+    for mut c in children {
+        let _ = tokio::time::timeout(Duration::from_secs(60), c.wait()).await;
+    }
+
+    let analysis = analyse(&tables).map_err(LoadtestError::Io)?;
+    let missing = produced.sent.saturating_sub(analysis.distinct);
+    let cpu: f64 = usage.iter().map(|u| u.cpu_seconds).sum();
+    let mut lat = analysis.latencies_ms;
+    lat.sort_unstable();
+    let pct = |q: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let rank = ((q * lat.len() as f64).ceil() as usize).clamp(1, lat.len());
+        lat[rank - 1] as f64
+    };
+    let report = LoadtestReport {
+        shards_per_stream: opts.shards,
+        workers: pids.len(),
+        produced: produced.sent,
+        produce_seconds: produced.elapsed_seconds,
+        produced_per_second: produced.records_per_second,
+        committed,
+        end_to_end_seconds: end_to_end.as_secs_f64(),
+        committed_per_second: committed as f64 / end_to_end.as_secs_f64().max(1e-9),
+        latency_p50_ms: pct(0.50),
+        latency_p95_ms: pct(0.95),
+        latency_p99_ms: pct(0.99),
+        latency_max_ms: pct(1.0),
+        missing,
+        duplicates: analysis.duplicates,
+        delta_files: analysis.files,
+        delta_bytes: analysis.bytes,
+        worker_usage: usage,
+        cpu_seconds_per_million_records: cpu / (committed.max(1) as f64 / 1e6),
+    };
+    Ok(report)
+}
+
+/// Rows in the six tables under `root`, from the file statistics in the Delta log (cheap:
+/// the poll must not steal CPU from the workers being measured).
+async fn committed_rows(root: &TableRoot, open: &mut HashMap<&'static str, DeltaTable>) -> u64 {
+    let mut total = 0;
+    for name in query::table_names() {
+        if !open.contains_key(name) {
+            if let Ok(Some(t)) = query::open(root, name, None).await {
+                open.insert(name, t);
+            }
+        }
+        if let Some(t) = open.get_mut(name) {
+            let _ = t.update_state().await;
+            if let Ok(s) = t.snapshot() {
+                total += s
+                    .log_data()
+                    .iter()
+                    .filter_map(|f| f.num_records())
+                    .sum::<usize>() as u64;
+            }
+        }
+    }
+    total
+}
+
+/// Peak RSS and CPU seconds of a live process, from `/proc` (Linux).
+fn read_usage(pid: u32) -> Option<WorkerUsage> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at field 3 (state);
+    // utime and stime are fields 14 and 15, in clock ticks (USER_HZ = 100 on Linux).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(WorkerUsage {
+        pid,
+        peak_rss_mib: hwm_kib / 1024.0,
+        cpu_seconds: ticks / 100.0,
+    })
+}
+
+struct Analysis {
+    distinct: u64,
+    duplicates: u64,
+    files: u64,
+    bytes: u64,
+    latencies_ms: Vec<i64>,
+}
+
+/// Reads every table's log and data files on local disk: each row's key (for exactly-once)
+/// and its latency from arrival to the commit that added its file.
+fn analyse(root: &Path) -> Result<Analysis, String> {
+    // A record's key: its stream (cleaned and rejects tables share one), shard, sequence and
+    // sub-sequence number. Shard ids and sequence numbers repeat across streams.
+    let mut keys: HashSet<(&str, String, String, i64)> = HashSet::new();
+    let mut a = Analysis {
+        distinct: 0,
+        duplicates: 0,
+        files: 0,
+        bytes: 0,
+        latencies_ms: Vec::new(),
+    };
+    for table in query::table_names() {
+        let dir = root.join(table);
+        let stream = table.trim_end_matches("_rejects");
+        let (live, commit_ms) = match log_files(&dir.join("_delta_log")) {
+            Ok(x) => x,
+            Err(_) => continue,
+        };
+        for (path, size) in live {
+            a.files += 1;
+            a.bytes += size;
+            let committed = commit_ms.get(&path).copied();
+            let file = std::fs::File::open(dir.join(&path)).map_err(|e| format!("{path}: {e}"))?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                .and_then(|b| b.build())
+                .map_err(|e| format!("{path}: {e}"))?;
+            for batch in reader {
+                let b = batch.map_err(|e| format!("{path}: {e}"))?;
+                let col = |n: &str| b.column_by_name(n).ok_or(format!("{path}: no column {n}"));
+                let shard = col("_shard_id")?.as_string::<i32>();
+                let seq = col("_sequence_number")?.as_string::<i32>();
+                let sub = col("_sub_sequence_number")?.as_primitive::<Int64Type>();
+                let arrival = col("_approximate_arrival_timestamp")?
+                    .as_primitive::<TimestampMicrosecondType>();
+                for i in 0..b.num_rows() {
+                    let key = (
+                        stream,
+                        shard.value(i).to_owned(),
+                        seq.value(i).to_owned(),
+                        sub.value(i),
+                    );
+                    if !keys.insert(key) {
+                        a.duplicates += 1;
+                    }
+                    if let (Some(c), true) = (committed, arrival.is_valid(i)) {
+                        a.latencies_ms.push(c - arrival.value(i) / 1000);
+                    }
+                }
+            }
+        }
+    }
+    a.distinct = keys.len() as u64;
+    Ok(a)
+}
+
+/// The table's live data files (path, size) from its JSON commits, and the commit
+/// timestamp of each file's `add`. (A loadtest's tables are young: all JSON commits exist.)
+type LiveFiles = (Vec<(String, u64)>, HashMap<String, i64>);
+
+fn log_files(log: &Path) -> std::io::Result<LiveFiles> {
+    let mut versions: Vec<(u64, PathBuf)> = std::fs::read_dir(log)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let v = name.strip_suffix(".json")?.parse().ok()?;
+            Some((v, e.path()))
+        })
+        .collect();
+    versions.sort();
+    let mut live: HashMap<String, u64> = HashMap::new();
+    let mut commit_ms = HashMap::new();
+    for (_, path) in versions {
+        let text = std::fs::read_to_string(path)?;
+        let actions: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        let ts = actions
+            .iter()
+            .find_map(|a| a["commitInfo"]["timestamp"].as_i64())
+            .unwrap_or(0);
+        for a in &actions {
+            if let Some(p) = a["add"]["path"].as_str() {
+                live.insert(p.to_owned(), a["add"]["size"].as_u64().unwrap_or(0));
+                if a["add"]["dataChange"].as_bool() != Some(false) {
+                    commit_ms.insert(p.to_owned(), ts);
+                }
+            }
+            if let Some(p) = a["remove"]["path"].as_str() {
+                live.remove(p);
+            }
+        }
+    }
+    Ok((live.into_iter().collect(), commit_ms))
+}
+
+/// The report as text.
+pub fn to_text(r: &LoadtestReport) -> String {
+    let mut s = format!(
+        "loadtest: {} worker(s), {} shards per stream\n  produced   {:>10} records in {:.1}s ({:.0} rec/s)\n  committed  {:>10} records, {:.0} rec/s end to end ({:.1}s from first send to last commit)\n  latency    arrival -> commit p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n  delta      {} files, {:.1} MiB\n  exactly once: {} missing, {} duplicated\n",
+        r.workers, r.shards_per_stream, r.produced, r.produce_seconds, r.produced_per_second,
+        r.committed, r.committed_per_second, r.end_to_end_seconds,
+        r.latency_p50_ms, r.latency_p95_ms, r.latency_p99_ms, r.latency_max_ms,
+        r.delta_files, r.delta_bytes as f64 / 1048576.0, r.missing, r.duplicates
+    );
+    for u in &r.worker_usage {
+        s.push_str(&format!(
+            "  worker pid {}: peak RSS {:.1} MiB, CPU {:.2} s\n",
+            u.pid, u.peak_rss_mib, u.cpu_seconds
+        ));
+    }
+    s.push_str(&format!(
+        "  worker CPU per million records: {:.1} s\n",
+        r.cpu_seconds_per_million_records
+    ));
+    s
+}

@@ -1,0 +1,50 @@
+//! `pinstream loadtest` end to end on a stack of its own (a second port range): it measures
+//! worker processes from outside and proves exactly once. A short smoke run; the figures in
+//! the README come from longer runs of the same command.
+
+use std::process::Command;
+
+#[test]
+fn loadtest_reports_throughput_latency_memory_and_exactly_once() {
+    let dir = crate::support::tempdir();
+    // Its own emulators, beside the suite's: the base port of the suite's stack + 10.
+    let base: u16 = std::env::var("PINSTREAM_STACK_PORT_BASE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(14566);
+    let out = Command::new(env!("CARGO_BIN_EXE_pinstream"))
+        .args([
+            "loadtest",
+            "--duration",
+            "3s",
+            "--rate",
+            "600",
+            "--shards",
+            "1",
+            "--workers",
+            "2",
+            "--report",
+            "json",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("PINSTREAM_STACK_PORT_BASE", (base + 10).to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "loadtest failed: {stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let produced = r["produced"].as_u64().unwrap();
+    assert!(produced >= 1500, "about 600 rec/s for 3 s: {r}");
+    assert_eq!(r["committed"].as_u64(), Some(produced), "{r}");
+    assert_eq!((r["missing"].as_u64(), r["duplicates"].as_u64()), (Some(0), Some(0)));
+    assert!(r["latency_p50_ms"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["latency_p99_ms"].as_f64() >= r["latency_p50_ms"].as_f64(), "{r}");
+    assert!(r["delta_files"].as_u64().unwrap() > 0 && r["delta_bytes"].as_u64().unwrap() > 0);
+    let usage = r["worker_usage"].as_array().unwrap();
+    assert_eq!(usage.len(), 2, "{r}");
+    for u in usage {
+        assert!(u["peak_rss_mib"].as_f64().unwrap() > 1.0, "{u}");
+        assert!(u["cpu_seconds"].as_f64().unwrap() > 0.0, "{u}");
+    }
+}
