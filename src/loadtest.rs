@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use deltalake::arrow::array::{Array, AsArray};
-use deltalake::DeltaTable;
 use deltalake::arrow::datatypes::{Int64Type, TimestampMicrosecondType};
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use deltalake::DeltaTable;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 

@@ -37,9 +37,15 @@ fn loadtest_reports_throughput_latency_memory_and_exactly_once() {
     let produced = r["produced"].as_u64().unwrap();
     assert!(produced >= 1500, "about 600 rec/s for 3 s: {r}");
     assert_eq!(r["committed"].as_u64(), Some(produced), "{r}");
-    assert_eq!((r["missing"].as_u64(), r["duplicates"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (r["missing"].as_u64(), r["duplicates"].as_u64()),
+        (Some(0), Some(0))
+    );
     assert!(r["latency_p50_ms"].as_f64().unwrap() > 0.0, "{r}");
-    assert!(r["latency_p99_ms"].as_f64() >= r["latency_p50_ms"].as_f64(), "{r}");
+    assert!(
+        r["latency_p99_ms"].as_f64() >= r["latency_p50_ms"].as_f64(),
+        "{r}"
+    );
     assert!(r["delta_files"].as_u64().unwrap() > 0 && r["delta_bytes"].as_u64().unwrap() > 0);
     let usage = r["worker_usage"].as_array().unwrap();
     assert_eq!(usage.len(), 2, "{r}");
