@@ -225,5 +225,9 @@ async fn run_on_stack(
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "python3".into());
     println!("  read one back: {python} -c \"import deltalake; print(deltalake.DeltaTable('{}/pin').to_pyarrow_table().num_rows)\"", abs.display());
+    println!(
+        "  query them:    cargo run -- report category-by-country --table-root {}   (or: query \"SELECT ...\"; report --list)",
+        abs.display()
+    );
     Ok(())
 }
