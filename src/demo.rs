@@ -11,7 +11,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::aws::AwsClients;
 use crate::clean::Kind;
 use crate::config::{FileConfig, Overrides, Settings};
 use crate::producer::{self, ProduceOptions, Source};
@@ -32,8 +31,6 @@ pub struct DemoOptions {
 pub enum DemoError {
     #[error(transparent)]
     Stack(#[from] crate::stack::StackError),
-    #[error("the local stack did not export {0}")]
-    Endpoint(&'static str),
     #[error(transparent)]
     Kinesis(#[from] crate::aws::ServiceError),
     #[error(transparent)]
@@ -75,13 +72,7 @@ async fn run_on_stack(
     run_dir: &std::path::Path,
     interrupt: CancellationToken,
 ) -> Result<(), DemoError> {
-    let kinesis = stack
-        .var("AWS_ENDPOINT_URL_KINESIS")
-        .ok_or(DemoError::Endpoint("AWS_ENDPOINT_URL_KINESIS"))?;
-    let dynamodb = stack
-        .var("AWS_ENDPOINT_URL_DYNAMODB")
-        .ok_or(DemoError::Endpoint("AWS_ENDPOINT_URL_DYNAMODB"))?;
-    let aws = AwsClients::for_emulators(kinesis, dynamodb).await;
+    let aws = stack.aws().await?;
     let tables = run_dir.join("tables");
     let overrides = Overrides {
         application: Some(format!("pinstream-demo-{run_id}")),

@@ -17,7 +17,6 @@ use deltalake::DeltaTable;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::aws::AwsClients;
 use crate::clean::Kind;
 use crate::config::TableRoot;
 use crate::producer::{self, ProduceOptions, Source};
@@ -73,8 +72,6 @@ pub struct LoadtestReport {
 pub enum LoadtestError {
     #[error(transparent)]
     Stack(#[from] crate::stack::StackError),
-    #[error("the local stack did not export {0}")]
-    Endpoint(&'static str),
     #[error(transparent)]
     Kinesis(#[from] crate::aws::ServiceError),
     #[error(transparent)]
@@ -119,12 +116,7 @@ async fn run_on_stack(
     run_dir: &Path,
     interrupt: CancellationToken,
 ) -> Result<LoadtestReport, LoadtestError> {
-    let endpoint = |k: &'static str| stack.var(k).ok_or(LoadtestError::Endpoint(k));
-    let (kinesis, dynamodb) = (
-        endpoint("AWS_ENDPOINT_URL_KINESIS")?,
-        endpoint("AWS_ENDPOINT_URL_DYNAMODB")?,
-    );
-    let aws = AwsClients::for_emulators(kinesis, dynamodb).await;
+    let aws = stack.aws().await?;
     let tables = run_dir.join("tables");
     let streams: Vec<(Kind, String)> = Kind::ALL
         .iter()
@@ -313,7 +305,7 @@ fn read_usage(pid: u32) -> Option<WorkerUsage> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) start at field 3 (state);
     // utime and stime are fields 14 and 15, in clock ticks (USER_HZ = 100 on Linux).
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(WorkerUsage {

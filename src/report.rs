@@ -33,15 +33,26 @@ pub struct Report {
     pub sql: &'static str,
 }
 
-/// One row per `ind` for each table (see the module docs), as CTEs `p`, `g` and `u`, and the
-/// age group expression.
+/// The rows of `$table` that arrived first for their `ind` (see the module docs).
+macro_rules! first_per_ind {
+    ($table:literal) => {
+        concat!(
+            "SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY ind ORDER BY _approximate_arrival_timestamp, _shard_id, _sequence_number, _sub_sequence_number) AS _first FROM ",
+            $table,
+            ") WHERE _first = 1"
+        )
+    };
+}
+
+/// One row per `ind` for each table, as CTEs `p`, `g` and `u` (with its age group), then
+/// the report's own CTEs and query.
 macro_rules! with_dedup {
     ($body:literal) => {
         concat!(
-            "WITH p AS (SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY ind ORDER BY _approximate_arrival_timestamp, _shard_id, _sequence_number, _sub_sequence_number) AS _first FROM pin) WHERE _first = 1),\n",
-            "g AS (SELECT * FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY ind ORDER BY _approximate_arrival_timestamp, _shard_id, _sequence_number, _sub_sequence_number) AS _first FROM geo) WHERE _first = 1),\n",
+            "WITH p AS (", first_per_ind!("pin"), "),\n",
+            "g AS (", first_per_ind!("geo"), "),\n",
             "u AS (SELECT *, CASE WHEN age BETWEEN 18 AND 24 THEN '18-24' WHEN age BETWEEN 25 AND 35 THEN '25-35' WHEN age BETWEEN 36 AND 50 THEN '36-50' WHEN age > 50 THEN '+50' END AS age_group\n",
-            "      FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY ind ORDER BY _approximate_arrival_timestamp, _shard_id, _sequence_number, _sub_sequence_number) AS _first FROM \"user\") WHERE _first = 1),\n",
+            "      FROM (", first_per_ind!("\"user\""), ")),\n",
             $body
         )
     };

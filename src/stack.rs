@@ -1,4 +1,5 @@
-//! The local AWS-compatible stack, driven from Rust for `pinstream demo`: runs
+//! The local AWS-compatible stack, driven from Rust for `pinstream demo` and
+//! `pinstream loadtest`: runs
 //! `infra/local/start.sh` (which installs, starts and waits for the emulators) and
 //! `infra/local/stop.sh` for exactly the servers this call started.
 
@@ -17,6 +18,8 @@ pub enum StackError {
         script: String,
         source: std::io::Error,
     },
+    #[error("the local stack did not export {0}")]
+    MissingExport(&'static str),
     #[error("local stack did not start (exit {code:?}); see the lines above")]
     Failed { code: Option<i32> },
 }
@@ -91,6 +94,16 @@ impl LocalStack {
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
+    }
+
+    /// Clients for the stack's Kinesis and DynamoDB endpoints.
+    pub async fn aws(&self) -> Result<crate::aws::AwsClients, StackError> {
+        let var = |k: &'static str| self.var(k).ok_or(StackError::MissingExport(k));
+        let (kinesis, dynamodb) = (
+            var("AWS_ENDPOINT_URL_KINESIS")?,
+            var("AWS_ENDPOINT_URL_DYNAMODB")?,
+        );
+        Ok(crate::aws::AwsClients::for_emulators(kinesis, dynamodb).await)
     }
 
     /// Stops the servers this stack started (none if it reused running ones).

@@ -1,10 +1,6 @@
 //! The binary as a user meets it: help, and bad configuration refused at start.
 
-use std::process::Command;
-
-fn pinstream() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_pinstream"))
-}
+use crate::support::pinstream;
 
 #[test]
 fn help_explains_every_command() {

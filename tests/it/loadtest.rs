@@ -2,8 +2,6 @@
 //! worker processes from outside and proves exactly once. A short smoke run; the figures in
 //! the README come from longer runs of the same command.
 
-use std::process::Command;
-
 #[test]
 fn loadtest_reports_throughput_latency_memory_and_exactly_once() {
     let dir = crate::support::tempdir();
@@ -12,7 +10,7 @@ fn loadtest_reports_throughput_latency_memory_and_exactly_once() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(14566);
-    let out = Command::new(env!("CARGO_BIN_EXE_pinstream"))
+    let out = crate::support::pinstream()
         .args([
             "loadtest",
             "--duration",

@@ -1,8 +1,6 @@
 //! The tables pinstream writes are plain Delta: Python `deltalake` and `polars` (from the
 //! project's own venv, made by infra/local/start.sh) read them with the right schema and rows.
 
-use std::process::Command;
-
 use pinstream::clean::Kind;
 use pinstream::producer::{self};
 use pinstream::worker::{self};
@@ -61,18 +59,11 @@ async fn python_deltalake_and_polars_read_the_tables() {
     let summary = worker::run(settings, aws, run, CancellationToken::new())
         .await
         .unwrap();
-    let out = Command::new(&python)
-        .arg("-c")
-        .arg(CHECK)
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "python readers failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = support::run_python(&[
+        std::ffi::OsStr::new("-c"),
+        std::ffi::OsStr::new(CHECK),
+        dir.path().as_os_str(),
+    ]);
     for kind in Kind::ALL {
         for table in [kind.name(), kind.rejects_table()] {
             assert!(

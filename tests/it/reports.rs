@@ -41,7 +41,7 @@ async fn replay(
 
 /// `pinstream COMMAND --table-root ROOT`.
 fn pinstream(command: &str, root: &std::path::Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pinstream"));
+    let mut c = support::pinstream();
     c.arg(command).arg("--table-root").arg(root);
     c
 }
@@ -77,18 +77,9 @@ async fn reports_match_an_independent_computation_and_query_works_as_a_cli() {
     let summary = run(settings.clone()).await;
     assert_eq!(summary.rows["pin"], 1000, "the duplicates landed as rows");
 
-    let python = Command::new(support::python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/reports.py"))
-        .arg(support::shared_data())
-        .output()
-        .unwrap();
-    assert!(
-        python.status.success(),
-        "{}",
-        String::from_utf8_lossy(&python.stderr)
-    );
-    let expected: BTreeMap<String, Vec<Vec<String>>> =
-        serde_json::from_slice(&python.stdout).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/reports.py");
+    let python = support::run_python(&[script, support::shared_data()]);
+    let expected: BTreeMap<String, Vec<Vec<String>>> = serde_json::from_str(&python).unwrap();
 
     let ctx = query::session(&settings.table_root, None).await.unwrap();
     let pins = query::run(

@@ -1,7 +1,6 @@
 //! Tables on S3 (moto server, conditional-put commits): two workers committing to the same
 //! tables at once lose nothing and duplicate nothing. Read back with Python `deltalake`.
 
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,23 +24,13 @@ print(t.num_rows, len(keys), flush=True)
 os._exit(0)
 "#;
 
-fn python(args: &[&str]) -> String {
-    let out = Command::new(support::python()).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_commit_concurrently_to_s3_tables_without_loss_or_duplicates() {
     let endpoint =
         std::env::var("AWS_ENDPOINT_URL_S3").expect("moto runs under infra/local/with-stack.sh");
     let aws = support::aws().await;
     let bucket = support::unique("lake").to_lowercase();
-    python(&[
+    support::run_python(&[
         "-c",
         "import sys, boto3; boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1', aws_access_key_id='test', aws_secret_access_key='test').create_bucket(Bucket=sys.argv[2])",
         &endpoint,
@@ -101,7 +90,7 @@ async fn two_workers_commit_concurrently_to_s3_tables_without_loss_or_duplicates
     }
     assert!(commits >= 2);
     for kind in Kind::ALL {
-        let out = python(&[
+        let out = support::run_python(&[
             "-c",
             COUNT,
             &format!("s3://{bucket}/pinterest/{}", kind.name()),
@@ -139,7 +128,7 @@ async fn two_workers_commit_concurrently_to_s3_tables_without_loss_or_duplicates
         .await
         .unwrap();
     assert!(c.files_removed >= 2 && c.files_added == 1, "{c:?}");
-    let out = python(&["-c", COUNT, &format!("s3://{bucket}/pinterest/pin")]);
+    let out = support::run_python(&["-c", COUNT, &format!("s3://{bucket}/pinterest/pin")]);
     assert_eq!(
         out,
         format!("{per_stream} {per_stream}"),

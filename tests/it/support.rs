@@ -206,3 +206,24 @@ pub fn shared_data() -> PathBuf {
 pub fn python() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("infra/local/.venv/bin/python")
 }
+
+/// Runs the project's Python with `args`, panics with its stderr unless it succeeds, and
+/// returns its stdout, trimmed.
+pub fn run_python<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let out = std::process::Command::new(python())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// The `pinstream` binary this test run built.
+pub fn pinstream() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_pinstream"))
+}
