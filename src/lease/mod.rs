@@ -316,24 +316,25 @@ mod tests {
 
     const F: Duration = Duration::from_secs(10);
 
-    #[tokio::test(start_paused = true)]
-    async fn expiry_follows_the_local_monotonic_clock() {
+    #[test]
+    fn expiry_follows_the_local_monotonic_clock() {
         let mut t = ExpiryTracker::default();
         let mut leases = vec![lease("s0", Some("w1"), 5)];
-        t.observe(&leases, Instant::now());
-        tokio::time::advance(Duration::from_secs(9)).await;
-        t.observe(&leases, Instant::now());
-        assert!(!t.is_expired(&leases[0], Instant::now(), F));
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(t.is_expired(&leases[0], Instant::now(), F));
+        let start = Instant::now();
+        t.observe(&leases, start);
+        let now = start + Duration::from_secs(9);
+        t.observe(&leases, now);
+        assert!(!t.is_expired(&leases[0], now, F));
+        let now = now + Duration::from_secs(1);
+        assert!(t.is_expired(&leases[0], now, F));
         // A renewal (counter moved) resets the clock.
         leases[0].counter = 6;
-        t.observe(&leases, Instant::now());
-        assert!(!t.is_expired(&leases[0], Instant::now(), F));
+        t.observe(&leases, now);
+        assert!(!t.is_expired(&leases[0], now, F));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn takes_free_leases_up_to_the_fair_share() {
+    #[test]
+    fn takes_free_leases_up_to_the_fair_share() {
         let t = ExpiryTracker::default();
         let leases = vec![
             lease("s0", Some("w1"), 1),
@@ -353,8 +354,8 @@ mod tests {
         );
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn children_wait_for_their_parents() {
+    #[test]
+    fn children_wait_for_their_parents() {
         let t = ExpiryTracker::default();
         let mut parent = lease("s0", None, 0);
         let mut child = lease("s1", None, 0);
@@ -374,15 +375,16 @@ mod tests {
         assert_eq!(take, vec!["s1"]);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn expired_leases_are_taken_live_ones_are_not() {
+    #[test]
+    fn expired_leases_are_taken_live_ones_are_not() {
         let mut t = ExpiryTracker::default();
         let leases = vec![lease("s0", Some("dead"), 3), lease("s1", Some("alive"), 3)];
-        t.observe(&leases, Instant::now());
-        tokio::time::advance(F).await;
+        let start = Instant::now();
+        t.observe(&leases, start);
+        let now = start + F;
         let renewed = vec![leases[0].clone(), lease("s1", Some("alive"), 4)];
-        t.observe(&renewed, Instant::now());
-        let take = leases_to_take(&renewed, "me", &t, Instant::now(), F, false);
+        t.observe(&renewed, now);
+        let take = leases_to_take(&renewed, "me", &t, now, F, false);
         assert_eq!(take.len(), 1);
         assert_eq!(
             (take[0].0.shard_id.as_str(), take[0].1),
@@ -396,8 +398,8 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_new_worker_steals_one_per_cycle_from_the_most_loaded() {
+    #[test]
+    fn a_new_worker_steals_one_per_cycle_from_the_most_loaded() {
         let t = ExpiryTracker::default();
         // 12 leases: a holds 8, b holds 4; "me" joins: target ceil(12/3) = 4.
         let mut leases = owned(8, "a", 0);
@@ -412,8 +414,8 @@ mod tests {
         assert!(leases_to_take(&leases, "me", &t, Instant::now(), F, true).is_empty());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn balanced_assignments_do_not_flap() {
+    #[test]
+    fn balanced_assignments_do_not_flap() {
         let t = ExpiryTracker::default();
         // 13 leases over 3 workers: 5, 4, 4 is as fair as it gets; nobody takes anything.
         let mut leases = owned(5, "a", 0);
@@ -429,8 +431,8 @@ mod tests {
 
     /// Simulates workers taking turns until nothing changes: every worker ends with
     /// floor(S/W) or ceil(S/W) leases, in a bounded number of cycles.
-    #[tokio::test(start_paused = true)]
-    async fn repeated_cycles_converge_to_floor_or_ceil() {
+    #[test]
+    fn repeated_cycles_converge_to_floor_or_ceil() {
         let t = ExpiryTracker::default();
         for (shards, workers) in [(12usize, 3usize), (13, 3), (7, 4), (20, 6)] {
             let names: Vec<String> = (0..workers).map(|i| format!("w{i}")).collect();
