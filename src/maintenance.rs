@@ -113,7 +113,8 @@ pub async fn compact(
     let mut report = Compaction::default();
     let mut actions = Vec::new();
     for bin in &bins {
-        let mut writer = RecordBatchWriter::for_table(table)?;
+        let mut writer = RecordBatchWriter::for_table(table)?
+            .with_writer_properties(crate::sink::delta::writer_properties());
         for f in bin {
             let bytes = store
                 .get_opts(&f.object_store_path(), Default::default())

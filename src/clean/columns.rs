@@ -5,13 +5,12 @@
 use deltalake::arrow::array::{ArrayRef, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
 use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
-use serde_json::{Map, Value};
 use std::sync::Arc;
 
 use super::geo::{GeoColumns, GeoRow};
 use super::pin::{PinColumns, PinRow};
 use super::user::{UserColumns, UserRow};
-use super::{Kind, RecordMeta, Reject};
+use super::{Kind, Object, RecordMeta, Reject};
 
 /// The `_` metadata columns, shared by cleaned and rejects tables.
 pub(super) struct MetaColumns {
@@ -91,7 +90,7 @@ impl TableColumns {
     }
 
     /// Cleans `obj` and appends it, or returns why it cannot be cleaned (nothing appended).
-    pub fn push(&mut self, obj: &Map<String, Value>, meta: &RecordMeta<'_>) -> Result<(), Reject> {
+    pub fn push(&mut self, obj: &Object<'_>, meta: &RecordMeta<'_>) -> Result<(), Reject> {
         match &mut self.cols {
             KindColumns::Pin(c) => c.append(PinRow::parse(obj)?),
             KindColumns::Geo(c) => c.append(GeoRow::parse(obj)?),

@@ -1,27 +1,26 @@
 //! The `geo` operator: where each post was made. `coordinates = [latitude, longitude]`,
 //! `timestamp` to microsecond UTC.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
+use super::{field, required_key, schema, values, Object, Reject};
 use deltalake::arrow::array::{
     ArrayRef, Float64Builder, Int64Builder, ListBuilder, StringBuilder, TimestampMicrosecondBuilder,
 };
-use serde_json::{Map, Value};
-
-use super::{field, required_key, schema, values, Reject};
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct GeoRow {
+pub struct GeoRow<'a> {
     pub ind: i64,
-    pub country: Option<String>,
+    pub country: Option<Cow<'a, str>>,
     /// `None` when both latitude and longitude are absent; otherwise both positions, each
     /// null when its input was.
     pub coordinates: Option<[Option<f64>; 2]>,
     pub timestamp: Option<i64>,
 }
 
-impl GeoRow {
-    pub fn parse(obj: &Map<String, Value>) -> Result<Self, Reject> {
+impl<'a> GeoRow<'a> {
+    pub fn parse(obj: &'a Object<'_>) -> Result<Self, Reject> {
         let ind = required_key(obj, "ind")?;
         let lat = field(obj, "latitude", values::float)?;
         let lon = field(obj, "longitude", values::float)?;
@@ -54,7 +53,7 @@ impl Default for GeoColumns {
 }
 
 impl GeoColumns {
-    pub fn append(&mut self, r: GeoRow) {
+    pub fn append(&mut self, r: GeoRow<'_>) {
         self.ind.append_value(r.ind);
         self.country.append_option(r.country);
         match r.coordinates {
@@ -77,11 +76,21 @@ impl GeoColumns {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clean::parse_object;
     use crate::clean::RejectReason;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
-    fn parse(v: Value) -> Result<GeoRow, Reject> {
-        GeoRow::parse(v.as_object().unwrap())
+    /// Cleans `v` as the worker would: from its JSON text.
+    fn parse(v: Value) -> Result<GeoRow<'static>, Reject> {
+        let text = serde_json::to_vec(&v).unwrap();
+        let obj = parse_object(&text).unwrap();
+        let r = GeoRow::parse(&obj)?;
+        Ok(GeoRow {
+            ind: r.ind,
+            country: r.country.map(|c| Cow::Owned(c.into_owned())),
+            coordinates: r.coordinates,
+            timestamp: r.timestamp,
+        })
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod columns;
 mod geo;
+pub mod json;
 mod pin;
 mod rejects;
 pub mod schema;
@@ -16,9 +17,9 @@ pub mod values;
 use std::fmt;
 
 use deltalake::arrow::datatypes::SchemaRef;
-use serde_json::{Map, Value};
 
 pub use columns::TableColumns;
+pub use json::{Field, Object};
 pub use rejects::RejectsColumns;
 use values::ValueError;
 
@@ -144,16 +145,16 @@ impl Reject {
 }
 
 /// Converts one field, naming it in the reject when it cannot be converted.
-fn field<T>(
-    obj: &Map<String, Value>,
+fn field<'v, 'a, T>(
+    obj: &'v Object<'a>,
     name: &'static str,
-    convert: impl FnOnce(Option<&Value>) -> Result<T, ValueError>,
+    convert: impl FnOnce(Option<&'v Field<'a>>) -> Result<T, ValueError>,
 ) -> Result<T, Reject> {
     convert(obj.get(name)).map_err(|e| Reject::value(name, e))
 }
 
 /// The required integer key (`index` for pin, `ind` for geo and user).
-fn required_key(obj: &Map<String, Value>, name: &'static str) -> Result<i64, Reject> {
+fn required_key(obj: &Object<'_>, name: &'static str) -> Result<i64, Reject> {
     match values::integer(obj.get(name)) {
         Ok(Some(v)) => Ok(v),
         Ok(None) => Err(Reject::new(
@@ -169,8 +170,9 @@ fn required_key(obj: &Map<String, Value>, name: &'static str) -> Result<i64, Rej
     }
 }
 
-/// Parses record data into a JSON object, or says why it is not one.
-pub fn parse_object(data: &[u8]) -> Result<Map<String, Value>, Reject> {
+/// Parses record data into a JSON object (borrowing from `data`), or says why it is not
+/// one.
+pub fn parse_object(data: &[u8]) -> Result<Object<'_>, Reject> {
     let text = std::str::from_utf8(data).map_err(|e| {
         Reject::new(
             RejectReason::InvalidUtf8,
@@ -178,29 +180,18 @@ pub fn parse_object(data: &[u8]) -> Result<Map<String, Value>, Reject> {
             format!("data is not UTF-8: {e}"),
         )
     })?;
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(other) => Err(Reject::new(
+    match json::parse(text) {
+        Ok(json::TopLevel::Object(obj)) => Ok(obj),
+        Ok(json::TopLevel::Other(kind)) => Err(Reject::new(
             RejectReason::NotAnObject,
             None,
-            format!("expected a JSON object, got {}", json_type(&other)),
+            format!("expected a JSON object, got {kind}"),
         )),
         Err(e) => Err(Reject::new(
             RejectReason::InvalidJson,
             None,
             format!("invalid JSON: {e}"),
         )),
-    }
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 
@@ -229,7 +220,7 @@ mod properties {
     use super::*;
     use proptest::collection::{btree_map, vec};
     use proptest::prelude::*;
-    use serde_json::json;
+    use serde_json::{json, Map, Value};
 
     fn leaf() -> impl Strategy<Value = Value> {
         prop_oneof![
@@ -322,6 +313,20 @@ mod properties {
             prop_assert_eq!(res, res2);
             prop_assert_eq!(rows, rows2);
             prop_assert_eq!(rejects, rejects2);
+        }
+
+        /// The borrowed parse sees exactly what `serde_json::Value` sees, key by key.
+        #[test]
+        fn borrowed_objects_agree_with_value(obj in object()) {
+            let text = serde_json::to_vec(&Value::Object(obj)).unwrap();
+            let parsed = parse_object(&text).unwrap();
+            // The reference is serde_json's own parse of the same text (floats need not
+            // round-trip exactly through text without serde_json's `float_roundtrip`).
+            let reference: Map<String, Value> = serde_json::from_slice(&text).unwrap();
+            prop_assert_eq!(parsed.len(), reference.len());
+            for (k, v) in &reference {
+                prop_assert_eq!(parsed.get(k), Some(&Field::from_value(v)));
+            }
         }
 
         /// Arbitrary bytes never panic and never vanish.

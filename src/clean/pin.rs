@@ -1,32 +1,31 @@
 //! The `pin` operator: posts. Rules 1-7 of the pin section of the cleaning contract.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
+use super::{field, required_key, values, Object, Reject};
 use deltalake::arrow::array::{ArrayRef, Int64Builder, StringBuilder};
-use serde_json::{Map, Value};
 
-use super::{field, required_key, values, Reject};
-
-/// One cleaned pin row, columns in table order.
+/// One cleaned pin row, columns in table order; text borrowed from the record.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PinRow {
+pub struct PinRow<'a> {
     pub ind: i64,
-    pub unique_id: Option<String>,
-    pub title: Option<String>,
-    pub description: Option<String>,
+    pub unique_id: Option<Cow<'a, str>>,
+    pub title: Option<Cow<'a, str>>,
+    pub description: Option<Cow<'a, str>>,
     pub follower_count: Option<i64>,
-    pub poster_name: Option<String>,
-    pub tag_list: Option<String>,
-    pub is_image_or_video: Option<String>,
-    pub image_src: Option<String>,
-    pub save_location: Option<String>,
-    pub category: Option<String>,
+    pub poster_name: Option<Cow<'a, str>>,
+    pub tag_list: Option<Cow<'a, str>>,
+    pub is_image_or_video: Option<Cow<'a, str>>,
+    pub image_src: Option<Cow<'a, str>>,
+    pub save_location: Option<Cow<'a, str>>,
+    pub category: Option<Cow<'a, str>>,
 }
 
 const SAVE_PREFIX: &str = "Local save in ";
 
-impl PinRow {
-    pub fn parse(obj: &Map<String, Value>) -> Result<Self, Reject> {
+impl<'a> PinRow<'a> {
+    pub fn parse(obj: &'a Object<'_>) -> Result<Self, Reject> {
         let t = |name: &'static str, placeholders: &'static [&'static str]| {
             field(obj, name, |v| values::text(v, placeholders))
         };
@@ -46,10 +45,19 @@ impl PinRow {
             tag_list: t("tag_list", &["N,o, ,T,a,g,s, ,A,v,a,i,l,a,b,l,e"])?,
             is_image_or_video: t("is_image_or_video", &[])?,
             image_src: t("image_src", &["Image src error."])?,
-            save_location: t("save_location", &[])?
-                .map(|s| s.strip_prefix(SAVE_PREFIX).map(str::to_owned).unwrap_or(s)),
+            save_location: t("save_location", &[])?.map(strip_save_prefix),
             category: t("category", &[])?,
         })
+    }
+}
+
+fn strip_save_prefix(s: Cow<'_, str>) -> Cow<'_, str> {
+    match s {
+        Cow::Borrowed(b) => Cow::Borrowed(b.strip_prefix(SAVE_PREFIX).unwrap_or(b)),
+        Cow::Owned(o) => match o.strip_prefix(SAVE_PREFIX) {
+            Some(rest) => Cow::Owned(rest.to_owned()),
+            None => Cow::Owned(o),
+        },
     }
 }
 
@@ -69,7 +77,7 @@ pub struct PinColumns {
 }
 
 impl PinColumns {
-    pub fn append(&mut self, r: PinRow) {
+    pub fn append(&mut self, r: PinRow<'_>) {
         self.ind.append_value(r.ind);
         self.unique_id.append_option(r.unique_id);
         self.title.append_option(r.title);
@@ -103,11 +111,33 @@ impl PinColumns {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clean::parse_object;
     use crate::clean::RejectReason;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
-    fn parse(v: Value) -> Result<PinRow, Reject> {
-        PinRow::parse(v.as_object().unwrap())
+    /// Cleans `v` as the worker would: from its JSON text.
+    fn parse(v: Value) -> Result<PinRow<'static>, Reject> {
+        let text = serde_json::to_vec(&v).unwrap();
+        let obj = parse_object(&text).unwrap();
+        let row = PinRow::parse(&obj)?;
+        Ok(owned(row))
+    }
+
+    fn owned(r: PinRow<'_>) -> PinRow<'static> {
+        let o = |c: Option<Cow<'_, str>>| c.map(|c| Cow::Owned(c.into_owned()));
+        PinRow {
+            ind: r.ind,
+            unique_id: o(r.unique_id),
+            title: o(r.title),
+            description: o(r.description),
+            follower_count: r.follower_count,
+            poster_name: o(r.poster_name),
+            tag_list: o(r.tag_list),
+            is_image_or_video: o(r.is_image_or_video),
+            image_src: o(r.image_src),
+            save_location: o(r.save_location),
+            category: o(r.category),
+        }
     }
 
     #[test]

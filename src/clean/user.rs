@@ -1,28 +1,27 @@
 //! The `user` operator: who made each post. `user_name` from first and last name, `age`
 //! as an integer, `date_joined` to microsecond UTC.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
+use super::{field, required_key, values, Object, Reject};
 use deltalake::arrow::array::{ArrayRef, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
-use serde_json::{Map, Value};
-
-use super::{field, required_key, values, Reject};
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct UserRow {
+pub struct UserRow<'a> {
     pub ind: i64,
-    pub user_name: Option<String>,
+    pub user_name: Option<Cow<'a, str>>,
     pub age: Option<i64>,
     pub date_joined: Option<i64>,
 }
 
-impl UserRow {
-    pub fn parse(obj: &Map<String, Value>) -> Result<Self, Reject> {
+impl<'a> UserRow<'a> {
+    pub fn parse(obj: &'a Object<'_>) -> Result<Self, Reject> {
         let ind = required_key(obj, "ind")?;
         let first = field(obj, "first_name", |v| values::text(v, &[]))?;
         let last = field(obj, "last_name", |v| values::text(v, &[]))?;
         let user_name = match (first, last) {
-            (Some(f), Some(l)) => Some(format!("{f} {l}")),
+            (Some(f), Some(l)) => Some(Cow::Owned(format!("{f} {l}"))),
             (one, other) => one.or(other),
         };
         Ok(UserRow {
@@ -53,7 +52,7 @@ impl Default for UserColumns {
 }
 
 impl UserColumns {
-    pub fn append(&mut self, r: UserRow) {
+    pub fn append(&mut self, r: UserRow<'_>) {
         self.ind.append_value(r.ind);
         self.user_name.append_option(r.user_name);
         self.age.append_option(r.age);
@@ -73,17 +72,22 @@ impl UserColumns {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clean::parse_object;
     use crate::clean::RejectReason;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    /// Cleans `v` as the worker would (from its JSON text); the row without borrows.
+    fn parse(v: Value) -> Result<(Option<String>, Option<i64>, Option<i64>), Reject> {
+        let text = serde_json::to_vec(&v).unwrap();
+        let obj = parse_object(&text).unwrap();
+        let r = UserRow::parse(&obj)?;
+        Ok((r.user_name.map(Cow::into_owned), r.age, r.date_joined))
+    }
 
     fn name(first: Value, last: Value) -> Option<String> {
-        UserRow::parse(
-            json!({"ind": 1, "first_name": first, "last_name": last})
-                .as_object()
-                .unwrap(),
-        )
-        .unwrap()
-        .user_name
+        parse(json!({"ind": 1, "first_name": first, "last_name": last}))
+            .unwrap()
+            .0
     }
 
     #[test]
@@ -102,20 +106,16 @@ mod tests {
 
     #[test]
     fn age_and_date_joined() {
-        let r = UserRow::parse(
-            json!({"ind": 0, "age": "20", "date_joined": "2015-10-21 21:26:45"})
-                .as_object()
-                .unwrap(),
-        )
-        .unwrap();
-        assert_eq!(r.age, Some(20));
-        assert_eq!(r.date_joined, Some(1_445_462_805_000_000));
-        let e = UserRow::parse(json!({"ind": 0, "age": "old"}).as_object().unwrap()).unwrap_err();
+        let (_, age, date_joined) =
+            parse(json!({"ind": 0, "age": "20", "date_joined": "2015-10-21 21:26:45"})).unwrap();
+        assert_eq!(age, Some(20));
+        assert_eq!(date_joined, Some(1_445_462_805_000_000));
+        let e = parse(json!({"ind": 0, "age": "old"})).unwrap_err();
         assert_eq!(
             (e.reason, e.field),
             (RejectReason::InvalidValue, Some("age"))
         );
-        let e = UserRow::parse(json!({"ind": 0, "age": 30.5}).as_object().unwrap()).unwrap_err();
+        let e = parse(json!({"ind": 0, "age": 30.5})).unwrap_err();
         assert_eq!(e.field, Some("age"));
     }
 }

@@ -2,8 +2,11 @@
 //! rule. Pure: JSON value in, typed value or a [`ValueError`] out. Knows nothing of streams,
 //! Arrow or Delta.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, NaiveDateTime};
-use serde_json::Value;
+
+use super::json::Field;
 
 /// Why one field could not be converted. Carried into the rejects table as the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,8 +27,8 @@ pub enum ValueError {
 
 /// Shortened rendering of an offending value for a reject reason (the raw record is kept
 /// whole next to it, so the reason stays short).
-fn show(v: &Value) -> String {
-    let s = v.to_string();
+fn show(v: &Field<'_>) -> String {
+    let s = v.to_json();
     if s.len() <= 80 {
         s
     } else {
@@ -38,33 +41,37 @@ fn show(v: &Value) -> String {
 }
 
 /// `null`, a missing key and `""` are all absent.
-fn present(v: Option<&Value>) -> Option<&Value> {
+fn present<'v, 'a>(v: Option<&'v Field<'a>>) -> Option<&'v Field<'a>> {
     match v {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.is_empty() => None,
+        None | Some(Field::Null) => None,
+        Some(Field::Str(s)) if s.is_empty() => None,
         Some(v) => Some(v),
     }
 }
 
 /// A text column: strings as they are, numbers and booleans as their JSON text; empty
 /// strings and the column's placeholders become null. Arrays and objects are refused.
-pub fn text(v: Option<&Value>, placeholders: &[&str]) -> Result<Option<String>, ValueError> {
+/// Strings are borrowed from the record, never copied here.
+pub fn text<'v>(
+    v: Option<&'v Field<'_>>,
+    placeholders: &[&str],
+) -> Result<Option<Cow<'v, str>>, ValueError> {
     match present(v) {
         None => Ok(None),
-        Some(Value::String(s)) if placeholders.contains(&s.as_str()) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(n @ (Value::Number(_) | Value::Bool(_))) => Ok(Some(n.to_string())),
+        Some(Field::Str(s)) if placeholders.contains(&&**s) => Ok(None),
+        Some(Field::Str(s)) => Ok(Some(Cow::Borrowed(&**s))),
+        Some(n @ (Field::Number(_) | Field::Bool(_))) => Ok(Some(Cow::Owned(n.to_json()))),
         Some(other) => Err(ValueError::NotString(show(other))),
     }
 }
 
 /// A 64-bit integer column: JSON integers, integral JSON floats, or numeric strings
 /// (`"20"`, `"20.0"`). `30.5`, `true` and `"old"` are refused.
-pub fn integer(v: Option<&Value>) -> Result<Option<i64>, ValueError> {
+pub fn integer(v: Option<&Field<'_>>) -> Result<Option<i64>, ValueError> {
     let Some(v) = present(v) else { return Ok(None) };
     match v {
-        Value::Number(n) => number_to_i64(n.as_i64(), n.as_f64(), v),
-        Value::String(s) => {
+        Field::Number(n) => number_to_i64(n.as_i64(), n.as_f64(), v),
+        Field::Str(s) => {
             let t = s.trim();
             if let Ok(i) = t.parse::<i64>() {
                 return Ok(Some(i));
@@ -78,7 +85,7 @@ pub fn integer(v: Option<&Value>) -> Result<Option<i64>, ValueError> {
     }
 }
 
-fn number_to_i64(i: Option<i64>, f: Option<f64>, v: &Value) -> Result<Option<i64>, ValueError> {
+fn number_to_i64(i: Option<i64>, f: Option<f64>, v: &Field<'_>) -> Result<Option<i64>, ValueError> {
     if let Some(i) = i {
         return Ok(Some(i));
     }
@@ -96,11 +103,11 @@ fn number_to_i64(i: Option<i64>, f: Option<f64>, v: &Value) -> Result<Option<i64
 }
 
 /// A 64-bit float column: JSON numbers or numeric strings.
-pub fn float(v: Option<&Value>) -> Result<Option<f64>, ValueError> {
+pub fn float(v: Option<&Field<'_>>) -> Result<Option<f64>, ValueError> {
     let Some(v) = present(v) else { return Ok(None) };
     let f = match v {
-        Value::Number(n) => n.as_f64(),
-        Value::String(s) => s.trim().parse::<f64>().ok(),
+        Field::Number(n) => n.as_f64(),
+        Field::Str(s) => s.trim().parse::<f64>().ok(),
         _ => None,
     };
     match f {
@@ -112,12 +119,12 @@ pub fn float(v: Option<&Value>) -> Result<Option<f64>, ValueError> {
 /// `follower_count`: `"987"`, `"12k"`, `"1.5k"`, `"3M"`, `"2B"` (k/K = 10^3, M/m = 10^6,
 /// B = 10^9). Decimals are scaled exactly, then rounded half away from zero. JSON numbers
 /// must be integral. `"User Info Error"` is a placeholder and becomes null.
-pub fn follower_count(v: Option<&Value>) -> Result<Option<i64>, ValueError> {
+pub fn follower_count(v: Option<&Field<'_>>) -> Result<Option<i64>, ValueError> {
     let Some(v) = present(v) else { return Ok(None) };
     let s = match v {
-        Value::String(s) if s == "User Info Error" => return Ok(None),
-        Value::String(s) => s.trim(),
-        Value::Number(_) => return integer(Some(v)),
+        Field::Str(s) if s == "User Info Error" => return Ok(None),
+        Field::Str(s) => s.trim(),
+        Field::Number(_) => return integer(Some(v)),
         _ => return Err(ValueError::BadFollowerCount(show(v))),
     };
     parse_scaled(s).ok_or_else(|| ValueError::BadFollowerCount(show(v)))
@@ -146,7 +153,13 @@ fn parse_scaled(s: &str) -> Option<Option<i64>> {
     if int_part.len() + frac_part.len() > 30 {
         return None;
     }
-    let mantissa: i128 = format!("{int_part}{frac_part}").parse().ok()?;
+    // The digits of both parts as one integer, without building a string.
+    let mantissa = int_part
+        .bytes()
+        .chain(frac_part.bytes())
+        .try_fold(0i128, |m, d| {
+            m.checked_mul(10)?.checked_add(i128::from(d - b'0'))
+        })?;
     let scaled = mantissa.checked_mul(10i128.pow(exp))?;
     let divisor = 10i128.checked_pow(frac_part.len() as u32)?;
     let rounded = (scaled + divisor / 2) / divisor;
@@ -157,9 +170,9 @@ fn parse_scaled(s: &str) -> Option<Option<i64>> {
 /// A timestamp column, as microseconds since the Unix epoch, UTC. Accepts
 /// `YYYY-MM-DDTHH:MM:SS` or a space instead of `T`, optional fractional seconds, and an
 /// optional `Z` or `+HH:MM`/`-HH:MM` offset; naive times are UTC.
-pub fn timestamp_micros(v: Option<&Value>) -> Result<Option<i64>, ValueError> {
+pub fn timestamp_micros(v: Option<&Field<'_>>) -> Result<Option<i64>, ValueError> {
     let Some(v) = present(v) else { return Ok(None) };
-    let Value::String(s) = v else {
+    let Field::Str(s) = v else {
         return Err(ValueError::BadTimestamp(show(v)));
     };
     parse_timestamp(s.trim())
@@ -199,15 +212,22 @@ fn parse_timestamp(s: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
+
+    /// `json!` as a cleaning field.
+    macro_rules! f {
+        ($($j:tt)+) => {
+            Field::from_value(&json!($($j)+))
+        };
+    }
 
     fn ts(s: &str) -> Option<i64> {
-        timestamp_micros(Some(&json!(s))).unwrap()
+        timestamp_micros(Some(&f!(s))).unwrap()
     }
 
     #[test]
     fn empty_and_null_are_absent_everywhere() {
-        for v in [json!(""), Value::Null] {
+        for v in [f!(""), Field::from_value(&Value::Null)] {
             assert_eq!(text(Some(&v), &[]), Ok(None));
             assert_eq!(integer(Some(&v)), Ok(None));
             assert_eq!(float(Some(&v)), Ok(None));
@@ -220,52 +240,52 @@ mod tests {
     #[test]
     fn placeholders_become_null_only_in_their_column() {
         let p = ["No Title Data Available"];
-        assert_eq!(text(Some(&json!("No Title Data Available")), &p), Ok(None));
+        assert_eq!(text(Some(&f!("No Title Data Available")), &p), Ok(None));
         assert_eq!(
-            text(Some(&json!("No Title Data Available")), &[])
+            text(Some(&f!("No Title Data Available")), &[])
                 .unwrap()
                 .as_deref(),
             Some("No Title Data Available")
         );
         assert_eq!(
-            text(Some(&json!("Untitled")), &p).unwrap().as_deref(),
+            text(Some(&f!("Untitled")), &p).unwrap().as_deref(),
             Some("Untitled")
         );
-        assert_eq!(text(Some(&json!(12)), &p).unwrap().as_deref(), Some("12"));
+        assert_eq!(text(Some(&f!(12)), &p).unwrap().as_deref(), Some("12"));
         assert!(matches!(
-            text(Some(&json!([1])), &p),
+            text(Some(&f!([1])), &p),
             Err(ValueError::NotString(_))
         ));
     }
 
     #[test]
     fn integers_accept_integral_values_only() {
-        assert_eq!(integer(Some(&json!(20))), Ok(Some(20)));
-        assert_eq!(integer(Some(&json!("20"))), Ok(Some(20)));
-        assert_eq!(integer(Some(&json!(" 20 "))), Ok(Some(20)));
-        assert_eq!(integer(Some(&json!(20.0))), Ok(Some(20)));
-        assert_eq!(integer(Some(&json!("-7"))), Ok(Some(-7)));
+        assert_eq!(integer(Some(&f!(20))), Ok(Some(20)));
+        assert_eq!(integer(Some(&f!("20"))), Ok(Some(20)));
+        assert_eq!(integer(Some(&f!(" 20 "))), Ok(Some(20)));
+        assert_eq!(integer(Some(&f!(20.0))), Ok(Some(20)));
+        assert_eq!(integer(Some(&f!("-7"))), Ok(Some(-7)));
         assert!(matches!(
-            integer(Some(&json!(30.5))),
+            integer(Some(&f!(30.5))),
             Err(ValueError::NotInteger(_))
         ));
         assert!(matches!(
-            integer(Some(&json!(true))),
+            integer(Some(&f!(true))),
             Err(ValueError::NotInteger(_))
         ));
         assert!(matches!(
-            integer(Some(&json!("old"))),
+            integer(Some(&f!("old"))),
             Err(ValueError::NotInteger(_))
         ));
         assert!(matches!(
-            integer(Some(&json!(1e300))),
+            integer(Some(&f!(1e300))),
             Err(ValueError::OutOfRange(_))
         ));
     }
 
     #[test]
     fn follower_counts_scale_exactly() {
-        let fc = |s: &str| follower_count(Some(&json!(s)));
+        let fc = |s: &str| follower_count(Some(&f!(s)));
         assert_eq!(fc("987"), Ok(Some(987)));
         assert_eq!(fc("12k"), Ok(Some(12_000)));
         assert_eq!(fc("12K"), Ok(Some(12_000)));
@@ -280,7 +300,7 @@ mod tests {
         );
         assert_eq!(fc("0.0004k"), Ok(Some(0)));
         assert_eq!(fc("User Info Error"), Ok(None));
-        assert_eq!(follower_count(Some(&json!(42))), Ok(Some(42)));
+        assert_eq!(follower_count(Some(&f!(42))), Ok(Some(42)));
         for bad in ["abc", "k", "1.2.3k", "12kk", "1e3", ".", "99999999999B"] {
             assert!(
                 matches!(fc(bad), Err(ValueError::BadFollowerCount(_))),
@@ -307,28 +327,28 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    timestamp_micros(Some(&json!(bad))),
+                    timestamp_micros(Some(&f!(bad))),
                     Err(ValueError::BadTimestamp(_))
                 ),
                 "{bad}"
             );
         }
         assert!(matches!(
-            timestamp_micros(Some(&json!(5))),
+            timestamp_micros(Some(&f!(5))),
             Err(ValueError::BadTimestamp(_))
         ));
     }
 
     #[test]
     fn floats_from_numbers_and_numeric_strings() {
-        assert_eq!(float(Some(&json!(-88.8298))), Ok(Some(-88.8298)));
-        assert_eq!(float(Some(&json!("17.5"))), Ok(Some(17.5)));
+        assert_eq!(float(Some(&f!(-88.8298))), Ok(Some(-88.8298)));
+        assert_eq!(float(Some(&f!("17.5"))), Ok(Some(17.5)));
         assert!(matches!(
-            float(Some(&json!("north"))),
+            float(Some(&f!("north"))),
             Err(ValueError::NotNumber(_))
         ));
         assert!(matches!(
-            float(Some(&json!("NaN"))),
+            float(Some(&f!("NaN"))),
             Err(ValueError::NotNumber(_))
         ));
     }

@@ -1,0 +1,254 @@
+//! The worker's hot path, stage by stage, per 100,000 records of one stream kind:
+//!
+//! - `decode`: JSON text to an object (`json`), and splitting KPL aggregates of about
+//!   50 KiB into their user records (`kpl`);
+//! - `clean`: the cleaning operator appending already-parsed objects to Arrow builders;
+//! - `arrow_build`: the builders' `finish` into one record batch;
+//! - `parquet_encode`: that batch to Parquet bytes in memory, with the sink's writer
+//!   settings (`sink::delta::writer_properties`);
+//! - `worker_path`: all of it from raw bytes (decode + clean + build + encode), the
+//!   figure the per-core target is about;
+//! - `full_flush`: decode + clean + build, then one Delta append (Parquet file written
+//!   and commit) to a fresh table on local disk.
+//!
+//! Records are the real samples in `../shared/data` (cycled to 100,000, with distinct
+//! sequence numbers), or synthetic ones with 1 % dirty when that folder is missing.
+//! Run: `cargo bench --bench worker` (one group: `cargo bench --bench worker -- decode`).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::parquet::arrow::ArrowWriter;
+use pinstream::clean::{clean_into, parse_object, Kind, RecordMeta, RejectsColumns, TableColumns};
+use pinstream::config::TableRoot;
+use pinstream::producer::generator::Generator;
+use pinstream::sink::delta::{self, ShardPosition};
+
+const N: usize = 100_000;
+const SHARD: &str = "shardId-000000000000";
+
+/// `N` records of `kind`: the real samples cycled, else synthetic.
+fn records(kind: Kind) -> Vec<Vec<u8>> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../shared/data/{kind}.ndjson"));
+    let sample: Vec<Vec<u8>> = match std::fs::read_to_string(path) {
+        Ok(text) => text.lines().map(|l| l.as_bytes().to_vec()).collect(),
+        Err(_) => {
+            let mut g = Generator::new(1, 0.01);
+            (0..10_000)
+                .map(|_| {
+                    let (_, triple) = g.next_triple();
+                    triple.into_iter().find(|(k, _)| *k == kind).unwrap().1
+                })
+                .collect()
+        }
+    };
+    sample.iter().cycle().take(N).cloned().collect()
+}
+
+/// Sequence numbers as Kinesis hands them out: long decimal strings.
+fn sequences() -> Vec<String> {
+    (0..N)
+        .map(|i| format!("49650000000000000000000000000000000000000000{i:012}"))
+        .collect()
+}
+
+fn meta<'a>(seq: &'a str) -> RecordMeta<'a> {
+    RecordMeta {
+        shard_id: SHARD,
+        sequence_number: seq,
+        sub_sequence_number: 0,
+        arrival_micros: Some(1_700_000_000_000_000),
+    }
+}
+
+/// Decode + clean + build: what a shard reader does with one GetRecords answer.
+fn clean_all(kind: Kind, data: &[Vec<u8>], seqs: &[String]) -> (RecordBatch, RecordBatch) {
+    let mut rows = TableColumns::new(kind);
+    let mut rejects = RejectsColumns::default();
+    for (d, seq) in data.iter().zip(seqs) {
+        let _ = clean_into(kind, d, &meta(seq), kind.name(), &mut rows, &mut rejects);
+    }
+    (rows.finish().unwrap(), rejects.finish().unwrap())
+}
+
+/// Parquet bytes of `batch` with the sink's writer settings.
+fn encode(batch: &RecordBatch) -> Vec<u8> {
+    let props = delta::writer_properties();
+    let mut out = Vec::with_capacity(16 << 20);
+    let mut w = ArrowWriter::try_new(&mut out, batch.schema(), Some(props)).unwrap();
+    w.write(batch).unwrap();
+    w.close().unwrap();
+    out
+}
+
+/// KPL aggregates of at most ~50 KiB (the KPL's default aggregation size).
+fn aggregates(data: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut chunk: Vec<(&str, &[u8])> = Vec::new();
+    let mut size = 0;
+    for d in data {
+        if size + d.len() > 50 * 1024 && !chunk.is_empty() {
+            out.push(pinstream::kpl::encode(&chunk));
+            chunk.clear();
+            size = 0;
+        }
+        chunk.push(("pk", d));
+        size += d.len();
+    }
+    if !chunk.is_empty() {
+        out.push(pinstream::kpl::encode(&chunk));
+    }
+    out
+}
+
+fn stages(c: &mut Criterion) {
+    let seqs = sequences();
+    let pins = records(Kind::Pin);
+    let bytes: usize = pins.iter().map(Vec::len).sum();
+    eprintln!("{N} pin records, {bytes} bytes");
+
+    let mut g = c.benchmark_group("decode");
+    g.sample_size(10).throughput(Throughput::Elements(N as u64));
+    g.bench_function("json/pin", |b| {
+        b.iter(|| {
+            for d in &pins {
+                let _ = black_box(parse_object(d));
+            }
+        })
+    });
+    // What the worker did before `clean::json`: a full `serde_json::Value` per record.
+    g.bench_function("json_to_value/pin", |b| {
+        b.iter(|| {
+            for d in &pins {
+                let _ = black_box(serde_json::from_slice::<serde_json::Value>(d));
+            }
+        })
+    });
+    let aggs = aggregates(&pins);
+    g.bench_function("kpl/pin", |b| {
+        b.iter(|| {
+            let mut n = 0;
+            for a in &aggs {
+                if let Ok(pinstream::kpl::Decoded::Aggregated(users)) = pinstream::kpl::decode(a) {
+                    n += black_box(users).len();
+                }
+            }
+            assert_eq!(n, N);
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("clean");
+    g.sample_size(10).throughput(Throughput::Elements(N as u64));
+    let parsed: Vec<_> = pins.iter().filter_map(|d| parse_object(d).ok()).collect();
+    g.bench_function("pin", |b| {
+        b.iter_batched_ref(
+            || TableColumns::new(Kind::Pin),
+            |rows| {
+                for (obj, seq) in parsed.iter().zip(&seqs) {
+                    let _ = black_box(rows.push(obj, &meta(seq)));
+                }
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    drop(parsed);
+    g.finish();
+
+    let mut g = c.benchmark_group("arrow_build");
+    g.sample_size(10).throughput(Throughput::Elements(N as u64));
+    g.bench_function("pin", |b| {
+        b.iter_batched(
+            || {
+                let mut rows = TableColumns::new(Kind::Pin);
+                for (d, seq) in pins.iter().zip(&seqs) {
+                    if let Ok(obj) = parse_object(d) {
+                        let _ = rows.push(&obj, &meta(seq));
+                    }
+                }
+                rows
+            },
+            |mut rows| black_box(rows.finish().unwrap()),
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("parquet_encode");
+    g.sample_size(10).throughput(Throughput::Elements(N as u64));
+    let (batch, _) = clean_all(Kind::Pin, &pins, &seqs);
+    eprintln!(
+        "pin batch: {} rows, {} Arrow bytes, {} Parquet bytes",
+        batch.num_rows(),
+        batch.get_array_memory_size(),
+        encode(&batch).len()
+    );
+    g.bench_function("pin", |b| b.iter(|| black_box(encode(&batch))));
+    g.finish();
+}
+
+fn worker_path(c: &mut Criterion) {
+    let seqs = sequences();
+    let mut g = c.benchmark_group("worker_path");
+    g.sample_size(10).throughput(Throughput::Elements(N as u64));
+    for kind in Kind::ALL {
+        let data = records(kind);
+        g.bench_function(kind.name(), |b| {
+            b.iter(|| {
+                let (rows, rejects) = clean_all(kind, &data, &seqs);
+                black_box((encode(&rows), encode(&rejects)))
+            })
+        });
+    }
+    g.finish();
+}
+
+fn full_flush(c: &mut Criterion) {
+    let seqs = sequences();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = TableRoot::Local(dir.path().to_path_buf());
+    let mut g = c.benchmark_group("full_flush");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(10))
+        .throughput(Throughput::Elements(N as u64));
+    for kind in [Kind::Pin] {
+        let data = records(kind);
+        let mut fresh = 0;
+        g.bench_function(kind.name(), |b| {
+            b.iter_batched(
+                || {
+                    // A new table per flush: commit cost here is that of a young table.
+                    fresh += 1;
+                    let name = format!("{kind}_{fresh}");
+                    rt.block_on(delta::open_or_create(&root, &name, &kind.schema()))
+                        .unwrap()
+                },
+                |mut table| {
+                    let (rows, _rejects) = clean_all(kind, &data, &seqs);
+                    let pos = ShardPosition {
+                        app_id: format!("bench/{kind}/{SHARD}"),
+                        lease_key: format!("{kind}:{SHARD}"),
+                        version: 1,
+                        last_sequence: seqs[N - 1].clone(),
+                        last_sub_sequence: 0,
+                        shard_end: false,
+                    };
+                    rt.block_on(delta::append(&mut table, &[rows], &[pos]))
+                        .unwrap()
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, stages, worker_path, full_flush);
+criterion_main!(benches);

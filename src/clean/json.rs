@@ -1,0 +1,279 @@
+//! The JSON the cleaning operators read: one record's top-level object, with keys and
+//! string values borrowed from the record's bytes (copied only when they contain escapes),
+//! numbers, booleans and nulls inline, and nested arrays/objects kept whole as
+//! [`serde_json::Value`] (no field of the contract is nested; they are only ever shown in
+//! a reject's detail).
+//!
+//! Same parser and same semantics as `serde_json::Value`: numbers are what `Value` would
+//! hold, a key given twice keeps its last value, errors carry serde_json's messages. What
+//! it saves is the per-key and per-string allocations and the map a `Value` builds, which
+//! were most of the worker's cost per record.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::{Number, Value};
+
+/// One value of the top-level object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Field<'a> {
+    Null,
+    Bool(bool),
+    Number(Number),
+    Str(Cow<'a, str>),
+    /// An array or object.
+    Nested(Value),
+}
+
+impl Field<'_> {
+    /// The value as JSON text (for reject details).
+    pub fn to_json(&self) -> String {
+        match self {
+            Field::Null => "null".into(),
+            Field::Bool(b) => b.to_string(),
+            Field::Number(n) => n.to_string(),
+            Field::Str(s) => Value::from(s.as_ref()).to_string(),
+            Field::Nested(v) => v.to_string(),
+        }
+    }
+
+    /// Converts a `Value` (tests, and anything built in memory).
+    pub fn from_value(v: &Value) -> Field<'static> {
+        match v {
+            Value::Null => Field::Null,
+            Value::Bool(b) => Field::Bool(*b),
+            Value::Number(n) => Field::Number(n.clone()),
+            Value::String(s) => Field::Str(Cow::Owned(s.clone())),
+            nested => Field::Nested(nested.clone()),
+        }
+    }
+}
+
+/// A record's top-level JSON object, keys in input order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Object<'a> {
+    fields: Vec<(Cow<'a, str>, Field<'a>)>,
+}
+
+impl<'a> Object<'a> {
+    /// The value of `key`; the last one when the key is given more than once.
+    pub fn get(&self, key: &str) -> Option<&Field<'a>> {
+        self.fields
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
+    }
+
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+}
+
+/// What a record's JSON text turned out to be.
+pub enum TopLevel<'a> {
+    Object(Object<'a>),
+    /// Anything else, by its kind ("a string", "an array", ...).
+    Other(&'static str),
+}
+
+/// Parses JSON text; serde_json's error when it is not JSON.
+pub fn parse(text: &str) -> Result<TopLevel<'_>, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+impl<'de> Deserialize<'de> for Field<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(FieldVisitor)
+    }
+}
+
+struct FieldVisitor;
+
+impl<'de> Visitor<'de> for FieldVisitor {
+    type Value = Field<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
+        Ok(Field::Bool(b))
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<Self::Value, E> {
+        Ok(Field::Number(n.into()))
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<Self::Value, E> {
+        Ok(Field::Number(n.into()))
+    }
+    fn visit_f64<E>(self, n: f64) -> Result<Self::Value, E> {
+        // As `Value` does: a float JSON cannot hold becomes null.
+        Ok(Number::from_f64(n).map_or(Field::Null, Field::Number))
+    }
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+        Ok(Field::Str(Cow::Borrowed(s)))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(Field::Str(Cow::Owned(s.to_owned())))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+        Ok(Field::Str(Cow::Owned(s)))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Field::Null)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(Field::Null)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        Field::deserialize(d)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        Value::deserialize(SeqAccessDeserializer::new(seq)).map(Field::Nested)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+        Value::deserialize(MapAccessDeserializer::new(map)).map(Field::Nested)
+    }
+}
+
+/// An object key, borrowed unless it has escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for TopLevel<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TopLevelVisitor)
+    }
+}
+
+struct TopLevelVisitor;
+
+impl<'de> Visitor<'de> for TopLevelVisitor {
+    type Value = TopLevel<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        // Pinterest records have 4-12 keys: one allocation for all of them.
+        let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(12).max(12));
+        while let Some((Key(k), v)) = map.next_entry::<Key<'de>, Field<'de>>()? {
+            fields.push((k, v));
+        }
+        Ok(TopLevel::Object(Object { fields }))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(TopLevel::Other("an array"))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(TopLevel::Other("a boolean"))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(TopLevel::Other("a number"))
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(TopLevel::Other("a number"))
+    }
+    fn visit_f64<E>(self, n: f64) -> Result<Self::Value, E> {
+        // `Value` turns a float it cannot hold into null.
+        Ok(TopLevel::Other(if n.is_finite() {
+            "a number"
+        } else {
+            "null"
+        }))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(TopLevel::Other("a string"))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(TopLevel::Other("null"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object(text: &str) -> Object<'_> {
+        match parse(text).unwrap() {
+            TopLevel::Object(o) => o,
+            TopLevel::Other(k) => panic!("not an object: {k}"),
+        }
+    }
+
+    #[test]
+    fn fields_are_what_a_value_would_hold() {
+        let text = r#"{"s":"plain","e":"a\"b\u00e9","i":-3,"u":18446744073709551615,"f":1.5,"b":true,"n":null,"a":[1,{"x":2}],"o":{"k":"v"}}"#;
+        let o = object(text);
+        let v: Value = serde_json::from_str(text).unwrap();
+        for (k, expected) in v.as_object().unwrap() {
+            assert_eq!(o.get(k), Some(&Field::from_value(expected)), "{k}");
+            assert_eq!(o.get(k).unwrap().to_json(), expected.to_string(), "{k}");
+        }
+        assert!(matches!(
+            o.get("s"),
+            Some(Field::Str(Cow::Borrowed("plain")))
+        ));
+        assert!(matches!(o.get("e"), Some(Field::Str(Cow::Owned(_)))));
+        assert_eq!(o.get("missing"), None);
+    }
+
+    #[test]
+    fn a_repeated_key_keeps_its_last_value_as_value_does() {
+        let text = r#"{"k":1,"k":"two"}"#;
+        let v: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(object(text).get("k"), Some(&Field::from_value(&v["k"])));
+        assert_eq!(v["k"], json!("two"));
+    }
+
+    #[test]
+    fn non_objects_are_named_and_invalid_json_keeps_serde_json_messages() {
+        for (text, kind) in [
+            ("[1,[2]]", "an array"),
+            ("\"x\"", "a string"),
+            ("7", "a number"),
+            ("-7", "a number"),
+            ("7.5", "a number"),
+            ("true", "a boolean"),
+            ("null", "null"),
+        ] {
+            assert!(
+                matches!(parse(text), Ok(TopLevel::Other(k)) if k == kind),
+                "{text}"
+            );
+        }
+        for bad in ["{", "{\"a\":}", "{} x", "", "{\"a\":1,}"] {
+            let ours = parse(bad).err().unwrap().to_string();
+            let theirs = serde_json::from_str::<Value>(bad).unwrap_err().to_string();
+            assert_eq!(ours, theirs, "{bad}");
+        }
+    }
+}
