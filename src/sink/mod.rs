@@ -50,6 +50,8 @@ pub struct Chunk {
     pub end_of_shard: bool,
     /// Bytes of record data this chunk came from.
     pub bytes: usize,
+    /// Kinesis arrival time of the chunk's oldest record, microseconds since the epoch.
+    pub oldest_arrival_micros: Option<i64>,
 }
 
 pub enum SinkMsg {
@@ -129,13 +131,14 @@ impl TableSink {
     async fn run(mut self, mut rx: mpsc::Receiver<SinkMsg>, totals: Arc<SinkTotals>) {
         let mut buf: BTreeMap<String, ShardBuf> = BTreeMap::new();
         let (mut rows, mut bytes) = (0usize, 0usize);
+        // When the buffered batch must be committed (see `batch_due`).
         let mut first_at: Option<Instant> = None;
         let mut retry_at: Option<Instant> = None;
         let mut failures = 0u32;
         loop {
             let due = match (first_at, retry_at) {
                 (_, Some(r)) => Some(r),
-                (Some(f), None) => Some(f + self.policy.max_batch_age),
+                (Some(f), None) => Some(f),
                 (None, None) => None,
             };
             let msg = tokio::select! {
@@ -149,7 +152,13 @@ impl TableSink {
                 Some(SinkMsg::Chunk(c)) => {
                     rows += c.rows.num_rows() + c.rejects.num_rows();
                     bytes += c.bytes;
-                    first_at.get_or_insert_with(Instant::now);
+                    let chunk_due = batch_due(
+                        Instant::now(),
+                        c.oldest_arrival_micros,
+                        chrono::Utc::now().timestamp_micros(),
+                        self.policy.max_batch_age,
+                    );
+                    first_at = Some(first_at.map_or(chunk_due, |d| d.min(chunk_due)));
                     add_chunk(&mut buf, c);
                     buffer_gauges(self.kind, rows, bytes);
                     let full =
@@ -477,6 +486,27 @@ fn drop_shard(buf: &mut BTreeMap<String, ShardBuf>, key: &str) {
     }
 }
 
+/// When a chunk received at `now` must be committed: `max_batch_age` after its oldest
+/// record arrived in Kinesis, so that a record waiting for the next poll does not also
+/// wait a whole flush age in the buffer (visible within `max_batch_age` + commit time of
+/// its arrival while the worker keeps up). Never later than `max_batch_age` after the
+/// chunk came in (clock skew), and never sooner than half of it (a worker catching up on
+/// old records still commits in batches, not once per chunk).
+fn batch_due(
+    now: Instant,
+    oldest_arrival_micros: Option<i64>,
+    wall_now_micros: i64,
+    max_batch_age: Duration,
+) -> Instant {
+    let latest = now + max_batch_age;
+    let Some(arrival) = oldest_arrival_micros else {
+        return latest;
+    };
+    let waited = Duration::from_micros(wall_now_micros.saturating_sub(arrival).max(0) as u64);
+    let by_arrival = now + max_batch_age.saturating_sub(waited);
+    by_arrival.clamp(now + max_batch_age / 2, latest)
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t).await,
@@ -500,5 +530,25 @@ mod tests {
         assert_eq!(backoff(2), Duration::from_millis(400));
         assert_eq!(backoff(5), Duration::from_millis(3200));
         assert_eq!(backoff(50), Duration::from_millis(25_600));
+    }
+
+    #[test]
+    fn a_batch_is_due_one_flush_age_after_its_oldest_arrival_within_bounds() {
+        let now = Instant::now();
+        let age = Duration::from_secs(5);
+        let wall = 1_700_000_000_000_000;
+        // Read 800 ms after arrival: due 4.2 s from now.
+        assert_eq!(
+            batch_due(now, Some(wall - 800_000), wall, age),
+            now + Duration::from_millis(4200)
+        );
+        // Catching up on hour-old records: half a flush age, not immediately.
+        assert_eq!(
+            batch_due(now, Some(wall - 3_600_000_000), wall, age),
+            now + age / 2
+        );
+        // An arrival "in the future" (clock skew) or unknown: one full flush age.
+        assert_eq!(batch_due(now, Some(wall + 2_000_000), wall, age), now + age);
+        assert_eq!(batch_due(now, None, wall, age), now + age);
     }
 }

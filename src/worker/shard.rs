@@ -156,7 +156,8 @@ fn build_chunk(
     let mut already = RejectsColumns::default();
     let mut rejected = [0u64; RejectReason::ALL.len()];
     let mut bytes = 0;
-    let mut last = None;
+    let mut last: Option<(&str, i64)> = None;
+    let mut oldest_arrival: Option<i64> = None;
     for r in &fetched.records {
         let data = r.data().as_ref();
         bytes += data.len();
@@ -167,6 +168,9 @@ fn build_chunk(
             sub_sequence_number: 0,
             arrival_micros: arrival_micros(r),
         };
+        if let Some(a) = meta.arrival_micros {
+            oldest_arrival = Some(oldest_arrival.map_or(a, |o: i64| o.min(a)));
+        }
         // A plain record is one user record; no allocation for it on this per-record path.
         let (plain, aggregated);
         let users: &[&[u8]] = match kpl::decode(data) {
@@ -184,7 +188,7 @@ fn build_chunk(
                     rejects.push(data, &reject, &lease.stream, &meta);
                     rejected[RejectReason::CorruptAggregate as usize] += 1;
                 }
-                last = Some((seq.to_owned(), 0));
+                last = Some((seq, 0));
                 continue;
             }
         };
@@ -202,7 +206,7 @@ fn build_chunk(
                 }
             }
         }
-        last = Some((seq.to_owned(), users.len().saturating_sub(1) as i64));
+        last = Some((seq, users.len().saturating_sub(1) as i64));
     }
     for (reason, n) in RejectReason::ALL.iter().zip(rejected) {
         if n > 0 {
@@ -213,9 +217,10 @@ fn build_chunk(
         lease: lease.clone(),
         rows: rows.finish()?,
         rejects: rejects.finish()?,
-        last,
+        last: last.map(|(seq, sub)| (seq.to_owned(), sub)),
         end_of_shard: fetched.end_of_shard,
         bytes,
+        oldest_arrival_micros: oldest_arrival,
     })
 }
 
