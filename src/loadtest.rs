@@ -66,6 +66,17 @@ pub struct LoadtestReport {
     pub delta_bytes: u64,
     pub worker_usage: Vec<WorkerUsage>,
     pub cpu_seconds_per_million_records: f64,
+    /// From the producer's last send to the last commit.
+    pub drain_seconds: f64,
+    /// The workers' `flush.max_batch_age`, seconds.
+    pub max_batch_age_seconds: f64,
+    /// CPU cores the workers used on average (CPU seconds / end-to-end seconds).
+    pub worker_cores_used: f64,
+    /// CPU cores kinesalite used on average while records were produced and drained
+    /// (it is single-threaded: 1.0 is all it can do).
+    pub kinesis_emulator_cores_used: f64,
+    /// Which side limited the run, and why we think so.
+    pub bottleneck: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +147,11 @@ async fn run_on_stack(
     for (k, s) in &streams {
         toml.push_str(&format!("{k} = \"{s}\"\n"));
     }
-    std::fs::write(&config, toml).map_err(io("writing the worker config"))?;
+    std::fs::write(&config, &toml).map_err(io("writing the worker config"))?;
+    let settings = crate::config::FileConfig::parse(&toml, &config)
+        .and_then(|f| crate::config::Settings::resolve(f, Default::default()))
+        .map_err(|e| LoadtestError::Io(format!("the worker config: {e}")))?;
+    let max_batch_age = settings.flush.max_batch_age;
 
     // Workers: separate processes, so memory and CPU are theirs alone, read from outside.
     let exe = std::env::current_exe().map_err(io("locating the pinstream binary"))?;
@@ -169,6 +184,8 @@ async fn run_on_stack(
     );
 
     let started = Instant::now();
+    let emulator = stack.pid("kinesalite");
+    let emulator_cpu_at_start = emulator.and_then(read_usage).map_or(0.0, |u| u.cpu_seconds);
     let produce = ProduceOptions {
         streams: streams.iter().cloned().collect(),
         source: Source::Synthetic {
@@ -190,6 +207,7 @@ async fn run_on_stack(
     );
 
     // Drain: wait until the tables hold as many rows as were sent.
+    let produced_at = Instant::now();
     let deadline = Instant::now() + opts.drain_timeout;
     let mut usage = vec![WorkerUsage::default(); pids.len()];
     let root = TableRoot::Local(tables.clone());
@@ -217,6 +235,11 @@ async fn run_on_stack(
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let end_to_end = started.elapsed();
+    let drain = produced_at.elapsed();
+    let emulator_cores = emulator
+        .and_then(read_usage)
+        .map_or(0.0, |u| u.cpu_seconds - emulator_cpu_at_start)
+        / end_to_end.as_secs_f64().max(1e-9);
     for (u, pid) in usage.iter_mut().zip(&pids) {
         if let Some(now) = read_usage(*pid) {
             *u = now;
@@ -263,8 +286,48 @@ async fn run_on_stack(
         delta_bytes: analysis.bytes,
         worker_usage: usage,
         cpu_seconds_per_million_records: cpu / (committed.max(1) as f64 / 1e6),
+        drain_seconds: drain.as_secs_f64(),
+        max_batch_age_seconds: max_batch_age.as_secs_f64(),
+        worker_cores_used: cpu / end_to_end.as_secs_f64().max(1e-9),
+        kinesis_emulator_cores_used: emulator_cores,
+        bottleneck: bottleneck(
+            drain,
+            max_batch_age,
+            produced.records_per_second,
+            emulator_cores,
+            cpu / end_to_end.as_secs_f64().max(1e-9) / pids.len().max(1) as f64,
+        ),
     };
     Ok(report)
+}
+
+/// A worker that keeps up commits the last records within one flush age (plus the poll
+/// and the commit) after the producer stops. When it needs longer, the CPU figures say
+/// who was saturated: kinesalite is one node.js thread (1.0 core is its ceiling), a
+/// worker process can use every core.
+fn bottleneck(
+    drain: Duration,
+    max_batch_age: Duration,
+    produced_per_second: f64,
+    emulator_cores: f64,
+    cores_per_worker: f64,
+) -> String {
+    let slack = Duration::from_secs(2);
+    let (d, age) = (drain.as_secs_f64(), max_batch_age.as_secs_f64());
+    if drain <= max_batch_age + slack {
+        format!(
+            "none on the worker side: the workers kept up, committing the last records {d:.1}s after the last send (flush age {age:.0}s); the limit was the producer's rate or Kinesis ingest ({produced_per_second:.0} rec/s, kinesalite at {emulator_cores:.2} cores)"
+        )
+    } else if emulator_cores >= 0.8 && cores_per_worker < 0.5 {
+        format!(
+            "the Kinesis emulator: kinesalite used {emulator_cores:.2} of its 1 core serving PutRecords and GetRecords while each worker used {cores_per_worker:.2} cores waiting on GetRecords; records were delivered more slowly than produced ({d:.1}s to drain after the last send)"
+        )
+    } else {
+        format!(
+            "the workers: {d:.1}s to drain after the last send (more than the flush age {age:.0}s + {}s), each worker at {cores_per_worker:.2} cores, kinesalite at {emulator_cores:.2}",
+            slack.as_secs()
+        )
+    }
 }
 
 /// Rows in the six tables under `root`, from the file statistics in the Delta log (cheap:
@@ -437,8 +500,8 @@ pub fn to_text(r: &LoadtestReport) -> String {
         ));
     }
     s.push_str(&format!(
-        "  worker CPU per million records: {:.1} s\n",
-        r.cpu_seconds_per_million_records
+        "  worker CPU per million records: {:.1} s; cores used on average: {:.2} (kinesalite: {:.2})\n  drain      {:.1}s from the last send to the last commit\n  bottleneck {}\n",
+        r.cpu_seconds_per_million_records, r.worker_cores_used, r.kinesis_emulator_cores_used, r.drain_seconds, r.bottleneck
     ));
     s
 }

@@ -55,6 +55,15 @@ pub fn locate() -> Result<PathBuf, StackError> {
 }
 
 impl LocalStack {
+    /// The process id `start.sh` recorded for `service` (to measure it from outside).
+    pub fn pid(&self, service: &str) -> Option<u32> {
+        std::fs::read_to_string(self.state_dir.join(format!("{service}.pid")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// Starts `services` with state (pids, logs) under `state_dir`.
     pub async fn start(services: &[&str], state_dir: &Path) -> Result<Self, StackError> {
         let dir = locate()?;

@@ -219,7 +219,10 @@ pub async fn run(
     let mut next_sync = Instant::now() + shared.settings.lease.shard_sync_interval;
     let mut tracker = ExpiryTracker::default();
     let mut held: HashMap<String, Arc<HeldLease>> = HashMap::new();
-    let mut refused: HashSet<String> = HashSet::new();
+    // Leases whose recovery failed: lease key -> (retry after, failures). Retried with
+    // backoff, never given up: a released lease that nobody retries would stay unread
+    // while every other worker sits at its fair share.
+    let mut refused: HashMap<String, (Instant, u32)> = HashMap::new();
     // `--available-now`: shards already drained in this run are not taken again.
     let mut drained: HashSet<String> = HashSet::new();
     let mut tasks: JoinSet<(String, ShardExit)> = JoinSet::new();
@@ -288,7 +291,7 @@ pub async fn run(
         )
         .into_iter()
         .filter(|(l, _)| {
-            !refused.contains(&l.key)
+            refused.get(&l.key).is_none_or(|(at, _)| cycle_at >= *at)
                 && !drained.contains(&l.key)
                 && kind_of.contains_key(&l.stream)
         })
@@ -328,6 +331,7 @@ pub async fn run(
                 .expect("recovery tables per configured kind");
             match resume_position(&shared, &lease, &handle, table, rejects_table).await {
                 Ok(Some((start, rejects_done))) => {
+                    refused.remove(&lease.key);
                     held.insert(lease.key.clone(), handle.clone());
                     let sink = sinks[&kind].tx.clone();
                     let span = tracing::info_span!("shard", stream = %lease.stream, shard_id = %lease.shard_id);
@@ -347,11 +351,15 @@ pub async fn run(
                 }
                 Ok(None) => {
                     // Already at SHARD_END per the table: recorded; give it back.
+                    refused.remove(&lease.key);
                     held.insert(lease.key.clone(), handle);
                 }
                 Err(e) => {
-                    tracing::error!(lease = %lease.key, error = %e, "refusing this lease");
-                    refused.insert(lease.key.clone());
+                    let failures = refused.get(&lease.key).map_or(0, |(_, n)| *n) + 1;
+                    let wait = refusal_backoff(failover, failures);
+                    tracing::error!(lease = %lease.key, error = %e, retry_in = ?wait, "cannot resume this shard; releasing the lease and retrying later");
+                    metrics::counter!("pinstream_lease_recovery_failures_total").increment(1);
+                    refused.insert(lease.key.clone(), (Instant::now() + wait, failures));
                     let state = handle.state.lock().await;
                     let _ = shared
                         .leases
@@ -420,6 +428,12 @@ pub async fn run(
         Some(e) => Err(e.into()),
         None => Ok(summary),
     }
+}
+
+/// How long a worker waits before retrying a lease it could not resume: one failover
+/// time, doubling per failure, at most 5 minutes.
+fn refusal_backoff(failover: Duration, failures: u32) -> Duration {
+    (failover * 2u32.pow(failures.saturating_sub(1).min(8))).min(Duration::from_secs(300))
 }
 
 /// Renews every held lease; a lease whose renewal is refused is lost.
@@ -595,4 +609,18 @@ async fn resume_position(
         Checkpoint::Sequence(s) => StartAt::AfterSequence(s),
     };
     Ok(Some((start, rejects_done)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_leases_are_retried_with_capped_backoff() {
+        let f = Duration::from_secs(10);
+        assert_eq!(refusal_backoff(f, 1), f);
+        assert_eq!(refusal_backoff(f, 2), f * 2);
+        assert_eq!(refusal_backoff(f, 4), f * 8);
+        assert_eq!(refusal_backoff(f, 50), Duration::from_secs(300));
+    }
 }
