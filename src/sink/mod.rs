@@ -377,7 +377,19 @@ impl TableSink {
             (&mut self.table, self.kind.name())
         };
         let started = Instant::now();
-        let res = delta::append(table, batches, positions).await;
+        // The cleaned table was just refreshed by the fence; the rejects table must be too.
+        // Committing from a stale snapshot fails delta-rs's conflict check for good once
+        // another worker has committed a txn of the same shard (a lease that moved): the
+        // retry reused the same stale snapshot forever and the sink never committed again.
+        let refreshed = if rejects {
+            table.update_state().await
+        } else {
+            Ok(())
+        };
+        let res = match refreshed {
+            Ok(()) => delta::append(table, batches, positions).await,
+            Err(e) => Err(e),
+        };
         metrics::histogram!("pinstream_delta_commit_duration_seconds", "table" => name)
             .record(started.elapsed().as_secs_f64());
         match res {

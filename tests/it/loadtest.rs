@@ -19,8 +19,11 @@ fn loadtest_reports_throughput_latency_memory_and_exactly_once() {
             "600",
             "--shards",
             "1",
+            // Two workers: one starts first and takes every lease, the other steals its
+            // share, so shards move between processes mid-run (this caught a sink that
+            // committed rejects from a stale snapshot and stalled for good).
             "--workers",
-            "1",
+            "2",
             "--report",
             "json",
             "--data-dir",
@@ -67,7 +70,7 @@ fn loadtest_reports_throughput_latency_memory_and_exactly_once() {
     );
     assert!(r["delta_files"].as_u64().unwrap() > 0 && r["delta_bytes"].as_u64().unwrap() > 0);
     let usage = r["worker_usage"].as_array().unwrap();
-    assert_eq!(usage.len(), 1, "{r}");
+    assert_eq!(usage.len(), 2, "{r}");
     for u in usage {
         assert!(u["peak_rss_mib"].as_f64().unwrap() > 1.0, "{u}");
         assert!(u["cpu_seconds"].as_f64().unwrap() > 0.0, "{u}");
