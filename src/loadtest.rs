@@ -258,6 +258,7 @@ async fn run_on_stack(
     let analysis = analyse(&tables).map_err(LoadtestError::Io)?;
     let missing = produced.sent.saturating_sub(analysis.distinct);
     let cpu: f64 = usage.iter().map(|u| u.cpu_seconds).sum();
+    let worker_cores = cpu / end_to_end.as_secs_f64().max(1e-9);
     let mut lat = analysis.latencies_ms;
     lat.sort_unstable();
     let pct = |q: f64| -> f64 {
@@ -288,14 +289,14 @@ async fn run_on_stack(
         cpu_seconds_per_million_records: cpu / (committed.max(1) as f64 / 1e6),
         drain_seconds: drain.as_secs_f64(),
         max_batch_age_seconds: max_batch_age.as_secs_f64(),
-        worker_cores_used: cpu / end_to_end.as_secs_f64().max(1e-9),
+        worker_cores_used: worker_cores,
         kinesis_emulator_cores_used: emulator_cores,
         bottleneck: bottleneck(
             drain,
             max_batch_age,
             produced.records_per_second,
             emulator_cores,
-            cpu / end_to_end.as_secs_f64().max(1e-9) / pids.len().max(1) as f64,
+            worker_cores / pids.len().max(1) as f64,
         ),
     };
     Ok(report)

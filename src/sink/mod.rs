@@ -132,11 +132,11 @@ impl TableSink {
         let mut buf: BTreeMap<String, ShardBuf> = BTreeMap::new();
         let (mut rows, mut bytes) = (0usize, 0usize);
         // When the buffered batch must be committed (see `batch_due`).
-        let mut first_at: Option<Instant> = None;
+        let mut due_at: Option<Instant> = None;
         let mut retry_at: Option<Instant> = None;
         let mut failures = 0u32;
         loop {
-            let due = match (first_at, retry_at) {
+            let due = match (due_at, retry_at) {
                 (_, Some(r)) => Some(r),
                 (Some(f), None) => Some(f),
                 (None, None) => None,
@@ -144,7 +144,7 @@ impl TableSink {
             let msg = tokio::select! {
                 m = rx.recv() => m,
                 _ = sleep_until_opt(due) => {
-                    self.flush_or_retry(&mut buf, &totals, &mut failures, &mut retry_at, &mut rows, &mut bytes, &mut first_at).await;
+                    self.flush_or_retry(&mut buf, &totals, &mut failures, &mut retry_at, &mut rows, &mut bytes, &mut due_at).await;
                     continue;
                 }
             };
@@ -158,7 +158,7 @@ impl TableSink {
                         chrono::Utc::now().timestamp_micros(),
                         self.policy.max_batch_age,
                     );
-                    first_at = Some(first_at.map_or(chunk_due, |d| d.min(chunk_due)));
+                    due_at = Some(due_at.map_or(chunk_due, |d| d.min(chunk_due)));
                     add_chunk(&mut buf, c);
                     buffer_gauges(self.kind, rows, bytes);
                     let full =
@@ -171,7 +171,7 @@ impl TableSink {
                             &mut retry_at,
                             &mut rows,
                             &mut bytes,
-                            &mut first_at,
+                            &mut due_at,
                         )
                         .await;
                     }
@@ -182,7 +182,7 @@ impl TableSink {
                         metrics::histogram!("pinstream_flush_bytes", "table" => self.kind.name())
                             .record(bytes as f64);
                         buffer_gauges(self.kind, 0, 0);
-                        (rows, bytes, first_at, retry_at, failures) = (0, 0, None, None, 0);
+                        (rows, bytes, due_at, retry_at, failures) = (0, 0, None, None, 0);
                     }
                     let _ = reply.send(res);
                 }
@@ -205,7 +205,7 @@ impl TableSink {
         retry_at: &mut Option<Instant>,
         rows: &mut usize,
         bytes: &mut usize,
-        first_at: &mut Option<Instant>,
+        due_at: &mut Option<Instant>,
     ) {
         let res = self.flush(buf, totals).await;
         if let Some(h) = &self.health {
@@ -220,7 +220,7 @@ impl TableSink {
                 metrics::histogram!("pinstream_flush_bytes", "table" => self.kind.name())
                     .record(*bytes as f64);
                 buffer_gauges(self.kind, 0, 0);
-                (*rows, *bytes, *first_at, *retry_at, *failures) = (0, 0, None, None, 0)
+                (*rows, *bytes, *due_at, *retry_at, *failures) = (0, 0, None, None, 0)
             }
             Err(e) => {
                 *failures += 1;
@@ -381,15 +381,13 @@ impl TableSink {
         // Committing from a stale snapshot fails delta-rs's conflict check for good once
         // another worker has committed a txn of the same shard (a lease that moved): the
         // retry reused the same stale snapshot forever and the sink never committed again.
-        let refreshed = if rejects {
-            table.update_state().await
-        } else {
-            Ok(())
-        };
-        let res = match refreshed {
-            Ok(()) => delta::append(table, batches, positions).await,
-            Err(e) => Err(e),
-        };
+        let res = async {
+            if rejects {
+                table.update_state().await?;
+            }
+            delta::append(table, batches, positions).await
+        }
+        .await;
         metrics::histogram!("pinstream_delta_commit_duration_seconds", "table" => name)
             .record(started.elapsed().as_secs_f64());
         match res {
