@@ -108,7 +108,7 @@ pub struct RunArgs {
     #[arg(long, env = "PINSTREAM_METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Crash tests only: abort at `POINT[:N]` of a flush (before_commit, between_commits,
-    /// after_commit, after_checkpoint).
+    /// after_commit, after_checkpoint); `POINT:N:fail` fails that flush instead.
     #[arg(long, hide = true, value_parser = crate::fault::Fault::parse)]
     pub fault: Option<crate::fault::Fault>,
 }

@@ -1,6 +1,8 @@
 //! Fault injection for crash tests: `pinstream run --fault POINT[:N]` aborts the process
-//! (like a SIGKILL: no flush, no release) the Nth time a flush reaches POINT. Off unless the
-//! hidden flag is given; never used in production.
+//! (like a SIGKILL: no flush, no release) the Nth time a flush reaches POINT;
+//! `POINT:N:fail` instead makes that flush fail there, as a failed commit would (the sink
+//! keeps its rows and retries). Off unless the hidden flag is given; never used in
+//! production.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -30,17 +32,23 @@ impl FaultPoint {
     }
 }
 
-/// A planned crash, shared by the sinks of one worker.
+/// A planned crash (or failure), shared by the sinks of one worker.
 #[derive(Debug, Clone)]
 pub struct Fault {
     point: FaultPoint,
     nth: u32,
+    /// Fail the flush instead of aborting the process.
+    fail: bool,
     seen: Arc<AtomicU32>,
 }
 
 impl Fault {
-    /// Parses `POINT[:N]`.
+    /// Parses `POINT[:N[:fail]]`.
     pub fn parse(s: &str) -> Result<Self, String> {
+        let (s, fail) = match s.strip_suffix(":fail") {
+            Some(rest) => (rest, true),
+            None => (s, false),
+        };
         let (point, nth) = match s.split_once(':') {
             Some((p, n)) => (
                 p,
@@ -57,19 +65,29 @@ impl Fault {
         Ok(Fault {
             point,
             nth: nth.max(1),
+            fail,
             seen: Arc::new(AtomicU32::new(0)),
         })
     }
 
-    /// Called by a flush at `point`: aborts the process on the planned hit.
-    pub fn hit(&self, point: FaultPoint) {
+    /// Called by a flush at `point`: on the planned hit, aborts the process, or returns
+    /// `Err` for the flush to fail there.
+    pub fn hit(&self, point: FaultPoint) -> Result<(), FaultPoint> {
         if point == self.point && self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.nth {
+            if self.fail {
+                eprintln!(
+                    "pinstream: injected failure at {point:?} (hit {})",
+                    self.nth
+                );
+                return Err(point);
+            }
             eprintln!(
                 "pinstream: injected fault at {point:?} (hit {}): aborting",
                 self.nth
             );
             std::process::abort();
         }
+        Ok(())
     }
 }
 
@@ -85,8 +103,16 @@ mod tests {
         assert!(Fault::parse("sometime").is_err());
         assert!(Fault::parse("after_commit:x").is_err());
         // Hits before the planned one and at other points do nothing.
-        f.hit(FaultPoint::AfterCommit);
-        f.hit(FaultPoint::BeforeCommit);
-        f.hit(FaultPoint::AfterCommit);
+        assert!(f.hit(FaultPoint::AfterCommit).is_ok());
+        assert!(f.hit(FaultPoint::BeforeCommit).is_ok());
+        assert!(f.hit(FaultPoint::AfterCommit).is_ok());
+        let f = Fault::parse("between_commits:2:fail").unwrap();
+        assert_eq!(
+            (f.point, f.nth, f.fail),
+            (FaultPoint::BetweenCommits, 2, true)
+        );
+        assert!(f.hit(FaultPoint::BetweenCommits).is_ok());
+        assert!(f.hit(FaultPoint::BetweenCommits).is_err());
+        assert!(f.hit(FaultPoint::BetweenCommits).is_ok(), "once");
     }
 }

@@ -222,6 +222,9 @@ pub struct HeldState {
     pub counter: u64,
     /// `batch_version` of the last checkpoint; the next commit carries `+ 1`.
     pub batch_version: i64,
+    /// The shard's txn version in the rejects table as this worker last read or wrote it
+    /// (the rejects commit's fence).
+    pub rejects_version: i64,
     pub lost: bool,
     /// The lease was handed back (or found taken) by this process.
     pub released: bool,
@@ -268,6 +271,7 @@ impl HeldLease {
             state: Mutex::new(HeldState {
                 counter,
                 batch_version: lease.batch_version,
+                rejects_version: 0,
                 lost: false,
                 released: false,
                 millis_behind: None,

@@ -38,6 +38,8 @@ pub enum SinkError {
     },
     #[error("the {0} sink has stopped")]
     Stopped(Kind),
+    #[error("injected failure at {0:?} (--fault)")]
+    Injected(FaultPoint),
 }
 
 /// The cleaned output of one GetRecords call of one shard.
@@ -284,6 +286,41 @@ impl TableSink {
             }
             planned.push((key, expected + 1));
         }
+        // The same fence on the rejects table, for the shards with rejects to commit: its
+        // txn version must still be the one this worker last saw or wrote, or another
+        // writer has committed rejects of the shard since (their rows would land twice).
+        // The commit builds on the snapshot read here, so a rejects commit of the shard by
+        // someone else after this read fails delta-rs's conflict check instead.
+        let with_rejects: Vec<String> = planned
+            .iter()
+            .filter(|(k, _)| buf[k].rejects.iter().any(|b| b.num_rows() > 0))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !with_rejects.is_empty() {
+            let app_ids: Vec<String> = with_rejects
+                .iter()
+                .map(|k| buf[k].lease.app_id(&self.application))
+                .collect();
+            let app_refs: Vec<&str> = app_ids.iter().map(String::as_str).collect();
+            let versions = delta::txn_versions(&mut self.rejects_table, &app_refs)
+                .await
+                .map_err(|source| SinkError::Commit {
+                    table: self.kind.rejects_table().into(),
+                    source,
+                })?;
+            for (key, r) in with_rejects.iter().zip(versions) {
+                let lease = buf[key].lease.clone();
+                let mut state = lease.state.lock().await;
+                let (r, expected) = (r.unwrap_or(0), state.rejects_version);
+                if r != expected {
+                    tracing::warn!(lease = %key, rejects_table_version = r, expected, "another writer committed rejects for this shard; dropping our rows");
+                    lease.mark_lost(&mut state);
+                    drop(state);
+                    drop_shard(buf, key);
+                    planned.retain(|(k, _)| k != key);
+                }
+            }
+        }
         if planned.is_empty() {
             return Ok(());
         }
@@ -303,9 +340,10 @@ impl TableSink {
             })
             .collect();
 
-        self.fault_at(FaultPoint::BeforeCommit);
+        self.fault_at(FaultPoint::BeforeCommit)?;
         // Rejects first: a crash between the two commits re-reads the batch (the rejects
-        // carry their unique key), it never loses a reject.
+        // commit carries the shard's position, so the next owner skips rejects up to it),
+        // it never loses a reject.
         let rejects: Vec<RecordBatch> = planned
             .iter()
             .flat_map(|(k, _)| buf[k].rejects.iter().cloned())
@@ -318,7 +356,24 @@ impl TableSink {
                 .cloned()
                 .collect();
             self.commit(true, &rejects, &with_rejects).await?;
-            self.fault_at(FaultPoint::BetweenCommits);
+            // Committed: out of the buffer, so that a retry after a failed cleaned commit
+            // writes only rejects that came in since (under the same txn version, at a
+            // later position).
+            for p in &with_rejects {
+                let sb = buf
+                    .get_mut(&p.lease_key)
+                    .expect("planned shard is buffered");
+                sb.rejects.clear();
+                sb.lease.state.lock().await.rejects_version = p.version;
+            }
+            totals
+                .rejects_committed
+                .fetch_add(reject_rows as u64, Ordering::Relaxed);
+            self.progress
+                .rows_committed
+                .fetch_add(reject_rows as u64, Ordering::Relaxed);
+            metrics::counter!("pinstream_records_rejected_written_total", "table" => self.kind.rejects_table()).increment(reject_rows as u64);
+            self.fault_at(FaultPoint::BetweenCommits)?;
             totals.commits.fetch_add(1, Ordering::Relaxed);
         }
         let batches: Vec<RecordBatch> = planned
@@ -327,20 +382,16 @@ impl TableSink {
             .collect();
         let good_rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         self.commit(false, &batches, &positions).await?;
-        self.fault_at(FaultPoint::AfterCommit);
+        self.fault_at(FaultPoint::AfterCommit)?;
         totals
             .rows_committed
             .fetch_add(good_rows as u64, Ordering::Relaxed);
-        totals
-            .rejects_committed
-            .fetch_add(reject_rows as u64, Ordering::Relaxed);
         totals.commits.fetch_add(1, Ordering::Relaxed);
         self.progress
             .rows_committed
-            .fetch_add((good_rows + reject_rows) as u64, Ordering::Relaxed);
+            .fetch_add(good_rows as u64, Ordering::Relaxed);
         metrics::counter!("pinstream_records_written_total", "table" => self.kind.name())
             .increment(good_rows as u64);
-        metrics::counter!("pinstream_records_rejected_written_total", "table" => self.kind.rejects_table()).increment(reject_rows as u64);
         metrics::histogram!("pinstream_flush_rows", "table" => self.kind.name())
             .record((good_rows + reject_rows) as f64);
 
@@ -355,13 +406,14 @@ impl TableSink {
             self.checkpoint(&sb.lease, &checkpoint, pos.last_sub_sequence, *version)
                 .await;
         }
-        self.fault_at(FaultPoint::AfterCheckpoint);
+        self.fault_at(FaultPoint::AfterCheckpoint)?;
         Ok(())
     }
 
-    fn fault_at(&self, point: FaultPoint) {
-        if let Some(f) = &self.fault {
-            f.hit(point);
+    fn fault_at(&self, point: FaultPoint) -> Result<(), SinkError> {
+        match &self.fault {
+            Some(f) => f.hit(point).map_err(SinkError::Injected),
+            None => Ok(()),
         }
     }
 
@@ -377,17 +429,10 @@ impl TableSink {
             (&mut self.table, self.kind.name())
         };
         let started = Instant::now();
-        // The cleaned table was just refreshed by the fence; the rejects table must be too.
-        // Committing from a stale snapshot fails delta-rs's conflict check for good once
-        // another worker has committed a txn of the same shard (a lease that moved): the
-        // retry reused the same stale snapshot forever and the sink never committed again.
-        let res = async {
-            if rejects {
-                table.update_state().await?;
-            }
-            delta::append(table, batches, positions).await
-        }
-        .await;
+        // Both tables were just refreshed by their fences (`delta::txn_versions`). A commit
+        // from a stale snapshot fails delta-rs's conflict check for good once another
+        // worker has committed a txn of the same shard (a lease that moved).
+        let res = delta::append(table, batches, positions).await;
         metrics::histogram!("pinstream_delta_commit_duration_seconds", "table" => name)
             .record(started.elapsed().as_secs_f64());
         match res {

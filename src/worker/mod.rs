@@ -590,6 +590,7 @@ async fn resume_position(
         .await
         .map_err(recovery)?
         .unwrap_or(0);
+    handle.state.lock().await.rejects_version = r;
     let rejects_done = if r > t {
         let pos = delta::position_at(rejects_table, &lease.key, r)
             .await

@@ -138,3 +138,82 @@ async fn crash_between_commit_and_checkpoint() {
 async fn crash_after_checkpoint() {
     crash_then_recover("after_checkpoint").await;
 }
+
+/// The cleaned commit fails after the rejects commit landed (injected, in process): the
+/// sink retries the batch, and the rejects it already committed are not written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_cleaned_commit_is_retried_without_committing_rejects_twice() {
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let name = support::unique("retry-rejects");
+    let root = dir.path().join("tables");
+    let settings = support::settings(&name, &root, CONFIG);
+    support::create_streams(&aws, &settings, 1).await;
+    let per_stream = 600u64;
+    let opts = support::produce_options(&settings, 78, 0.05, per_stream);
+    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
+        .await
+        .unwrap();
+
+    let stop = CancellationToken::new();
+    let run = RunOptions {
+        available_now: false,
+        worker_id: support::unique("retrier"),
+        shutdown_deadline: Duration::from_secs(30),
+        progress: Arc::new(RunProgress::default()),
+        fault: Some(pinstream::fault::Fault::parse("between_commits:2:fail").unwrap()),
+        health: None,
+    };
+    let running = tokio::spawn(worker::run(
+        settings.clone(),
+        aws.clone(),
+        run,
+        stop.clone(),
+    ));
+    let created = |t: &str| {
+        root.join(t)
+            .join("_delta_log/00000000000000000000.json")
+            .exists()
+    };
+    support::wait_for(
+        "the worker created its tables",
+        Duration::from_secs(30),
+        || async {
+            Kind::ALL
+                .iter()
+                .all(|k| created(k.name()) && created(k.rejects_table()))
+                .then_some(())
+        },
+    )
+    .await;
+    for kind in Kind::ALL {
+        support::wait_for(
+            &format!("{kind}: all {per_stream} records"),
+            Duration::from_secs(60),
+            || async {
+                let n = count(&support::read_table(&root, kind.name()).await)
+                    + count(&support::read_table(&root, kind.rejects_table()).await);
+                (n >= per_stream as usize).then_some(())
+            },
+        )
+        .await;
+    }
+    stop.cancel();
+    running.await.unwrap().unwrap();
+
+    for kind in Kind::ALL {
+        let rows = support::read_table(&root, kind.name()).await;
+        let rejects = support::read_table(&root, kind.rejects_table()).await;
+        let mut keys = key_counts(&rows);
+        for (k, n) in key_counts(&rejects) {
+            *keys.entry(k).or_insert(0) += n;
+        }
+        let twice: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "{kind}: committed twice: {twice:?}");
+        assert_eq!(keys.len(), per_stream as usize, "{kind}: every record once");
+        assert!(
+            count(&rejects) > 0,
+            "{kind}: the dirty records are in the rejects table"
+        );
+    }
+}
