@@ -1,15 +1,21 @@
 //! The worker's hot path, stage by stage, per 100,000 records of one stream kind:
 //!
-//! - `decode`: JSON text to an object (`json`), and splitting KPL aggregates of about
-//!   50 KiB into their user records (`kpl`);
-//! - `clean`: the cleaning operator appending already-parsed objects to Arrow builders;
-//! - `arrow_build`: the builders' `finish` into one record batch;
-//! - `parquet_encode`: that batch to Parquet bytes in memory, with the sink's writer
+//! - `decode`: JSON text to an object with the keys the operator reads (`json`), and
+//!   splitting KPL aggregates of about 50 KiB into their user records (`kpl`);
+//! - `clean`: the cleaning operator from raw bytes: decode, clean, append to Arrow
+//!   builders and `finish` them into record batches (so `clean` minus `decode` is the
+//!   cleaning itself);
+//! - `arrow_build`: the builders' `finish` alone;
+//! - `parquet_encode`: those batches to one Parquet file in memory, with the sink's writer
 //!   settings (`sink::delta::writer_properties`);
 //! - `worker_path`: all of it from raw bytes (decode + clean + build + encode), the
 //!   figure the per-core target is about;
 //! - `full_flush`: decode + clean + build, then one Delta append (Parquet file written
 //!   and commit) to a fresh table on local disk.
+//!
+//! As in the worker, records are cleaned one GetRecords answer at a time (`CHUNK`, the
+//! default `reader.max_records`) into one record batch per answer, and a flush writes all
+//! of a batch's chunks into one Parquet file.
 //!
 //! Records are the real samples in `../shared/data` (cycled to 100,000, with distinct
 //! sequence numbers), or synthetic ones with 1 % dirty when that folder is missing.
@@ -21,12 +27,16 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::parquet::arrow::ArrowWriter;
-use pinstream::clean::{clean_into, parse_object, Kind, RecordMeta, RejectsColumns, TableColumns};
+use pinstream::clean::{
+    clean_into, parse_object, Kind, PinKeys, RecordMeta, RejectsColumns, TableColumns,
+};
 use pinstream::config::TableRoot;
 use pinstream::producer::generator::Generator;
 use pinstream::sink::delta::{self, ShardPosition};
 
 const N: usize = 100_000;
+/// Records per GetRecords answer: the default `reader.max_records`.
+const CHUNK: usize = 10_000;
 const SHARD: &str = "shardId-000000000000";
 
 /// `N` records of `kind`: the real samples cycled, else synthetic.
@@ -64,22 +74,36 @@ fn meta<'a>(seq: &'a str) -> RecordMeta<'a> {
     }
 }
 
-/// Decode + clean + build: what a shard reader does with one GetRecords answer.
-fn clean_all(kind: Kind, data: &[Vec<u8>], seqs: &[String]) -> (RecordBatch, RecordBatch) {
+/// Decode + clean + build, what a shard reader does with each GetRecords answer: a batch
+/// of cleaned rows and one of rejects per `CHUNK` records, the builders sized from the
+/// chunk before.
+fn clean_all(
+    kind: Kind,
+    data: &[Vec<u8>],
+    seqs: &[String],
+) -> (Vec<RecordBatch>, Vec<RecordBatch>) {
+    let (mut rows_out, mut rejects_out) = (Vec::new(), Vec::new());
     let mut rows = TableColumns::new(kind);
-    let mut rejects = RejectsColumns::default();
-    for (d, seq) in data.iter().zip(seqs) {
-        let _ = clean_into(kind, d, &meta(seq), kind.name(), &mut rows, &mut rejects);
+    for (data, seqs) in data.chunks(CHUNK).zip(seqs.chunks(CHUNK)) {
+        rows.reserve(data.len(), data.iter().map(Vec::len).sum());
+        let mut rejects = RejectsColumns::default();
+        for (d, seq) in data.iter().zip(seqs) {
+            let _ = clean_into(kind, d, &meta(seq), kind.name(), &mut rows, &mut rejects);
+        }
+        rows_out.push(rows.finish().unwrap());
+        rejects_out.push(rejects.finish().unwrap());
     }
-    (rows.finish().unwrap(), rejects.finish().unwrap())
+    (rows_out, rejects_out)
 }
 
-/// Parquet bytes of `batch` with the sink's writer settings.
-fn encode(batch: &RecordBatch) -> Vec<u8> {
+/// One Parquet file of `batches` with the sink's writer settings, in memory.
+fn encode(batches: &[RecordBatch]) -> Vec<u8> {
     let props = delta::writer_properties();
     let mut out = Vec::with_capacity(16 << 20);
-    let mut w = ArrowWriter::try_new(&mut out, batch.schema(), Some(props)).unwrap();
-    w.write(batch).unwrap();
+    let mut w = ArrowWriter::try_new(&mut out, batches[0].schema(), Some(props)).unwrap();
+    for b in batches.iter().filter(|b| b.num_rows() > 0) {
+        w.write(b).unwrap();
+    }
     w.close().unwrap();
     out
 }
@@ -115,7 +139,7 @@ fn stages(c: &mut Criterion) {
     g.bench_function("json/pin", |b| {
         b.iter(|| {
             for d in &pins {
-                let _ = black_box(parse_object(d));
+                let _ = black_box(parse_object::<PinKeys>(d));
             }
         })
     });
@@ -143,19 +167,9 @@ fn stages(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("clean");
     g.sample_size(10).throughput(Throughput::Elements(N as u64));
-    let parsed: Vec<_> = pins.iter().filter_map(|d| parse_object(d).ok()).collect();
     g.bench_function("pin", |b| {
-        b.iter_batched_ref(
-            || TableColumns::new(Kind::Pin),
-            |rows| {
-                for (obj, seq) in parsed.iter().zip(&seqs) {
-                    let _ = black_box(rows.push(obj, &meta(seq)));
-                }
-            },
-            BatchSize::PerIteration,
-        )
+        b.iter(|| black_box(clean_all(Kind::Pin, &pins, &seqs)))
     });
-    drop(parsed);
     g.finish();
 
     let mut g = c.benchmark_group("arrow_build");
@@ -163,15 +177,25 @@ fn stages(c: &mut Criterion) {
     g.bench_function("pin", |b| {
         b.iter_batched(
             || {
-                let mut rows = TableColumns::new(Kind::Pin);
-                for (d, seq) in pins.iter().zip(&seqs) {
-                    if let Ok(obj) = parse_object(d) {
-                        let _ = rows.push(&obj, &meta(seq));
-                    }
-                }
-                rows
+                let records = pins.chunks(CHUNK).zip(seqs.chunks(CHUNK));
+                records
+                    .map(|(data, seqs)| {
+                        let mut rows = TableColumns::new(Kind::Pin);
+                        for (d, seq) in data.iter().zip(seqs) {
+                            let _ = rows.push(d, &meta(seq));
+                        }
+                        rows
+                    })
+                    .collect::<Vec<_>>()
             },
-            |mut rows| black_box(rows.finish().unwrap()),
+            |mut chunks| {
+                black_box(
+                    chunks
+                        .iter_mut()
+                        .map(|r| r.finish().unwrap())
+                        .collect::<Vec<_>>(),
+                )
+            },
             BatchSize::PerIteration,
         )
     });
@@ -179,14 +203,17 @@ fn stages(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("parquet_encode");
     g.sample_size(10).throughput(Throughput::Elements(N as u64));
-    let (batch, _) = clean_all(Kind::Pin, &pins, &seqs);
+    let (batches, _) = clean_all(Kind::Pin, &pins, &seqs);
     eprintln!(
-        "pin batch: {} rows, {} Arrow bytes, {} Parquet bytes",
-        batch.num_rows(),
-        batch.get_array_memory_size(),
-        encode(&batch).len()
+        "pin batches: {} rows, {} Arrow bytes, {} Parquet bytes",
+        batches.iter().map(RecordBatch::num_rows).sum::<usize>(),
+        batches
+            .iter()
+            .map(RecordBatch::get_array_memory_size)
+            .sum::<usize>(),
+        encode(&batches).len()
     );
-    g.bench_function("pin", |b| b.iter(|| black_box(encode(&batch))));
+    g.bench_function("pin", |b| b.iter(|| black_box(encode(&batches))));
     g.finish();
 }
 
@@ -218,35 +245,34 @@ fn full_flush(c: &mut Criterion) {
     g.sample_size(10)
         .measurement_time(Duration::from_secs(10))
         .throughput(Throughput::Elements(N as u64));
-    for kind in [Kind::Pin] {
-        let data = records(kind);
-        let mut fresh = 0;
-        g.bench_function(kind.name(), |b| {
-            b.iter_batched(
-                || {
-                    // A new table per flush: commit cost here is that of a young table.
-                    fresh += 1;
-                    let name = format!("{kind}_{fresh}");
-                    rt.block_on(delta::open_or_create(&root, &name, &kind.schema()))
-                        .unwrap()
-                },
-                |mut table| {
-                    let (rows, _rejects) = clean_all(kind, &data, &seqs);
-                    let pos = ShardPosition {
-                        app_id: format!("bench/{kind}/{SHARD}"),
-                        lease_key: format!("{kind}:{SHARD}"),
-                        version: 1,
-                        last_sequence: seqs[N - 1].clone(),
-                        last_sub_sequence: 0,
-                        shard_end: false,
-                    };
-                    rt.block_on(delta::append(&mut table, &[rows], &[pos]))
-                        .unwrap()
-                },
-                BatchSize::PerIteration,
-            )
-        });
-    }
+    let kind = Kind::Pin;
+    let data = records(kind);
+    let mut fresh = 0;
+    g.bench_function(kind.name(), |b| {
+        b.iter_batched(
+            || {
+                // A new table per flush: commit cost here is that of a young table.
+                fresh += 1;
+                let name = format!("{kind}_{fresh}");
+                rt.block_on(delta::open_or_create(&root, &name, &kind.schema()))
+                    .unwrap()
+            },
+            |mut table| {
+                let (rows, _rejects) = clean_all(kind, &data, &seqs);
+                let pos = ShardPosition {
+                    app_id: format!("bench/{kind}/{SHARD}"),
+                    lease_key: format!("{kind}:{SHARD}"),
+                    version: 1,
+                    last_sequence: seqs[N - 1].clone(),
+                    last_sub_sequence: 0,
+                    shard_end: false,
+                };
+                rt.block_on(delta::append(&mut table, &rows, &[pos]))
+                    .unwrap()
+            },
+            BatchSize::PerIteration,
+        )
+    });
     g.finish();
 }
 

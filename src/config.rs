@@ -82,6 +82,7 @@ pub struct FlushConfig {
     pub max_batch_age: Option<String>,
     pub max_batch_rows: Option<usize>,
     pub max_batch_bytes: Option<usize>,
+    pub max_buffered_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -208,6 +209,9 @@ pub struct FlushPolicy {
     pub max_batch_age: Duration,
     pub max_batch_rows: usize,
     pub max_batch_bytes: usize,
+    /// Worker-wide memory budget: bytes of cleaned Arrow data held between the readers and
+    /// the commits, all tables together.
+    pub max_buffered_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -396,6 +400,11 @@ impl Settings {
                 "flush.max_batch_bytes",
                 file.flush.max_batch_bytes,
                 64 << 20,
+            )?,
+            max_buffered_bytes: positive(
+                "flush.max_buffered_bytes",
+                file.flush.max_buffered_bytes,
+                128 << 20,
             )?,
         };
         let lease = LeasePolicy {

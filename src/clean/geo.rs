@@ -4,10 +4,18 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use super::{field, required_key, schema, values, Object, Reject};
+use super::{field, required_key, schema, values, Keys, Object, Reject};
 use deltalake::arrow::array::{
     ArrayRef, Float64Builder, Int64Builder, ListBuilder, StringBuilder, TimestampMicrosecondBuilder,
 };
+
+/// The keys the `geo` operator reads; others are dropped while parsing.
+pub enum GeoKeys {}
+
+impl Keys for GeoKeys {
+    const NAMES: &'static [&'static str] =
+        &["ind", "latitude", "longitude", "country", "timestamp"];
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct GeoRow<'a> {
@@ -20,7 +28,7 @@ pub struct GeoRow<'a> {
 }
 
 impl<'a> GeoRow<'a> {
-    pub fn parse(obj: &'a Object<'_>) -> Result<Self, Reject> {
+    pub fn parse(obj: &'a Object<'_, GeoKeys>) -> Result<Self, Reject> {
         let ind = required_key(obj, "ind")?;
         let lat = field(obj, "latitude", values::float)?;
         let lon = field(obj, "longitude", values::float)?;
@@ -53,6 +61,10 @@ impl Default for GeoColumns {
 }
 
 impl GeoColumns {
+    pub fn text_columns(&mut self) -> [&mut StringBuilder; 1] {
+        [&mut self.country]
+    }
+
     pub fn append(&mut self, r: GeoRow<'_>) {
         self.ind.append_value(r.ind);
         self.country.append_option(r.country);
@@ -83,7 +95,7 @@ mod tests {
     /// Cleans `v` as the worker would: from its JSON text.
     fn parse(v: Value) -> Result<GeoRow<'static>, Reject> {
         let text = serde_json::to_vec(&v).unwrap();
-        let obj = parse_object(&text).unwrap();
+        let obj = parse_object::<GeoKeys>(&text).unwrap();
         let r = GeoRow::parse(&obj)?;
         Ok(GeoRow {
             ind: r.ind,

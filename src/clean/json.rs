@@ -1,19 +1,23 @@
-//! The JSON the cleaning operators read: one record's top-level object, with keys and
-//! string values borrowed from the record's bytes (copied only when they contain escapes),
-//! numbers, booleans and nulls inline, and nested arrays/objects kept whole as
-//! [`serde_json::Value`] (no field of the contract is nested; they are only ever shown in
-//! a reject's detail).
+//! The JSON the cleaning operators read: one record's top-level object, keeping only the
+//! keys its operator reads (see [`Keys`]), with string values borrowed from the record's
+//! bytes (copied only when they contain escapes), numbers, booleans and nulls inline, and
+//! nested arrays/objects kept whole as [`serde_json::Value`] (no field of the contract is
+//! nested; they are only ever shown in a reject's detail).
 //!
 //! Same parser and same semantics as `serde_json::Value`: numbers are what `Value` would
-//! hold, a key given twice keeps its last value, errors carry serde_json's messages. What
-//! it saves is the per-key and per-string allocations and the map a `Value` builds, which
-//! were most of the worker's cost per record.
+//! hold, a key given twice keeps its last value, a text `Value` refuses is refused here
+//! with serde_json's message (keys nobody reads are parsed and checked all the same).
+//! What it saves is the per-key and per-string allocations and the map a `Value` builds,
+//! and the search for each key afterwards: a key's slot is found once, while parsing.
 
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
-use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{
+    Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
 use serde_json::{Number, Value};
 
 /// One value of the top-level object.
@@ -51,40 +55,52 @@ impl Field<'_> {
     }
 }
 
-/// A record's top-level JSON object, keys in input order.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Object<'a> {
-    fields: Vec<(Cow<'a, str>, Field<'a>)>,
+/// The top-level keys one cleaning operator reads, in slot order.
+pub trait Keys {
+    const NAMES: &'static [&'static str];
 }
 
-impl<'a> Object<'a> {
-    /// The value of `key`; the last one when the key is given more than once.
+/// Most keys any operator reads (pin: 11).
+pub const MAX_KEYS: usize = 12;
+
+/// The slot of `key` among `K`'s names. A handful of length-first comparisons against
+/// constant strings, which the compiler inlines.
+#[inline]
+fn slot<K: Keys>(key: &str) -> Option<usize> {
+    K::NAMES.iter().position(|n| *n == key)
+}
+
+/// A record's top-level JSON object: the values of the keys `K` names (the last one when a
+/// key is given more than once); other keys were parsed and dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object<'a, K> {
+    slots: [Option<Field<'a>>; MAX_KEYS],
+    keys: PhantomData<fn() -> K>,
+}
+
+impl<'a, K: Keys> Object<'a, K> {
+    /// The value of `key`, one of `K::NAMES`.
+    #[inline]
     pub fn get(&self, key: &str) -> Option<&Field<'a>> {
-        self.fields
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v)
-    }
-
-    pub fn len(&self) -> usize {
-        self.fields.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.fields.is_empty()
+        let i = slot::<K>(key);
+        debug_assert!(i.is_some(), "`{key}` is not among the keys read");
+        self.slots[i?].as_ref()
     }
 }
 
 /// What a record's JSON text turned out to be.
-pub enum TopLevel<'a> {
-    Object(Object<'a>),
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one per record, on the stack; boxing would allocate per record"
+)]
+pub enum TopLevel<'a, K> {
+    Object(Object<'a, K>),
     /// Anything else, by its kind ("a string", "an array", ...).
     Other(&'static str),
 }
 
-/// Parses JSON text; serde_json's error when it is not JSON.
-pub fn parse(text: &str) -> Result<TopLevel<'_>, serde_json::Error> {
+/// Parses JSON text, keeping the keys `K` names; serde_json's error when it is not JSON.
+pub fn parse<K: Keys>(text: &str) -> Result<TopLevel<'_, K>, serde_json::Error> {
     serde_json::from_str(text)
 }
 
@@ -141,52 +157,54 @@ impl<'de> Visitor<'de> for FieldVisitor {
     }
 }
 
-/// An object key, borrowed unless it has escapes.
-struct Key<'a>(Cow<'a, str>);
+/// Reads an object key as its slot among `K`'s names (no copy, escaped or not).
+struct SlotOf<K>(PhantomData<fn() -> K>);
 
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string key")
-            }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Borrowed(s)))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(s.to_owned())))
-            }
-            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
-                Ok(Key(Cow::Owned(s)))
-            }
-        }
-        d.deserialize_str(KeyVisitor)
+impl<'de, K: Keys> DeserializeSeed<'de> for SlotOf<K> {
+    type Value = Option<usize>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
     }
 }
 
-impl<'de> Deserialize<'de> for TopLevel<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(TopLevelVisitor)
+impl<'de, K: Keys> Visitor<'de> for SlotOf<K> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(slot::<K>(s))
     }
 }
 
-struct TopLevelVisitor;
+impl<'de, K: Keys> Deserialize<'de> for TopLevel<'de, K> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TopLevelVisitor(PhantomData))
+    }
+}
 
-impl<'de> Visitor<'de> for TopLevelVisitor {
-    type Value = TopLevel<'de>;
+struct TopLevelVisitor<K>(PhantomData<fn() -> K>);
+
+impl<'de, K: Keys> Visitor<'de> for TopLevelVisitor<K> {
+    type Value = TopLevel<'de, K>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON value")
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        // Pinterest records have 4-12 keys: one allocation for all of them.
-        let mut fields = Vec::with_capacity(map.size_hint().unwrap_or(12).max(12));
-        while let Some((Key(k), v)) = map.next_entry::<Key<'de>, Field<'de>>()? {
-            fields.push((k, v));
+        let mut slots: [Option<Field<'de>>; MAX_KEYS] = Default::default();
+        while let Some(slot) = map.next_key_seed(SlotOf::<K>(PhantomData))? {
+            // A key nobody reads is parsed as fully as `Value` would (so what `Value`
+            // refuses is refused here too), then dropped.
+            let value: Field<'de> = map.next_value()?;
+            if let Some(i) = slot {
+                slots[i] = Some(value);
+            }
         }
-        Ok(TopLevel::Object(Object { fields }))
+        Ok(TopLevel::Object(Object {
+            slots,
+            keys: PhantomData,
+        }))
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
@@ -222,7 +240,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn object(text: &str) -> Object<'_> {
+    enum Test {}
+    impl Keys for Test {
+        const NAMES: &'static [&'static str] =
+            &["s", "e", "i", "u", "f", "b", "n", "a", "o", "k", "missing"];
+    }
+
+    fn object(text: &str) -> Object<'_, Test> {
         match parse(text).unwrap() {
             TopLevel::Object(o) => o,
             TopLevel::Other(k) => panic!("not an object: {k}"),
@@ -247,6 +271,18 @@ mod tests {
     }
 
     #[test]
+    fn keys_nobody_reads_are_checked_as_value_checks_them_then_dropped() {
+        let text = r#"{"zz":1e400}"#;
+        let ours = parse::<Test>(text).err().expect("refused").to_string();
+        let theirs = serde_json::from_str::<Value>(text).unwrap_err().to_string();
+        assert_eq!(ours, theirs);
+        let o = object(r#"{"zz":{"deep":[1,"x\n"]},"\u0073":"escaped key","i":2}"#);
+        assert_eq!(o.get("s"), Some(&Field::Str(Cow::Borrowed("escaped key"))));
+        assert_eq!(o.get("i"), Some(&Field::Number(2.into())));
+        assert_eq!(o.get("k"), None);
+    }
+
+    #[test]
     fn a_repeated_key_keeps_its_last_value_as_value_does() {
         let text = r#"{"k":1,"k":"two"}"#;
         let v: Value = serde_json::from_str(text).unwrap();
@@ -266,12 +302,12 @@ mod tests {
             ("null", "null"),
         ] {
             assert!(
-                matches!(parse(text), Ok(TopLevel::Other(k)) if k == kind),
+                matches!(parse::<Test>(text), Ok(TopLevel::Other(k)) if k == kind),
                 "{text}"
             );
         }
         for bad in ["{", "{\"a\":}", "{} x", "", "{\"a\":1,}"] {
-            let ours = parse(bad).err().unwrap().to_string();
+            let ours = parse::<Test>(bad).err().unwrap().to_string();
             let theirs = serde_json::from_str::<Value>(bad).unwrap_err().to_string();
             assert_eq!(ours, theirs, "{bad}");
         }

@@ -3,10 +3,29 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use super::{field, required_key, values, Object, Reject};
+use super::{field, required_key, values, Keys, Object, Reject};
 use deltalake::arrow::array::{ArrayRef, Int64Builder, StringBuilder};
 
 /// One cleaned pin row, columns in table order; text borrowed from the record.
+/// The keys the `pin` operator reads; others are dropped while parsing.
+pub enum PinKeys {}
+
+impl Keys for PinKeys {
+    const NAMES: &'static [&'static str] = &[
+        "index",
+        "unique_id",
+        "title",
+        "description",
+        "follower_count",
+        "poster_name",
+        "tag_list",
+        "is_image_or_video",
+        "image_src",
+        "save_location",
+        "category",
+    ];
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct PinRow<'a> {
     pub ind: i64,
@@ -25,7 +44,7 @@ pub struct PinRow<'a> {
 const SAVE_PREFIX: &str = "Local save in ";
 
 impl<'a> PinRow<'a> {
-    pub fn parse(obj: &'a Object<'_>) -> Result<Self, Reject> {
+    pub fn parse(obj: &'a Object<'_, PinKeys>) -> Result<Self, Reject> {
         let t = |name: &'static str, placeholders: &'static [&'static str]| {
             field(obj, name, |v| values::text(v, placeholders))
         };
@@ -77,6 +96,20 @@ pub struct PinColumns {
 }
 
 impl PinColumns {
+    pub fn text_columns(&mut self) -> [&mut StringBuilder; 9] {
+        [
+            &mut self.unique_id,
+            &mut self.title,
+            &mut self.description,
+            &mut self.poster_name,
+            &mut self.tag_list,
+            &mut self.is_image_or_video,
+            &mut self.image_src,
+            &mut self.save_location,
+            &mut self.category,
+        ]
+    }
+
     pub fn append(&mut self, r: PinRow<'_>) {
         self.ind.append_value(r.ind);
         self.unique_id.append_option(r.unique_id);
@@ -118,7 +151,7 @@ mod tests {
     /// Cleans `v` as the worker would: from its JSON text.
     fn parse(v: Value) -> Result<PinRow<'static>, Reject> {
         let text = serde_json::to_vec(&v).unwrap();
-        let obj = parse_object(&text).unwrap();
+        let obj = parse_object::<PinKeys>(&text).unwrap();
         let row = PinRow::parse(&obj)?;
         Ok(owned(row))
     }

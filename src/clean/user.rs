@@ -4,8 +4,16 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use super::{field, required_key, values, Object, Reject};
+use super::{field, required_key, values, Keys, Object, Reject};
 use deltalake::arrow::array::{ArrayRef, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+
+/// The keys the `user` operator reads; others are dropped while parsing.
+pub enum UserKeys {}
+
+impl Keys for UserKeys {
+    const NAMES: &'static [&'static str] =
+        &["ind", "first_name", "last_name", "age", "date_joined"];
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserRow<'a> {
@@ -16,7 +24,7 @@ pub struct UserRow<'a> {
 }
 
 impl<'a> UserRow<'a> {
-    pub fn parse(obj: &'a Object<'_>) -> Result<Self, Reject> {
+    pub fn parse(obj: &'a Object<'_, UserKeys>) -> Result<Self, Reject> {
         let ind = required_key(obj, "ind")?;
         let first = field(obj, "first_name", |v| values::text(v, &[]))?;
         let last = field(obj, "last_name", |v| values::text(v, &[]))?;
@@ -52,6 +60,10 @@ impl Default for UserColumns {
 }
 
 impl UserColumns {
+    pub fn text_columns(&mut self) -> [&mut StringBuilder; 1] {
+        [&mut self.user_name]
+    }
+
     pub fn append(&mut self, r: UserRow<'_>) {
         self.ind.append_value(r.ind);
         self.user_name.append_option(r.user_name);
@@ -76,10 +88,13 @@ mod tests {
     use crate::clean::RejectReason;
     use serde_json::{json, Value};
 
+    /// `user_name`, `age`, `date_joined` of a cleaned row, owned.
+    type Cleaned = (Option<String>, Option<i64>, Option<i64>);
+
     /// Cleans `v` as the worker would (from its JSON text); the row without borrows.
-    fn parse(v: Value) -> Result<(Option<String>, Option<i64>, Option<i64>), Reject> {
+    fn parse(v: Value) -> Result<Cleaned, Reject> {
         let text = serde_json::to_vec(&v).unwrap();
-        let obj = parse_object(&text).unwrap();
+        let obj = parse_object::<UserKeys>(&text).unwrap();
         let r = UserRow::parse(&obj)?;
         Ok((r.user_name.map(Cow::into_owned), r.age, r.date_joined))
     }

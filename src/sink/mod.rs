@@ -6,6 +6,7 @@
 //!
 //! Rows of a shard whose lease was lost are dropped, never committed.
 
+pub mod budget;
 pub mod delta;
 
 use std::collections::BTreeMap;
@@ -54,6 +55,16 @@ pub struct Chunk {
     pub bytes: usize,
     /// Kinesis arrival time of the chunk's oldest record, microseconds since the epoch.
     pub oldest_arrival_micros: Option<i64>,
+    /// The chunk's room in the worker's memory budget, held until its rows are committed
+    /// or dropped.
+    pub reservation: Option<budget::Reservation>,
+}
+
+impl Chunk {
+    /// Bytes of Arrow data the chunk holds (what the memory budget counts).
+    pub fn memory_size(&self) -> usize {
+        self.rows.get_array_memory_size() + self.rejects.get_array_memory_size()
+    }
 }
 
 pub enum SinkMsg {
@@ -95,6 +106,8 @@ struct ShardBuf {
     rejects: Vec<RecordBatch>,
     last: Option<(String, i64)>,
     end_of_shard: bool,
+    /// The buffered chunks' room in the memory budget, given back with the rows.
+    reservations: Vec<budget::Reservation>,
 }
 
 /// Everything the sink needs to run.
@@ -111,6 +124,8 @@ pub struct TableSink {
     pub fault: Option<crate::fault::Fault>,
     pub maintenance: crate::config::MaintenancePolicy,
     pub health: Option<Arc<crate::telemetry::Health>>,
+    /// The worker's memory budget, shared with every reader and sink.
+    pub budget: Arc<budget::MemoryBudget>,
 }
 
 /// Chunks in flight per sink before readers wait (backpressure).
@@ -143,9 +158,16 @@ impl TableSink {
                 (Some(f), None) => Some(f),
                 (None, None) => None,
             };
+            let budget = self.budget.clone();
             let msg = tokio::select! {
                 m = rx.recv() => m,
                 _ = sleep_until_opt(due) => {
+                    self.flush_or_retry(&mut buf, &totals, &mut failures, &mut retry_at, &mut rows, &mut bytes, &mut due_at).await;
+                    continue;
+                }
+                // A reader waits for room in the memory budget: commit what we hold now.
+                _ = budget.pressed(), if rows > 0 && retry_at.is_none() => {
+                    metrics::counter!("pinstream_pressure_flushes_total", "table" => self.kind.name()).increment(1);
                     self.flush_or_retry(&mut buf, &totals, &mut failures, &mut retry_at, &mut rows, &mut bytes, &mut due_at).await;
                     continue;
                 }
@@ -506,6 +528,7 @@ fn add_chunk(buf: &mut BTreeMap<String, ShardBuf>, c: Chunk) {
         rejects: Vec::new(),
         last: None,
         end_of_shard: false,
+        reservations: Vec::new(),
     });
     if !Arc::ptr_eq(&entry.lease, &c.lease) {
         // The lease was lost and taken again: what was buffered under the old hold is void.
@@ -515,8 +538,10 @@ fn add_chunk(buf: &mut BTreeMap<String, ShardBuf>, c: Chunk) {
             rejects: Vec::new(),
             last: None,
             end_of_shard: false,
+            reservations: Vec::new(),
         };
     }
+    entry.reservations.extend(c.reservation);
     if c.rows.num_rows() > 0 {
         entry.rows.push(c.rows);
     }

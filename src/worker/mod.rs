@@ -139,6 +139,7 @@ pub(super) struct Shared {
     pub(super) leases: LeaseTable,
     pub(super) me: String,
     pub(super) progress: Arc<RunProgress>,
+    pub(super) budget: Arc<crate::sink::budget::MemoryBudget>,
 }
 
 /// Runs the worker until `shutdown` is cancelled or, with `available_now`, until every
@@ -153,6 +154,7 @@ pub async fn run(
     let leases = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
     leases.ensure_exists(Duration::from_secs(60)).await?;
 
+    let budget = crate::sink::budget::MemoryBudget::new(settings.flush.max_buffered_bytes);
     let mut sinks: BTreeMap<Kind, SinkHandle> = BTreeMap::new();
     let mut sink_tasks = Vec::new();
     // Separate handles (cleaned, rejects) for recovery reads, so they never wait on a sink.
@@ -190,6 +192,7 @@ pub async fn run(
             fault: opts.fault.clone(),
             maintenance: settings.maintenance.clone(),
             health: opts.health.clone(),
+            budget: budget.clone(),
         };
         let (handle, task) = sink.spawn();
         sinks.insert(kind, handle);
@@ -209,6 +212,7 @@ pub async fn run(
         leases,
         me: opts.worker_id.clone(),
         progress: opts.progress.clone(),
+        budget,
     });
     sync_shards(&shared.aws, &shared.leases, &shared.settings).await?;
     tracing::info!(worker_id = %shared.me, lease_table = %shared.leases.name(), available_now = opts.available_now, "worker started");

@@ -64,6 +64,8 @@ pub(super) async fn read_shard(
     );
     let mut failures = 0u32;
     let stream_label = lease.stream.clone();
+    // Kept across GetRecords answers: it sizes each chunk's builders from the last one.
+    let mut rows = TableColumns::new(kind);
     loop {
         let fetched = tokio::select! {
             _ = lease.token.cancelled() => return ShardExit::Cancelled,
@@ -102,8 +104,12 @@ pub(super) async fn read_shard(
             metrics::gauge!("pinstream_millis_behind_latest", "stream" => stream_label.clone(), "shard_id" => lease.shard_id.clone()).set(ms as f64);
         }
         let n = fetched.records.len();
-        if n > 0 || fetched.end_of_shard {
-            let chunk = match build_chunk(kind, &lease, &fetched, rejects_done.as_ref()) {
+        let (end_of_shard, millis_behind) = (fetched.end_of_shard, fetched.millis_behind_latest);
+        if n > 0 || end_of_shard {
+            let chunk = build_chunk(&mut rows, &lease, &fetched, rejects_done.as_ref());
+            // The raw answer is not needed any more: do not hold it while waiting for room.
+            drop(fetched);
+            let mut chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
                     // Our schemas and builders disagree: a bug, not bad data. Stop the shard
@@ -120,17 +126,23 @@ pub(super) async fn read_shard(
                 .increment(n as u64);
             metrics::counter!("pinstream_bytes_received_total", "stream" => stream_label.clone())
                 .increment(chunk.bytes as u64);
+            // Room in the worker's memory budget first (readers wait, sinks flush early).
+            let size = chunk.memory_size();
+            tokio::select! {
+                _ = lease.token.cancelled() => return ShardExit::Cancelled,
+                r = shared.budget.reserve(size) => chunk.reservation = Some(r),
+            }
             tokio::select! {
                 _ = lease.token.cancelled() => return ShardExit::Cancelled,
                 sent = sink.send(SinkMsg::Chunk(chunk)) => if sent.is_err() { return ShardExit::Cancelled },
             }
         }
-        if fetched.end_of_shard {
+        if end_of_shard {
             tracing::info!("reached the end of the shard");
             return ShardExit::ShardEnd;
         }
         if n == 0 {
-            if drain && fetched.millis_behind_latest.unwrap_or(0) == 0 {
+            if drain && millis_behind.unwrap_or(0) == 0 {
                 return ShardExit::CaughtUp;
             }
             tokio::select! {
@@ -144,12 +156,18 @@ pub(super) async fn read_shard(
 /// Decodes (KPL) and cleans one GetRecords answer into a chunk for the sink. Reject
 /// counts are emitted once per chunk, by reason.
 fn build_chunk(
-    kind: Kind,
+    rows: &mut TableColumns,
     lease: &Arc<HeldLease>,
     fetched: &kinesis::Fetched,
     rejects_done: Option<&Position>,
 ) -> Result<Chunk, deltalake::arrow::error::ArrowError> {
-    let mut rows = TableColumns::new(kind);
+    let kind = rows.kind();
+    let input: usize = fetched
+        .records
+        .iter()
+        .map(|r| r.data().as_ref().len())
+        .sum();
+    rows.reserve(fetched.records.len(), input);
     let mut rejects = RejectsColumns::default();
     // Rejects at or before `rejects_done` were committed before a crash: cleaned rows of
     // those records still go to `rows`, their rejects to this scratch builder, dropped.
@@ -199,8 +217,7 @@ fn build_chunk(
             };
             let done = rejects_done.is_some_and(|p| at_or_before((seq, i as i64), p));
             let target = if done { &mut already } else { &mut rejects };
-            if let Err(reason) = clean::clean_into(kind, d, &meta, &lease.stream, &mut rows, target)
-            {
+            if let Err(reason) = clean::clean_into(kind, d, &meta, &lease.stream, rows, target) {
                 if !done {
                     rejected[reason as usize] += 1;
                 }
@@ -221,6 +238,7 @@ fn build_chunk(
         end_of_shard: fetched.end_of_shard,
         bytes,
         oldest_arrival_micros: oldest_arrival,
+        reservation: None,
     })
 }
 

@@ -364,3 +364,78 @@ async fn initial_position_at_timestamp_and_latest_skip_older_records() {
     let summary = running.await.unwrap().unwrap();
     assert_eq!(summary.records_read, 30, "none of the 195 older records");
 }
+
+/// With a memory budget far below what the streams hold and flush limits that never fire
+/// within the test, readers wait for room and the sinks commit early: all but at most a
+/// budget's worth of records land long before `max_batch_age`; after a graceful stop and
+/// a draining run, every record is there exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_memory_budget_makes_sinks_flush_early_and_loses_nothing() {
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let name = support::unique("budget");
+    let root = dir.path().join("tables");
+    let settings = support::settings(
+        &name,
+        &root,
+        "[flush]\nmax_batch_age = \"10m\"\nmax_batch_rows = 1000000\nmax_buffered_bytes = 32768\n[reader]\nmax_records = 50\nidle_poll_interval = \"100ms\"\n",
+    );
+    support::create_streams(&aws, &settings, 2).await;
+    let per_stream = 800usize;
+    let opts = support::produce_options(&settings, 79, 0.02, per_stream as u64);
+    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
+        .await
+        .unwrap();
+
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker::run(
+        settings.clone(),
+        aws.clone(),
+        support::run_options(false),
+        stop.clone(),
+    ));
+    let landed = |kind: Kind| {
+        let root = root.clone();
+        async move {
+            let log = |t: &str| root.join(t).join("_delta_log/00000000000000000000.json");
+            if !log(kind.name()).exists() || !log(kind.rejects_table()).exists() {
+                return 0;
+            }
+            count(&support::read_table(&root, kind.name()).await)
+                + count(&support::read_table(&root, kind.rejects_table()).await)
+        }
+    };
+    // 32 KiB of Arrow is under 200 records of any kind: without the flushes called by
+    // waiting readers nothing would be committed for 10 minutes.
+    for kind in Kind::ALL {
+        support::wait_for(
+            &format!("{kind}: all but a budget's worth of {per_stream} records"),
+            Duration::from_secs(60),
+            || async { (landed(kind).await >= per_stream - 200).then_some(()) },
+        )
+        .await;
+    }
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    // A reader stopped while waiting for room left its records to the next run (they are
+    // past the checkpoint): a draining run picks them up.
+    worker::run(
+        settings.clone(),
+        aws.clone(),
+        support::run_options(true),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    for kind in Kind::ALL {
+        let mut keys = key_counts(&support::read_table(&root, kind.name()).await);
+        for (k, n) in key_counts(&support::read_table(&root, kind.rejects_table()).await) {
+            *keys.entry(k).or_insert(0) += n;
+        }
+        assert!(
+            keys.values().all(|n| *n == 1),
+            "{kind}: a record committed twice"
+        );
+        assert_eq!(keys.len(), per_stream, "{kind}: every record once");
+    }
+}

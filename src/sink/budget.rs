@@ -1,0 +1,116 @@
+//! The worker-wide memory budget: bytes of cleaned Arrow data held anywhere between the
+//! shard readers and the commits (chunks waiting in a sink's queue and rows buffered for
+//! the next flush), for all tables together (`flush.max_buffered_bytes`).
+//!
+//! A reader reserves room for each chunk before handing it to its sink; the room comes
+//! back when the chunk's rows are committed or dropped. A reader that has to wait tells
+//! the sinks, which then flush what they hold early instead of waiting for their age or
+//! size limits, so memory stays bounded by bytes whatever the backlog, and a worker
+//! catching up on three full streams slows its reads instead of growing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+/// How often a waiting reader repeats its call for flushes (a sink busy committing when
+/// the first call came has missed it).
+const RENOTIFY: Duration = Duration::from_millis(200);
+
+#[derive(Debug)]
+pub struct MemoryBudget {
+    total: usize,
+    room: Arc<Semaphore>,
+    pressure: Notify,
+}
+
+/// Room held for one chunk; given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    _permit: OwnedSemaphorePermit,
+    budget: Arc<MemoryBudget>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        // The permit is returned right after this; count it as returned already.
+        let held = self._permit.num_permits();
+        let used = self.budget.in_use().saturating_sub(held);
+        metrics::gauge!("pinstream_memory_budget_used_bytes").set(used as f64);
+    }
+}
+
+impl MemoryBudget {
+    /// A budget of `total` bytes (at most what one semaphore can count).
+    pub fn new(total: usize) -> Arc<Self> {
+        let total = total.clamp(1, Semaphore::MAX_PERMITS);
+        metrics::gauge!("pinstream_memory_budget_bytes").set(total as f64);
+        Arc::new(MemoryBudget {
+            total,
+            room: Arc::new(Semaphore::new(total)),
+            pressure: Notify::new(),
+        })
+    }
+
+    /// Bytes reserved now.
+    pub fn in_use(&self) -> usize {
+        self.total - self.room.available_permits()
+    }
+
+    /// Waits for room for `bytes` (a chunk larger than the whole budget waits for all of
+    /// it), calling for early flushes while it waits.
+    pub async fn reserve(self: &Arc<Self>, bytes: usize) -> Reservation {
+        let n = bytes.clamp(1, self.total).min(u32::MAX as usize) as u32;
+        let permit = match self.room.clone().try_acquire_many_owned(n) {
+            Ok(p) => p,
+            Err(_) => {
+                metrics::counter!("pinstream_memory_budget_waits_total").increment(1);
+                let acquire = self.room.clone().acquire_many_owned(n);
+                tokio::pin!(acquire);
+                loop {
+                    self.pressure.notify_waiters();
+                    tokio::select! {
+                        p = &mut acquire => break p.expect("the budget's semaphore is never closed"),
+                        _ = tokio::time::sleep(RENOTIFY) => {}
+                    }
+                }
+            }
+        };
+        metrics::gauge!("pinstream_memory_budget_used_bytes").set(self.in_use() as f64);
+        Reservation {
+            _permit: permit,
+            budget: self.clone(),
+        }
+    }
+
+    /// Resolves when a reader is waiting for room (sinks flush then).
+    pub async fn pressed(&self) {
+        self.pressure.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn room_comes_back_when_a_reservation_drops_and_waiters_call_for_flushes() {
+        let budget = MemoryBudget::new(100);
+        let a = budget.reserve(60).await;
+        assert_eq!(budget.in_use(), 60);
+        // Larger than the whole budget: waits for all of it, not forever.
+        let b2 = budget.clone();
+        let pressed = budget.pressure.notified();
+        tokio::pin!(pressed);
+        // Registered before the waiter starts, so its call cannot be missed.
+        pressed.as_mut().enable();
+        let waiter = tokio::spawn(async move { b2.reserve(1_000).await });
+        pressed.await;
+        assert!(!waiter.is_finished());
+        drop(a);
+        let all = waiter.await.unwrap();
+        assert_eq!(budget.in_use(), 100);
+        drop(all);
+        assert_eq!(budget.in_use(), 0);
+    }
+}
