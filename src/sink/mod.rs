@@ -283,17 +283,9 @@ impl TableSink {
         }
         // Fence: the table's txn version of each shard must still be the version our
         // checkpoint says, or someone else has committed for the shard since we took it.
-        let app_ids: Vec<String> = candidates
-            .iter()
-            .map(|(k, _)| buf[k].lease.app_id(&self.application))
-            .collect();
-        let app_refs: Vec<&str> = app_ids.iter().map(String::as_str).collect();
-        let versions = delta::txn_versions(&mut self.table, &app_refs)
-            .await
-            .map_err(|source| SinkError::Commit {
-                table: self.kind.name().into(),
-                source,
-            })?;
+        let versions = self
+            .txn_versions(false, buf, candidates.iter().map(|(k, _)| k))
+            .await?;
         let mut planned: Vec<(String, i64)> = Vec::new();
         for ((key, expected), t) in candidates.into_iter().zip(versions) {
             let t = t.unwrap_or(0);
@@ -319,17 +311,7 @@ impl TableSink {
             .map(|(k, _)| k.clone())
             .collect();
         if !with_rejects.is_empty() {
-            let app_ids: Vec<String> = with_rejects
-                .iter()
-                .map(|k| buf[k].lease.app_id(&self.application))
-                .collect();
-            let app_refs: Vec<&str> = app_ids.iter().map(String::as_str).collect();
-            let versions = delta::txn_versions(&mut self.rejects_table, &app_refs)
-                .await
-                .map_err(|source| SinkError::Commit {
-                    table: self.kind.rejects_table().into(),
-                    source,
-                })?;
+            let versions = self.txn_versions(true, buf, with_rejects.iter()).await?;
             for (key, r) in with_rejects.iter().zip(versions) {
                 let lease = buf[key].lease.clone();
                 let mut state = lease.state.lock().await;
@@ -430,6 +412,31 @@ impl TableSink {
         }
         self.fault_at(FaultPoint::AfterCheckpoint)?;
         Ok(())
+    }
+
+    /// The txn versions of the shards `keys` in the cleaned or the rejects table, read
+    /// after one refresh of that table (the snapshot its next commit builds on).
+    async fn txn_versions<'k>(
+        &mut self,
+        rejects: bool,
+        buf: &BTreeMap<String, ShardBuf>,
+        keys: impl Iterator<Item = &'k String>,
+    ) -> Result<Vec<Option<i64>>, SinkError> {
+        let app_ids: Vec<String> = keys
+            .map(|k| buf[k].lease.app_id(&self.application))
+            .collect();
+        let app_refs: Vec<&str> = app_ids.iter().map(String::as_str).collect();
+        let (table, name) = if rejects {
+            (&mut self.rejects_table, self.kind.rejects_table())
+        } else {
+            (&mut self.table, self.kind.name())
+        };
+        delta::txn_versions(table, &app_refs)
+            .await
+            .map_err(|source| SinkError::Commit {
+                table: name.into(),
+                source,
+            })
     }
 
     fn fault_at(&self, point: FaultPoint) -> Result<(), SinkError> {

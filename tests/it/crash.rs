@@ -12,9 +12,21 @@ use pinstream::producer::{self};
 use pinstream::worker::{self, RunOptions, RunProgress};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{self, count, key_counts};
+use crate::support;
 
 const CONFIG: &str = "[flush]\nmax_batch_rows = 150\nmax_batch_age = \"30s\"\n[lease]\nfailover_time = \"2s\"\n[reader]\nmax_records = 100\nidle_poll_interval = \"100ms\"\n";
+
+/// Waits until every kind has `per_stream` rows in its table and rejects table together.
+async fn wait_all_landed(root: &std::path::Path, per_stream: usize, when: &str) {
+    for kind in Kind::ALL {
+        support::wait_for(
+            &format!("{kind}: all {per_stream} records {when}"),
+            Duration::from_secs(60),
+            || async { (support::landed(root, kind).await >= per_stream).then_some(()) },
+        )
+        .await;
+    }
+}
 
 async fn crash_then_recover(point: &str) {
     let aws = support::aws().await;
@@ -80,43 +92,14 @@ async fn crash_then_recover(point: &str) {
         run,
         stop.clone(),
     ));
-    for kind in Kind::ALL {
-        support::wait_for(
-            &format!("{kind}: all {per_stream} records after recovery"),
-            Duration::from_secs(60),
-            || async {
-                let n = count(&support::read_table(&root, kind.name()).await)
-                    + count(&support::read_table(&root, kind.rejects_table()).await);
-                (n >= per_stream as usize).then_some(())
-            },
-        )
-        .await;
-    }
+    wait_all_landed(&root, per_stream as usize, "after recovery").await;
     stop.cancel();
     recovering.await.unwrap().unwrap();
-
-    for kind in Kind::ALL {
-        let rows = support::read_table(&root, kind.name()).await;
-        let rejects = support::read_table(&root, kind.rejects_table()).await;
-        let mut keys = key_counts(&rows);
-        for (k, n) in key_counts(&rejects) {
-            *keys.entry(k).or_insert(0) += n;
-        }
-        let twice: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
-        assert!(
-            twice.is_empty(),
-            "{point} {kind}: committed twice: {twice:?}"
-        );
-        assert_eq!(
-            keys.len(),
-            per_stream as usize,
-            "{point} {kind}: every record once"
-        );
-        assert!(
-            count(&rejects) > 0,
-            "{point} {kind}: the dirty records are in the rejects table"
-        );
-    }
+    let rejected = support::assert_exactly_once(&root, per_stream as usize, point).await;
+    assert!(
+        rejected.iter().all(|n| *n > 0),
+        "{point}: the dirty records are in the rejects tables: {rejected:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,50 +153,12 @@ async fn failed_cleaned_commit_is_retried_without_committing_rejects_twice() {
         run,
         stop.clone(),
     ));
-    let created = |t: &str| {
-        root.join(t)
-            .join("_delta_log/00000000000000000000.json")
-            .exists()
-    };
-    support::wait_for(
-        "the worker created its tables",
-        Duration::from_secs(30),
-        || async {
-            Kind::ALL
-                .iter()
-                .all(|k| created(k.name()) && created(k.rejects_table()))
-                .then_some(())
-        },
-    )
-    .await;
-    for kind in Kind::ALL {
-        support::wait_for(
-            &format!("{kind}: all {per_stream} records"),
-            Duration::from_secs(60),
-            || async {
-                let n = count(&support::read_table(&root, kind.name()).await)
-                    + count(&support::read_table(&root, kind.rejects_table()).await);
-                (n >= per_stream as usize).then_some(())
-            },
-        )
-        .await;
-    }
+    wait_all_landed(&root, per_stream as usize, "").await;
     stop.cancel();
     running.await.unwrap().unwrap();
-
-    for kind in Kind::ALL {
-        let rows = support::read_table(&root, kind.name()).await;
-        let rejects = support::read_table(&root, kind.rejects_table()).await;
-        let mut keys = key_counts(&rows);
-        for (k, n) in key_counts(&rejects) {
-            *keys.entry(k).or_insert(0) += n;
-        }
-        let twice: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
-        assert!(twice.is_empty(), "{kind}: committed twice: {twice:?}");
-        assert_eq!(keys.len(), per_stream as usize, "{kind}: every record once");
-        assert!(
-            count(&rejects) > 0,
-            "{kind}: the dirty records are in the rejects table"
-        );
-    }
+    let rejected = support::assert_exactly_once(&root, per_stream as usize, "retry").await;
+    assert!(
+        rejected.iter().all(|n| *n > 0),
+        "the dirty records are in the rejects tables: {rejected:?}"
+    );
 }

@@ -394,24 +394,13 @@ async fn a_small_memory_budget_makes_sinks_flush_early_and_loses_nothing() {
         support::run_options(false),
         stop.clone(),
     ));
-    let landed = |kind: Kind| {
-        let root = root.clone();
-        async move {
-            let log = |t: &str| root.join(t).join("_delta_log/00000000000000000000.json");
-            if !log(kind.name()).exists() || !log(kind.rejects_table()).exists() {
-                return 0;
-            }
-            count(&support::read_table(&root, kind.name()).await)
-                + count(&support::read_table(&root, kind.rejects_table()).await)
-        }
-    };
     // 32 KiB of Arrow is under 200 records of any kind: without the flushes called by
     // waiting readers nothing would be committed for 10 minutes.
     for kind in Kind::ALL {
         support::wait_for(
             &format!("{kind}: all but a budget's worth of {per_stream} records"),
             Duration::from_secs(60),
-            || async { (landed(kind).await >= per_stream - 200).then_some(()) },
+            || async { (support::landed(&root, kind).await >= per_stream - 200).then_some(()) },
         )
         .await;
     }
@@ -427,15 +416,5 @@ async fn a_small_memory_budget_makes_sinks_flush_early_and_loses_nothing() {
     )
     .await
     .unwrap();
-    for kind in Kind::ALL {
-        let mut keys = key_counts(&support::read_table(&root, kind.name()).await);
-        for (k, n) in key_counts(&support::read_table(&root, kind.rejects_table()).await) {
-            *keys.entry(k).or_insert(0) += n;
-        }
-        assert!(
-            keys.values().all(|n| *n == 1),
-            "{kind}: a record committed twice"
-        );
-        assert_eq!(keys.len(), per_stream, "{kind}: every record once");
-    }
+    support::assert_exactly_once(&root, per_stream, "budget").await;
 }

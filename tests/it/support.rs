@@ -155,6 +155,38 @@ pub async fn read_table(root: &Path, table: &str) -> Vec<RecordBatch> {
     out
 }
 
+/// Rows of `kind` in its table and its rejects table together; 0 while either does not
+/// exist yet.
+pub async fn landed(root: &Path, kind: Kind) -> usize {
+    let log = |t: &str| root.join(t).join("_delta_log/00000000000000000000.json");
+    if !log(kind.name()).exists() || !log(kind.rejects_table()).exists() {
+        return 0;
+    }
+    count(&read_table(root, kind.name()).await)
+        + count(&read_table(root, kind.rejects_table()).await)
+}
+
+/// Every kind's `per_stream` records are each in the table or the rejects table, once.
+/// Returns the rejects per kind.
+pub async fn assert_exactly_once(root: &Path, per_stream: usize, what: &str) -> Vec<usize> {
+    let mut rejected = Vec::new();
+    for kind in Kind::ALL {
+        let rejects = read_table(root, kind.rejects_table()).await;
+        let mut keys = key_counts(&read_table(root, kind.name()).await);
+        for (k, n) in key_counts(&rejects) {
+            *keys.entry(k).or_insert(0) += n;
+        }
+        let twice: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(
+            twice.is_empty(),
+            "{what} {kind}: committed twice: {twice:?}"
+        );
+        assert_eq!(keys.len(), per_stream, "{what} {kind}: every record once");
+        rejected.push(count(&rejects));
+    }
+    rejected
+}
+
 pub fn count(batches: &[RecordBatch]) -> usize {
     batches.iter().map(RecordBatch::num_rows).sum()
 }
