@@ -23,6 +23,9 @@ use crate::kpl;
 use generator::Generator;
 pub use send::{Latency, Pending, Stats};
 
+/// How far behind its schedule a paced producer may fall before it sends full batches.
+const CATCH_UP: Duration = Duration::from_millis(100);
+
 pub const MAX_RECORDS_PER_CALL: usize = 500;
 pub const MAX_BYTES_PER_CALL: usize = 5 << 20;
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
@@ -321,7 +324,18 @@ pub async fn produce(
         };
         if let Some((key, data, users)) = ready {
             let buf = buffers.get_mut(&item.kind).expect("a buffer per stream");
-            add_entry(&mut calls, stream, buf, key, data, users, batch_records).await;
+            // Paced but behind schedule (slow or throttled calls held the feed up): full
+            // batches until caught up, so the rate is made up instead of lost.
+            let batch = match opts.rate {
+                Some(rate)
+                    if started + Duration::from_secs_f64(generated as f64 / rate) + CATCH_UP
+                        < Instant::now() =>
+                {
+                    MAX_RECORDS_PER_CALL
+                }
+                _ => batch_records,
+            };
+            add_entry(&mut calls, stream, buf, key, data, users, batch).await;
         }
         if let Some(rate) = opts.rate {
             let due = started + Duration::from_secs_f64(generated as f64 / rate);
