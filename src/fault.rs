@@ -70,6 +70,11 @@ impl Fault {
         })
     }
 
+    /// How many times a flush reached the point so far (tests: the fault did happen).
+    pub fn hits(&self) -> u32 {
+        self.seen.load(Ordering::SeqCst)
+    }
+
     /// Called by a flush at `point`: on the planned hit, aborts the process, or returns
     /// `Err` for the flush to fail there.
     pub fn hit(&self, point: FaultPoint) -> Result<(), FaultPoint> {

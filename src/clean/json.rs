@@ -15,9 +15,7 @@ use std::fmt;
 use std::marker::PhantomData;
 
 use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
-use serde::de::{
-    Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor,
-};
+use serde::de::{Deserialize, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Number, Value};
 
 /// One value of the top-level object.
@@ -206,8 +204,10 @@ impl<'de, K: Keys> Visitor<'de> for TopLevelVisitor<K> {
             keys: PhantomData,
         }))
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+        // Parsed as `Value` would (what it refuses, e.g. `[1e400]`, is invalid JSON here
+        // too); only rejected records take this path.
+        Value::deserialize(SeqAccessDeserializer::new(seq))?;
         Ok(TopLevel::Other("an array"))
     }
     fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
@@ -306,7 +306,7 @@ mod tests {
                 "{text}"
             );
         }
-        for bad in ["{", "{\"a\":}", "{} x", "", "{\"a\":1,}"] {
+        for bad in ["{", "{\"a\":}", "{} x", "", "{\"a\":1,}", "[1e400]"] {
             let ours = parse::<Test>(bad).err().unwrap().to_string();
             let theirs = serde_json::from_str::<Value>(bad).unwrap_err().to_string();
             assert_eq!(ours, theirs, "{bad}");

@@ -26,6 +26,13 @@ pub use rejects::RejectsColumns;
 pub use user::UserKeys;
 use values::ValueError;
 
+// Every operator's keys fit the parsed object's slots (an index past them would panic).
+const _: () = assert!(
+    PinKeys::NAMES.len() <= json::MAX_KEYS
+        && GeoKeys::NAMES.len() <= json::MAX_KEYS
+        && UserKeys::NAMES.len() <= json::MAX_KEYS
+);
+
 /// One of the three event streams and its tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use super::{field, required_key, values, Keys, Object, Reject};
 use deltalake::arrow::array::{ArrayRef, Int64Builder, StringBuilder};
 
-/// One cleaned pin row, columns in table order; text borrowed from the record.
 /// The keys the `pin` operator reads; others are dropped while parsing.
 pub enum PinKeys {}
 
@@ -26,6 +25,7 @@ impl Keys for PinKeys {
     ];
 }
 
+/// One cleaned pin row, columns in table order; text borrowed from the record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PinRow<'a> {
     pub ind: i64,

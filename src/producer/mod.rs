@@ -322,28 +322,24 @@ pub async fn produce(
                 }
             }
         };
+        // When this record is due at the asked rate (paced runs only).
+        let due = opts
+            .rate
+            .map(|rate| started + Duration::from_secs_f64(generated as f64 / rate));
         if let Some((key, data, users)) = ready {
             let buf = buffers.get_mut(&item.kind).expect("a buffer per stream");
             // Paced but behind schedule (slow or throttled calls held the feed up): full
             // batches until caught up, so the rate is made up instead of lost.
-            let batch = match opts.rate {
-                Some(rate)
-                    if started + Duration::from_secs_f64(generated as f64 / rate) + CATCH_UP
-                        < Instant::now() =>
-                {
-                    MAX_RECORDS_PER_CALL
-                }
+            let batch = match due {
+                Some(due) if due + CATCH_UP < Instant::now() => MAX_RECORDS_PER_CALL,
                 _ => batch_records,
             };
             add_entry(&mut calls, stream, buf, key, data, users, batch).await;
         }
-        if let Some(rate) = opts.rate {
-            let due = started + Duration::from_secs_f64(generated as f64 / rate);
-            if due > Instant::now() {
-                tokio::select! {
-                    _ = cancel.cancelled() => break 'feed,
-                    _ = tokio::time::sleep_until(due) => {}
-                }
+        if let Some(due) = due.filter(|d| *d > Instant::now()) {
+            tokio::select! {
+                _ = cancel.cancelled() => break 'feed,
+                _ = tokio::time::sleep_until(due) => {}
             }
         }
     }

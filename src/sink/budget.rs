@@ -105,10 +105,15 @@ mod tests {
         // Registered before the waiter starts, so its call cannot be missed.
         pressed.as_mut().enable();
         let waiter = tokio::spawn(async move { b2.reserve(1_000).await });
-        pressed.await;
+        tokio::time::timeout(Duration::from_secs(5), pressed)
+            .await
+            .expect("a call for flushes within 5 s");
         assert!(!waiter.is_finished());
         drop(a);
-        let all = waiter.await.unwrap();
+        let all = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("the room within 5 s")
+            .unwrap();
         assert_eq!(budget.in_use(), 100);
         drop(all);
         assert_eq!(budget.in_use(), 0);

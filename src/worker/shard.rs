@@ -173,12 +173,10 @@ fn build_chunk(
     // those records still go to `rows`, their rejects to this scratch builder, dropped.
     let mut already = RejectsColumns::default();
     let mut rejected = [0u64; RejectReason::ALL.len()];
-    let mut bytes = 0;
     let mut last: Option<(&str, i64)> = None;
     let mut oldest_arrival: Option<i64> = None;
     for r in &fetched.records {
         let data = r.data().as_ref();
-        bytes += data.len();
         let seq = r.sequence_number();
         let meta = RecordMeta {
             shard_id: &lease.shard_id,
@@ -236,7 +234,7 @@ fn build_chunk(
         rejects: rejects.finish()?,
         last: last.map(|(seq, sub)| (seq.to_owned(), sub)),
         end_of_shard: fetched.end_of_shard,
-        bytes,
+        bytes: input,
         oldest_arrival_micros: oldest_arrival,
         reservation: None,
     })

@@ -139,13 +139,10 @@ async fn failed_cleaned_commit_is_retried_without_committing_rejects_twice() {
         .unwrap();
 
     let stop = CancellationToken::new();
+    let fault = pinstream::fault::Fault::parse("between_commits:2:fail").unwrap();
     let run = RunOptions {
-        available_now: false,
-        worker_id: support::unique("retrier"),
-        shutdown_deadline: Duration::from_secs(30),
-        progress: Arc::new(RunProgress::default()),
-        fault: Some(pinstream::fault::Fault::parse("between_commits:2:fail").unwrap()),
-        health: None,
+        fault: Some(fault.clone()),
+        ..support::run_options(false)
     };
     let running = tokio::spawn(worker::run(
         settings.clone(),
@@ -156,6 +153,11 @@ async fn failed_cleaned_commit_is_retried_without_committing_rejects_twice() {
     wait_all_landed(&root, per_stream as usize, "").await;
     stop.cancel();
     running.await.unwrap().unwrap();
+    assert!(
+        fault.hits() >= 2,
+        "the injected failure must have happened: {} rejects commits",
+        fault.hits()
+    );
     let rejected = support::assert_exactly_once(&root, per_stream as usize, "retry").await;
     assert!(
         rejected.iter().all(|n| *n > 0),
