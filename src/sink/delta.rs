@@ -275,3 +275,50 @@ pub async fn position_at(
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clean::{clean_into, Kind, RecordMeta, RejectsColumns, TableColumns};
+    use deltalake::parquet::arrow::ArrowWriter;
+    use deltalake::parquet::file::reader::{FileReader as _, SerializedFileReader};
+
+    #[test]
+    fn sequence_numbers_are_written_without_a_dictionary_and_text_with_one() {
+        let mut rows = TableColumns::new(Kind::Pin);
+        let mut rejects = RejectsColumns::default();
+        let seqs: Vec<String> = (0..100)
+            .map(|i| format!("4965000000000000{i:04}"))
+            .collect();
+        for seq in &seqs {
+            let meta = RecordMeta {
+                shard_id: "shardId-000000000000",
+                sequence_number: seq,
+                sub_sequence_number: 0,
+                arrival_micros: Some(1),
+            };
+            let data = br#"{"index": 1, "title": "a title", "category": "art"}"#;
+            clean_into(Kind::Pin, data, &meta, "pin", &mut rows, &mut rejects).unwrap();
+        }
+        let batch = rows.finish().unwrap();
+        let mut file = Vec::new();
+        let mut w =
+            ArrowWriter::try_new(&mut file, batch.schema(), Some(writer_properties())).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+
+        let reader = SerializedFileReader::new(bytes::Bytes::from(file)).unwrap();
+        let row_group = reader.metadata().row_group(0);
+        let has_dictionary = |name: &str| {
+            let column = row_group
+                .columns()
+                .iter()
+                .find(|c| c.column_path().string() == name)
+                .unwrap_or_else(|| panic!("no column {name}"));
+            column.dictionary_page_offset().is_some()
+        };
+        assert!(!has_dictionary("_sequence_number"));
+        assert!(has_dictionary("title"));
+        assert!(has_dictionary("_shard_id"));
+    }
+}
