@@ -20,13 +20,15 @@ pub(super) struct MetaColumns {
     arrival: TimestampMicrosecondBuilder,
 }
 
+/// Empty builders that allocate nothing until rows come (an Arrow builder's default is room
+/// for 1,024 rows, more than a small chunk uses; see [`TableColumns::reserve`]).
 impl Default for MetaColumns {
     fn default() -> Self {
         MetaColumns {
-            shard_id: StringBuilder::new(),
-            sequence_number: StringBuilder::new(),
-            sub_sequence_number: Int64Builder::new(),
-            arrival: TimestampMicrosecondBuilder::new().with_timezone("UTC"),
+            shard_id: StringBuilder::with_capacity(0, 0),
+            sequence_number: StringBuilder::with_capacity(0, 0),
+            sub_sequence_number: Int64Builder::with_capacity(0),
+            arrival: TimestampMicrosecondBuilder::with_capacity(0).with_timezone("UTC"),
         }
     }
 }

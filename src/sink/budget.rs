@@ -4,11 +4,15 @@
 //!
 //! A reader reserves room for each chunk before handing it to its sink; the room comes
 //! back when the chunk's rows are committed or dropped. A reader that has to wait tells
-//! the sinks, which then flush what they hold early instead of waiting for their age or
-//! size limits, so memory stays bounded by bytes whatever the backlog, and a worker
-//! catching up on three full streams slows its reads instead of growing.
+//! the sinks, and the sinks holding the most flush early instead of waiting for their age
+//! or size limits, so memory stays bounded by bytes whatever the backlog, and a worker
+//! catching up on three full streams slows its reads instead of growing. Only the sinks
+//! holding at least an equal share flush (see [`MemoryBudget::should_flush`]): while one
+//! stream catches up, the others keep committing at their own pace instead of committing
+//! their few live rows every time the backlogged stream's readers wait.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -22,6 +26,25 @@ pub struct MemoryBudget {
     total: usize,
     room: Arc<Semaphore>,
     pressure: Notify,
+    /// What each sink holds buffered, as it last said (see [`Holding`]).
+    holdings: Mutex<Vec<Arc<AtomicUsize>>>,
+}
+
+/// One sink's entry in the budget: the bytes it holds buffered, for
+/// [`MemoryBudget::should_flush`]. Counts as nothing once dropped.
+#[derive(Debug)]
+pub struct Holding(Arc<AtomicUsize>);
+
+impl Holding {
+    pub fn set(&self, bytes: usize) {
+        self.0.store(bytes, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Holding {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
 }
 
 /// Room held for one chunk; given back when dropped.
@@ -29,6 +52,13 @@ pub struct MemoryBudget {
 pub struct Reservation {
     _permit: OwnedSemaphorePermit,
     budget: Arc<MemoryBudget>,
+}
+
+impl Reservation {
+    /// Bytes of the budget this reservation holds.
+    pub fn bytes(&self) -> usize {
+        self._permit.num_permits()
+    }
 }
 
 impl Drop for Reservation {
@@ -49,6 +79,7 @@ impl MemoryBudget {
             total,
             room: Arc::new(Semaphore::new(total)),
             pressure: Notify::new(),
+            holdings: Mutex::new(Vec::new()),
         })
     }
 
@@ -87,6 +118,31 @@ impl MemoryBudget {
     pub async fn pressed(&self) {
         self.pressure.notified().await
     }
+
+    /// A new sink's entry, holding nothing.
+    pub fn holding(&self) -> Holding {
+        let h = Arc::new(AtomicUsize::new(0));
+        let mut all = self.holdings.lock().expect("holdings lock");
+        // Entries of dropped sinks hold nothing; reuse one instead of growing.
+        all.retain(|h| Arc::strong_count(h) > 1);
+        all.push(h.clone());
+        Holding(h)
+    }
+
+    /// Whether a sink holding `mine` bytes flushes when readers wait for room: when it
+    /// holds at least an equal share of what all sinks hold. The largest holder always
+    /// does, so room is always made; as each flush empties a holder, the next largest
+    /// qualifies at the next call. A sink that cannot flush now (waiting to retry a failed
+    /// commit) should say it holds nothing, so that the others make the room instead.
+    pub fn should_flush(&self, mine: usize) -> bool {
+        let all = self.holdings.lock().expect("holdings lock");
+        let (sum, holders) = all
+            .iter()
+            .map(|h| h.load(Ordering::Relaxed))
+            .filter(|&b| b > 0)
+            .fold((0usize, 0usize), |(sum, n), b| (sum + b, n + 1));
+        mine.saturating_mul(holders) >= sum
+    }
 }
 
 #[cfg(test)]
@@ -117,5 +173,33 @@ mod tests {
         assert_eq!(budget.in_use(), 100);
         drop(all);
         assert_eq!(budget.in_use(), 0);
+    }
+
+    #[test]
+    fn under_pressure_the_largest_holders_flush_and_a_trickle_waits_its_turn() {
+        let budget = MemoryBudget::new(100);
+        let (backlog, trickle, idle) = (budget.holding(), budget.holding(), budget.holding());
+        backlog.set(90);
+        trickle.set(5);
+        idle.set(0);
+        assert!(budget.should_flush(90));
+        assert!(!budget.should_flush(5));
+        // Once the largest has flushed, the next largest is the one to make room.
+        backlog.set(0);
+        assert!(budget.should_flush(5));
+        // Equal shares all flush.
+        backlog.set(5);
+        assert!(budget.should_flush(5));
+        // A sink that cannot flush says it holds nothing, and a dropped one holds nothing.
+        backlog.set(90);
+        drop(backlog);
+        assert!(budget.should_flush(5));
+        assert_eq!(budget.holdings.lock().unwrap().len(), 3);
+        let _again = budget.holding();
+        assert_eq!(
+            budget.holdings.lock().unwrap().len(),
+            3,
+            "the dropped entry is reused"
+        );
     }
 }

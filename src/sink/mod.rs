@@ -152,7 +152,19 @@ impl TableSink {
         let mut due_at: Option<Instant> = None;
         let mut retry_at: Option<Instant> = None;
         let mut failures = 0u32;
+        let holding = self.budget.holding();
         loop {
+            // The budget this sink can give back if readers wait for room; nothing while
+            // it waits to retry, so that the other sinks make the room instead.
+            let held = match retry_at {
+                Some(_) => 0,
+                None => buf
+                    .values()
+                    .flat_map(|b| &b.reservations)
+                    .map(budget::Reservation::bytes)
+                    .sum(),
+            };
+            holding.set(held);
             let due = match (due_at, retry_at) {
                 (_, Some(r)) => Some(r),
                 (Some(f), None) => Some(f),
@@ -165,8 +177,13 @@ impl TableSink {
                     self.flush_or_retry(&mut buf, &totals, &mut failures, &mut retry_at, &mut rows, &mut bytes, &mut due_at).await;
                     continue;
                 }
-                // A reader waits for room in the memory budget: commit what we hold now.
+                // A reader waits for room in the memory budget: commit what we hold now if
+                // we hold an equal share or more (the largest holders make the room; a
+                // trickle keeps its own pace while another stream catches up).
                 _ = budget.pressed(), if rows > 0 && retry_at.is_none() => {
+                    if !budget.should_flush(held) {
+                        continue;
+                    }
                     metrics::counter!("pinstream_pressure_flushes_total", "table" => self.kind.name()).increment(1);
                     self.flush_or_retry(&mut buf, &totals, &mut failures, &mut retry_at, &mut rows, &mut bytes, &mut due_at).await;
                     continue;

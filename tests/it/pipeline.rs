@@ -387,13 +387,7 @@ async fn a_small_memory_budget_makes_sinks_flush_early_and_loses_nothing() {
         .await
         .unwrap();
 
-    let stop = CancellationToken::new();
-    let running = tokio::spawn(worker::run(
-        settings.clone(),
-        aws.clone(),
-        support::run_options(false),
-        stop.clone(),
-    ));
+    let (stop, running) = support::spawn_worker(&settings, &aws);
     // 32 KiB of Arrow is under 200 records of any kind: without the flushes called by
     // waiting readers nothing would be committed for 10 minutes.
     for kind in Kind::ALL {
@@ -417,4 +411,84 @@ async fn a_small_memory_budget_makes_sinks_flush_early_and_loses_nothing() {
     .await
     .unwrap();
     support::assert_exactly_once(&root, per_stream, "budget").await;
+}
+
+/// Commits in `table`'s log so far.
+fn commits(root: &std::path::Path, table: &str) -> usize {
+    std::fs::read_dir(root.join(table).join("_delta_log"))
+        .map(|dir| {
+            dir.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// While one stream works off a backlog that keeps the memory budget full, the streams
+/// with only live traffic keep their own commit pace: memory pressure makes the sinks
+/// holding the most flush, not every sink that holds a few new rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_on_one_stream_does_not_make_the_others_commit_at_every_call_for_room() {
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let name = support::unique("trickle");
+    let root = dir.path().join("tables");
+    let age = Duration::from_secs(2);
+    let settings = support::settings(
+        &name,
+        &root,
+        "[flush]\nmax_batch_age = \"2s\"\nmax_buffered_bytes = 262144\n[reader]\nmax_records = 50\nidle_poll_interval = \"100ms\"\n",
+    );
+    support::create_streams(&aws, &settings, 1).await;
+    let backlog = 6000usize;
+    let mut opts = support::produce_options(&settings, 83, 0.0, backlog as u64);
+    opts.streams.retain(|k, _| *k == Kind::Pin);
+    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
+        .await
+        .unwrap();
+
+    let (stop, running) = support::spawn_worker(&settings, &aws);
+    // Live traffic on geo and user while pin catches up: 20 records/s each.
+    let mut live = support::produce_options(&settings, 84, 0.0, 0);
+    live.streams.retain(|k, _| *k != Kind::Pin);
+    live.count = None;
+    live.rate = Some(40.0);
+    let live_stop = CancellationToken::new();
+    let live_task = tokio::spawn(producer::produce(
+        aws.kinesis.clone(),
+        live,
+        live_stop.clone(),
+    ));
+    support::wait_for("the geo table", Duration::from_secs(60), || async {
+        (commits(&root, "geo") > 0).then_some(())
+    })
+    .await;
+    let (started, geo_before) = (std::time::Instant::now(), commits(&root, "geo"));
+    support::wait_for(
+        &format!("pin: the backlog of {backlog}"),
+        Duration::from_secs(120),
+        || async { (support::landed(&root, Kind::Pin).await >= backlog).then_some(()) },
+    )
+    .await;
+    let catch_up = started.elapsed();
+    let geo_commits = commits(&root, "geo") - geo_before;
+    let pin_commits = commits(&root, "pin");
+    live_stop.cancel();
+    live_task.await.unwrap().unwrap();
+    stop.cancel();
+    running.await.unwrap().unwrap();
+
+    // 256 KiB holds a few hundred pins, so the backlog kept readers waiting for room and
+    // pin committed far more often than its flush age alone would have it do.
+    let catch_up_ages = catch_up.as_secs_f64() / age.as_secs_f64();
+    assert!(
+        pin_commits as f64 >= 2.0 * catch_up_ages,
+        "the backlog took {catch_up:?} and only {pin_commits} pin commits: not under pressure"
+    );
+    // geo commits about once a flush age (plus the odd call for room at a moment pin held
+    // nothing), not at every call for room.
+    assert!(
+        geo_commits <= catch_up_ages.ceil() as usize + 3,
+        "geo committed {geo_commits} times in {catch_up:?} while pin caught up ({pin_commits} commits)"
+    );
 }

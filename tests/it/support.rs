@@ -121,6 +121,25 @@ pub fn produce_options(
     }
 }
 
+/// Starts an in-process worker (unique id, not `--available-now`); cancel the token to stop
+/// it.
+pub fn spawn_worker(
+    settings: &Settings,
+    aws: &AwsClients,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<Result<pinstream::worker::RunSummary, pinstream::worker::WorkerError>>,
+) {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(pinstream::worker::run(
+        settings.clone(),
+        aws.clone(),
+        run_options(false),
+        stop.clone(),
+    ));
+    (stop, running)
+}
+
 /// Options of an in-process worker with a unique id.
 pub fn run_options(available_now: bool) -> pinstream::worker::RunOptions {
     pinstream::worker::RunOptions {
