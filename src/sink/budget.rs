@@ -50,21 +50,21 @@ impl Drop for Holding {
 /// Room held for one chunk; given back when dropped.
 #[derive(Debug)]
 pub struct Reservation {
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
     budget: Arc<MemoryBudget>,
 }
 
 impl Reservation {
     /// Bytes of the budget this reservation holds.
     pub fn bytes(&self) -> usize {
-        self._permit.num_permits()
+        self.permit.num_permits()
     }
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
         // The permit is returned right after this; count it as returned already.
-        let held = self._permit.num_permits();
+        let held = self.permit.num_permits();
         let used = self.budget.in_use().saturating_sub(held);
         metrics::gauge!("pinstream_memory_budget_used_bytes").set(used as f64);
     }
@@ -109,7 +109,7 @@ impl MemoryBudget {
         };
         metrics::gauge!("pinstream_memory_budget_used_bytes").set(self.in_use() as f64);
         Reservation {
-            _permit: permit,
+            permit,
             budget: self.clone(),
         }
     }
@@ -123,7 +123,7 @@ impl MemoryBudget {
     pub fn holding(&self) -> Holding {
         let h = Arc::new(AtomicUsize::new(0));
         let mut all = self.holdings.lock().expect("holdings lock");
-        // Entries of dropped sinks hold nothing; reuse one instead of growing.
+        // Entries of dropped sinks hold nothing: forget them instead of growing.
         all.retain(|h| Arc::strong_count(h) > 1);
         all.push(h.clone());
         Holding(h)

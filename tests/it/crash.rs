@@ -7,7 +7,6 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pinstream::clean::Kind;
 use pinstream::producer::{self};
 use pinstream::worker::{self, RunOptions, RunProgress};
 use tokio_util::sync::CancellationToken;
@@ -15,18 +14,6 @@ use tokio_util::sync::CancellationToken;
 use crate::support;
 
 const CONFIG: &str = "[flush]\nmax_batch_rows = 150\nmax_batch_age = \"30s\"\n[lease]\nfailover_time = \"2s\"\n[reader]\nmax_records = 100\nidle_poll_interval = \"100ms\"\n";
-
-/// Waits until every kind has `per_stream` rows in its table and rejects table together.
-async fn wait_all_landed(root: &std::path::Path, per_stream: usize, when: &str) {
-    for kind in Kind::ALL {
-        support::wait_for(
-            &format!("{kind}: all {per_stream} records {when}"),
-            Duration::from_secs(60),
-            || async { (support::landed(root, kind).await >= per_stream).then_some(()) },
-        )
-        .await;
-    }
-}
 
 async fn crash_then_recover(point: &str) {
     let aws = support::aws().await;
@@ -92,7 +79,7 @@ async fn crash_then_recover(point: &str) {
         run,
         stop.clone(),
     ));
-    wait_all_landed(&root, per_stream as usize, "after recovery").await;
+    support::wait_all_landed(&root, per_stream as usize, "after recovery").await;
     stop.cancel();
     recovering.await.unwrap().unwrap();
     let rejected = support::assert_exactly_once(&root, per_stream as usize, point).await;
@@ -138,19 +125,13 @@ async fn failed_cleaned_commit_is_retried_without_committing_rejects_twice() {
         .await
         .unwrap();
 
-    let stop = CancellationToken::new();
     let fault = pinstream::fault::Fault::parse("between_commits:2:fail").unwrap();
     let run = RunOptions {
         fault: Some(fault.clone()),
         ..support::run_options(false)
     };
-    let running = tokio::spawn(worker::run(
-        settings.clone(),
-        aws.clone(),
-        run,
-        stop.clone(),
-    ));
-    wait_all_landed(&root, per_stream as usize, "").await;
+    let (stop, running) = support::spawn_worker(&settings, &aws, run);
+    support::wait_all_landed(&root, per_stream as usize, "with one failed commit").await;
     stop.cancel();
     running.await.unwrap().unwrap();
     assert!(

@@ -121,11 +121,11 @@ pub fn produce_options(
     }
 }
 
-/// Starts an in-process worker (unique id, not `--available-now`); cancel the token to stop
-/// it.
+/// Starts an in-process worker with `opts`; cancel the token to stop it.
 pub fn spawn_worker(
     settings: &Settings,
     aws: &AwsClients,
+    opts: pinstream::worker::RunOptions,
 ) -> (
     tokio_util::sync::CancellationToken,
     tokio::task::JoinHandle<Result<pinstream::worker::RunSummary, pinstream::worker::WorkerError>>,
@@ -134,7 +134,7 @@ pub fn spawn_worker(
     let running = tokio::spawn(pinstream::worker::run(
         settings.clone(),
         aws.clone(),
-        run_options(false),
+        opts,
         stop.clone(),
     ));
     (stop, running)
@@ -183,6 +183,19 @@ pub async fn landed(root: &Path, kind: Kind) -> usize {
     }
     count(&read_table(root, kind.name()).await)
         + count(&read_table(root, kind.rejects_table()).await)
+}
+
+/// Waits (up to 60 s per kind) until every kind has at least `at_least` rows in its table
+/// and rejects table together.
+pub async fn wait_all_landed(root: &Path, at_least: usize, what: &str) {
+    for kind in Kind::ALL {
+        wait_for(
+            &format!("{kind}: {at_least} records {what}"),
+            Duration::from_secs(60),
+            || async { (landed(root, kind).await >= at_least).then_some(()) },
+        )
+        .await;
+    }
 }
 
 /// Every kind's `per_stream` records are each in the table or the rejects table, once.
