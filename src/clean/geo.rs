@@ -14,7 +14,7 @@ pub enum GeoKeys {}
 
 impl Keys for GeoKeys {
     const NAMES: &'static [&'static str] =
-        &["ind", "latitude", "longitude", "country", "timestamp"];
+        &["ind", "timestamp", "latitude", "longitude", "country"];
 }
 
 #[derive(Debug, Clone, PartialEq)]
