@@ -27,8 +27,8 @@ pub enum Field<'a> {
     Bool(bool),
     Number(Number),
     Str(Cow<'a, str>),
-    /// An array or object.
-    Nested(Value),
+    /// An array or object (boxed: rare, and it would double the size of every field).
+    Nested(Box<Value>),
 }
 
 impl Field<'_> {
@@ -50,7 +50,7 @@ impl Field<'_> {
             Value::Bool(b) => Field::Bool(*b),
             Value::Number(n) => Field::Number(n.clone()),
             Value::String(s) => Field::Str(Cow::Owned(s.clone())),
-            nested => Field::Nested(nested.clone()),
+            nested => Field::Nested(Box::new(nested.clone())),
         }
     }
 }
@@ -112,10 +112,17 @@ pub enum TopLevel<'a, K> {
 /// Flat objects in the usual shape take a faster one-pass reader ([`flat`]) that answers
 /// only what serde_json would; everything else is serde_json's.
 pub fn parse<K: Keys>(text: &str) -> Result<TopLevel<'_, K>, serde_json::Error> {
-    match flat::parse(text) {
+    match parse_flat(text) {
         Some(obj) => Ok(TopLevel::Object(obj)),
         None => parse_with_serde_json(text),
     }
+}
+
+/// The fast path of [`parse`] alone: the object when [`flat`] can decide, else `None`
+/// (then [`parse_with_serde_json`] decides).
+#[inline]
+pub fn parse_flat<K: Keys>(text: &str) -> Option<Object<'_, K>> {
+    flat::parse(text)
 }
 
 /// [`parse`] without the fast path.
@@ -169,10 +176,10 @@ impl<'de> Visitor<'de> for FieldVisitor {
         Field::deserialize(d)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
-        Value::deserialize(SeqAccessDeserializer::new(seq)).map(Field::Nested)
+        Value::deserialize(SeqAccessDeserializer::new(seq)).map(|v| Field::Nested(Box::new(v)))
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        Value::deserialize(MapAccessDeserializer::new(map)).map(Field::Nested)
+        Value::deserialize(MapAccessDeserializer::new(map)).map(|v| Field::Nested(Box::new(v)))
     }
 }
 

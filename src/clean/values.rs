@@ -137,6 +137,14 @@ fn parse_scaled(s: &str) -> Option<Option<i64>> {
         b'b' | b'B' => (&s[..s.len() - 1], 9),
         _ => (s, 0),
     };
+    // The usual spelling, digits and an optional suffix, in u64 (the same answer as the
+    // general path below; it stays for signs and decimals).
+    if (1..=15).contains(&num.len()) && num.bytes().all(|b| b.is_ascii_digit()) {
+        let m = num.bytes().fold(0u64, |m, d| m * 10 + u64::from(d - b'0'));
+        let scaled = m.checked_mul(10u64.pow(exp));
+        // Too large for i64: not a count, as below.
+        return scaled.and_then(|v| i64::try_from(v).ok()).map(Some);
+    }
     let (neg, num) = match num.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, num.strip_prefix('+').unwrap_or(num)),
@@ -301,7 +309,24 @@ mod tests {
         assert_eq!(fc("0.0004k"), Ok(Some(0)));
         assert_eq!(fc("User Info Error"), Ok(None));
         assert_eq!(follower_count(Some(&f!(42))), Ok(Some(42)));
-        for bad in ["abc", "k", "1.2.3k", "12kk", "1e3", ".", "99999999999B"] {
+        // Limits of the digits-and-suffix path and of the general one.
+        assert_eq!(fc("000123"), Ok(Some(123)));
+        assert_eq!(fc("9223372036B"), Ok(Some(9_223_372_036_000_000_000)));
+        assert_eq!(fc("999999999999999k"), Ok(Some(999_999_999_999_999_000)));
+        assert_eq!(fc("9223372036854775807"), Ok(Some(i64::MAX)));
+        assert_eq!(fc("-12k"), Ok(Some(-12_000)));
+        for bad in [
+            "abc",
+            "k",
+            "1.2.3k",
+            "12kk",
+            "1e3",
+            ".",
+            "99999999999B",
+            "9223372037B",
+            "999999999999999M",
+            "9223372036854775808",
+        ] {
             assert!(
                 matches!(fc(bad), Err(ValueError::BadFollowerCount(_))),
                 "{bad}"
