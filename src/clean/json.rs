@@ -4,11 +4,13 @@
 //! nested arrays/objects kept whole as [`serde_json::Value`] (no field of the contract is
 //! nested; they are only ever shown in a reject's detail).
 //!
-//! Same parser and same semantics as `serde_json::Value`: numbers are what `Value` would
-//! hold, a key given twice keeps its last value, a text `Value` refuses is refused here
-//! with serde_json's message (keys nobody reads are parsed and checked all the same).
-//! What it saves is the per-key and per-string allocations and the map a `Value` builds,
-//! and the search for each key afterwards: a key's slot is found once, while parsing.
+//! Same semantics as `serde_json::Value`: numbers are what `Value` would hold, a key given
+//! twice keeps its last value, a text `Value` refuses is refused here with serde_json's
+//! message (keys nobody reads are parsed and checked all the same). What it saves is the
+//! per-key and per-string allocations and the map a `Value` builds, and the search for
+//! each key afterwards: a key's slot is found once, while parsing. Records in the usual
+//! flat shape are read by `flat`, a one-pass reader that answers only when its answer is
+//! serde_json's; everything else goes through serde_json itself.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -109,7 +111,7 @@ pub enum TopLevel<'a, K> {
 }
 
 /// Parses JSON text, keeping the keys `K` names; serde_json's error when it is not JSON.
-/// Flat objects in the usual shape take a faster one-pass reader ([`flat`]) that answers
+/// Flat objects in the usual shape take a faster one-pass reader (`flat`) that answers
 /// only what serde_json would; everything else is serde_json's.
 pub fn parse<K: Keys>(text: &str) -> Result<TopLevel<'_, K>, serde_json::Error> {
     match parse_flat(text) {
@@ -118,7 +120,7 @@ pub fn parse<K: Keys>(text: &str) -> Result<TopLevel<'_, K>, serde_json::Error> 
     }
 }
 
-/// The fast path of [`parse`] alone: the object when [`flat`] can decide, else `None`
+/// The fast path of [`parse`] alone: the object when `flat` can decide, else `None`
 /// (then [`parse_with_serde_json`] decides).
 #[inline]
 pub fn parse_flat<K: Keys>(text: &str) -> Option<Object<'_, K>> {
