@@ -69,7 +69,7 @@ pub const MAX_KEYS: usize = 12;
 
 /// The slot of `key` among `K`'s names. A handful of length-first comparisons against
 /// constant strings, which the compiler inlines.
-#[inline]
+#[inline(always)]
 fn slot<K: Keys>(key: &str) -> Option<usize> {
     K::NAMES.iter().position(|n| *n == key)
 }
@@ -91,7 +91,7 @@ impl<'a, K: Keys> Object<'a, K> {
     }
 
     /// The value of `key`, one of `K::NAMES`.
-    #[inline]
+    #[inline(always)]
     pub fn get(&self, key: &str) -> Option<&Field<'a>> {
         let i = slot::<K>(key);
         debug_assert!(i.is_some(), "`{key}` is not among the keys read");

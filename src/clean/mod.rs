@@ -154,7 +154,9 @@ impl Reject {
     }
 }
 
-/// Converts one field, naming it in the reject when it cannot be converted.
+/// Converts one field, naming it in the reject when it cannot be converted. Always inlined,
+/// so that each key's slot is found at compile time.
+#[inline(always)]
 fn field<'v, 'a, K: Keys, T>(
     obj: &'v Object<'a, K>,
     name: &'static str,
@@ -164,6 +166,7 @@ fn field<'v, 'a, K: Keys, T>(
 }
 
 /// The required integer key (`index` for pin, `ind` for geo and user).
+#[inline(always)]
 fn required_key<K: Keys>(obj: &Object<'_, K>, name: &'static str) -> Result<i64, Reject> {
     match values::integer(obj.get(name)) {
         Ok(Some(v)) => Ok(v),

@@ -41,6 +41,7 @@ fn show(v: &Field<'_>) -> String {
 }
 
 /// `null`, a missing key and `""` are all absent.
+#[inline]
 fn present<'v, 'a>(v: Option<&'v Field<'a>>) -> Option<&'v Field<'a>> {
     match v {
         None | Some(Field::Null) => None,
