@@ -29,7 +29,7 @@ pub enum Field<'a> {
     Bool(bool),
     Number(Number),
     Str(Cow<'a, str>),
-    /// An array or object (boxed: rare, and it would double the size of every field).
+    /// An array or object (boxed: rare, and unboxed it would make every field larger).
     Nested(Box<Value>),
 }
 
@@ -57,9 +57,10 @@ impl Field<'_> {
     }
 }
 
-/// The top-level keys one cleaning operator reads, in slot order: the order producers
-/// send them, which the fast reader uses to guess each next key (any order is read
-/// correctly; the usual one is read faster).
+/// The top-level keys one cleaning operator reads, in slot order: the order the real
+/// producers send them (as in the sample records), which the fast reader uses to guess
+/// each next key. Any order is read correctly; this one is read faster. The built-in
+/// generator writes keys alphabetically, so its records miss the guess and take the lookup.
 pub trait Keys {
     const NAMES: &'static [&'static str];
 }

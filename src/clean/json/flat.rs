@@ -32,7 +32,7 @@ pub(super) fn parse<K: Keys>(text: &str) -> Option<Object<'_, K>> {
         i += 1;
     } else {
         let mut ignored = None;
-        // The slot the next key most likely fills: producers send keys in one order, and
+        // The slot the next key most likely fills: real producers send keys in one order, and
         // `K::NAMES` lists them in that order.
         let mut guess = 0;
         loop {
@@ -427,7 +427,8 @@ mod tests {
                 }
             }
         }
-        // Generated records only leave the fast path for escapes in their text.
+        // Generated records only leave the fast path for escapes in their text or when the
+        // generator made them malformed on purpose.
         assert!(answered * 10 >= total * 9, "{answered} of {total}");
     }
 
