@@ -32,7 +32,7 @@ use pinstream::clean::{
 };
 use pinstream::config::TableRoot;
 use pinstream::producer::generator::Generator;
-use pinstream::sink::delta::{self, ShardPosition};
+use pinstream::sink::delta::{self, ShardCommit};
 
 const N: usize = 100_000;
 /// Records per GetRecords answer: the default `reader.max_records`.
@@ -259,10 +259,10 @@ fn full_flush(c: &mut Criterion) {
             },
             |mut table| {
                 let (rows, _rejects) = clean_all(kind, &data, &seqs);
-                let pos = ShardPosition {
+                let pos = ShardCommit {
                     app_id: format!("bench/{kind}/{SHARD}"),
                     lease_key: format!("{kind}:{SHARD}"),
-                    version: 1,
+                    expected: 0,
                     last_sequence: seqs[N - 1].clone(),
                     last_sub_sequence: 0,
                     shard_end: false,

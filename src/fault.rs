@@ -1,8 +1,8 @@
 //! Fault injection for crash tests: `pinstream run --fault POINT[:N]` aborts the process
-//! (like a SIGKILL: no flush, no release) the Nth time a flush reaches POINT;
-//! `POINT:N:fail` instead makes that flush fail there, as a failed commit would (the sink
-//! keeps its rows and retries). Off unless the hidden flag is given; never used in
-//! production.
+//! (like a SIGKILL: no flush, no release) the Nth time a flush (or, for `read`, a shard
+//! reader) reaches POINT; `POINT:N:fail` instead makes that step fail there, as a failed
+//! commit would (the sink keeps its rows and retries); `POINT:N:panic` panics the task
+//! there (a bug). Off unless the hidden flag is given; never used in production.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -18,6 +18,10 @@ pub enum FaultPoint {
     AfterCommit,
     /// Everything committed and checkpointed.
     AfterCheckpoint,
+    /// A shard reader cleaned a GetRecords answer and is about to hand it to the sink.
+    Read,
+    /// The sink is about to checkpoint a shard at SHARD_END (`fail`: as if DynamoDB failed).
+    ShardEndCheckpoint,
 }
 
 impl FaultPoint {
@@ -27,27 +31,42 @@ impl FaultPoint {
             "between_commits" => FaultPoint::BetweenCommits,
             "after_commit" => FaultPoint::AfterCommit,
             "after_checkpoint" => FaultPoint::AfterCheckpoint,
+            "read" => FaultPoint::Read,
+            "shard_end_checkpoint" => FaultPoint::ShardEndCheckpoint,
             _ => return None,
         })
     }
 }
 
-/// A planned crash (or failure), shared by the sinks of one worker.
+/// What happens at the planned hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultMode {
+    /// The process aborts (like a SIGKILL).
+    Abort,
+    /// The step fails, as a failed commit would.
+    Fail,
+    /// The task panics, as a bug would.
+    Panic,
+}
+
+/// A planned crash (or failure), shared by the sinks and readers of one worker.
 #[derive(Debug, Clone)]
 pub struct Fault {
     point: FaultPoint,
     nth: u32,
-    /// Fail the flush instead of aborting the process.
-    fail: bool,
+    mode: FaultMode,
     seen: Arc<AtomicU32>,
 }
 
 impl Fault {
-    /// Parses `POINT[:N[:fail]]`.
+    /// Parses `POINT[:N[:fail|:panic]]`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (s, fail) = match s.strip_suffix(":fail") {
-            Some(rest) => (rest, true),
-            None => (s, false),
+        let (s, mode) = if let Some(rest) = s.strip_suffix(":fail") {
+            (rest, FaultMode::Fail)
+        } else if let Some(rest) = s.strip_suffix(":panic") {
+            (rest, FaultMode::Panic)
+        } else {
+            (s, FaultMode::Abort)
         };
         let (point, nth) = match s.split_once(':') {
             Some((p, n)) => (
@@ -59,13 +78,13 @@ impl Fault {
         };
         let point = FaultPoint::parse(point).ok_or_else(|| {
             format!(
-                "`{point}`: one of before_commit, between_commits, after_commit, after_checkpoint"
+                "`{point}`: one of before_commit, between_commits, after_commit, after_checkpoint, read, shard_end_checkpoint"
             )
         })?;
         Ok(Fault {
             point,
             nth: nth.max(1),
-            fail,
+            mode,
             seen: Arc::new(AtomicU32::new(0)),
         })
     }
@@ -75,22 +94,27 @@ impl Fault {
         self.seen.load(Ordering::SeqCst)
     }
 
-    /// Called by a flush at `point`: on the planned hit, aborts the process, or returns
-    /// `Err` for the flush to fail there.
+    /// Called at `point`: on the planned hit, aborts the process, panics, or returns
+    /// `Err` for the step to fail there.
     pub fn hit(&self, point: FaultPoint) -> Result<(), FaultPoint> {
         if point == self.point && self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.nth {
-            if self.fail {
-                eprintln!(
-                    "pinstream: injected failure at {point:?} (hit {})",
-                    self.nth
-                );
-                return Err(point);
+            match self.mode {
+                FaultMode::Fail => {
+                    eprintln!(
+                        "pinstream: injected failure at {point:?} (hit {})",
+                        self.nth
+                    );
+                    return Err(point);
+                }
+                FaultMode::Panic => panic!("injected panic at {point:?} (hit {})", self.nth),
+                FaultMode::Abort => {
+                    eprintln!(
+                        "pinstream: injected fault at {point:?} (hit {}): aborting",
+                        self.nth
+                    );
+                    std::process::abort();
+                }
             }
-            eprintln!(
-                "pinstream: injected fault at {point:?} (hit {}): aborting",
-                self.nth
-            );
-            std::process::abort();
         }
         Ok(())
     }
@@ -113,9 +137,10 @@ mod tests {
         assert!(f.hit(FaultPoint::AfterCommit).is_ok());
         let f = Fault::parse("between_commits:2:fail").unwrap();
         assert_eq!(
-            (f.point, f.nth, f.fail),
-            (FaultPoint::BetweenCommits, 2, true)
+            (f.point, f.nth, f.mode),
+            (FaultPoint::BetweenCommits, 2, FaultMode::Fail)
         );
+        assert_eq!(Fault::parse("read:3:panic").unwrap().mode, FaultMode::Panic);
         assert!(f.hit(FaultPoint::BetweenCommits).is_ok());
         assert!(f.hit(FaultPoint::BetweenCommits).is_err());
         assert!(f.hit(FaultPoint::BetweenCommits).is_ok(), "once");

@@ -6,16 +6,17 @@
 //! longer in the table. Workers run compaction (and vacuum, when configured) on a schedule;
 //! `pinstream maintain` runs everything on demand for all six tables.
 //!
-//! Compaction is safe while workers append: it rewrites only files that exist in the
-//! snapshot it read, commits their removal and the new files as one `OPTIMIZE` commit with
-//! `dataChange = false` (streaming readers skip it), and delta-rs's conflict check rejects
-//! the commit if another writer removed one of those files in between (then nothing
-//! changed and the next run tries again). Appends only add files, so they never conflict.
+//! Compaction is safe while workers append and while other compactions run: it rewrites
+//! only files of the snapshot it read and commits their removal and the new files as one
+//! `OPTIMIZE` commit with `dataChange = false` (streaming readers skip it), at exactly the
+//! version after a snapshot in which every input file is still present ([`commit_rewrite`]);
+//! if another writer removed one of them first, it commits nothing and the next run tries
+//! again. Appends only add files, so they never stop a compaction.
 
 use std::time::Duration;
 
 use deltalake::checkpoints::{cleanup_expired_logs_for, create_checkpoint};
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Action;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::protocol::DeltaOperation;
@@ -49,6 +50,8 @@ pub struct Compaction {
     pub bytes_removed: u64,
     pub bytes_added: u64,
     pub rows: u64,
+    /// Another writer removed some of the files first: nothing was committed.
+    pub conflict: bool,
 }
 
 /// Which files compaction rewrites.
@@ -74,12 +77,36 @@ impl CompactOptions {
 }
 
 /// Bin-packs the table's small, old-enough files into files of about `target_size` and
-/// commits the swap as one OPTIMIZE commit (see the module docs for why that is safe while
-/// appends continue). Reads one input file at a time; memory is about one output file.
+/// commits the swap as one OPTIMIZE commit: [`rewrite_small_files`] then
+/// [`commit_rewrite`]. Safe however many compactions of the table run at once, in any
+/// process: see [`commit_rewrite`].
 pub async fn compact(
     table: &mut DeltaTable,
     opts: &CompactOptions,
 ) -> Result<Compaction, DeltaTableError> {
+    match rewrite_small_files(table, opts).await? {
+        Some(rewrite) => commit_rewrite(table, rewrite).await,
+        None => Ok(Compaction::default()),
+    }
+}
+
+/// Files rewritten by a compaction, not yet committed.
+pub struct Rewrite {
+    /// Paths of the files the new ones replace.
+    inputs: Vec<String>,
+    actions: Vec<Action>,
+    target_size: u64,
+    report: Compaction,
+}
+
+/// First step of a compaction: reads the latest snapshot, picks the files below the target
+/// size and older than the minimum age, and writes their rows into new files, one input
+/// file at a time (memory is about one output file). `None` when too few files qualify.
+/// Nothing is committed: the new files are not part of the table yet.
+pub async fn rewrite_small_files(
+    table: &mut DeltaTable,
+    opts: &CompactOptions,
+) -> Result<Option<Rewrite>, DeltaTableError> {
     table.update_state().await?;
     let snapshot = table.snapshot()?.clone();
     let cutoff = chrono::Utc::now().timestamp_millis() - opts.min_age.as_millis() as i64;
@@ -89,7 +116,7 @@ pub async fn compact(
         .filter(|f| (f.size() as u64) < opts.target_size && f.modification_time() <= cutoff)
         .collect();
     if candidates.len() < opts.min_files.max(2) {
-        return Ok(Compaction::default());
+        return Ok(None);
     }
     // Oldest first, so rows keep roughly their arrival order.
     candidates.sort_by_key(|f| (f.modification_time(), f.path().into_owned()));
@@ -107,11 +134,12 @@ pub async fn compact(
     // A bin of one file would rewrite it unchanged.
     bins.retain(|b| b.len() > 1);
     if bins.iter().map(Vec::len).sum::<usize>() < opts.min_files.max(2) {
-        return Ok(Compaction::default());
+        return Ok(None);
     }
     let store = table.log_store().object_store(None);
     let mut report = Compaction::default();
     let mut actions = Vec::new();
+    let mut inputs = Vec::new();
     for bin in &bins {
         let mut writer = RecordBatchWriter::for_table(table)?
             .with_writer_properties(crate::sink::delta::writer_properties());
@@ -131,6 +159,7 @@ pub async fn compact(
             }
             report.files_removed += 1;
             report.bytes_removed += f.size() as u64;
+            inputs.push(f.path().into_owned());
             actions.push(Action::Remove(f.remove_action(false)));
         }
         for mut add in writer.flush().await? {
@@ -140,17 +169,76 @@ pub async fn compact(
             actions.push(Action::Add(add));
         }
     }
-    let operation = DeltaOperation::Optimize {
+    Ok(Some(Rewrite {
+        inputs,
+        actions,
+        target_size: opts.target_size,
+        report,
+    }))
+}
+
+/// Second step of a compaction: commits the swap as ONE OPTIMIZE commit with
+/// `dataChange = false`, at exactly the version after the snapshot it checked, and only
+/// while every input file is still in the table. When another writer commits first, the
+/// check runs again on the new latest snapshot: appends only add files and let the
+/// compaction through; another compaction (or anything else) that removed one of the
+/// inputs makes this one give up (`version: None`, `conflict: true`), so no row is ever
+/// in the table twice. The new files are then orphans that vacuum deletes.
+///
+/// delta-rs's own conflict check is not relied on: it lets a second compaction of the same
+/// files through (it ignores removals with `dataChange = false`).
+pub async fn commit_rewrite(
+    table: &mut DeltaTable,
+    rewrite: Rewrite,
+) -> Result<Compaction, DeltaTableError> {
+    let Rewrite {
+        inputs,
+        actions,
+        target_size,
+        mut report,
+    } = rewrite;
+    let operation = || DeltaOperation::Optimize {
         predicate: None,
-        target_size: opts.target_size as i64,
+        target_size: target_size as i64,
     };
-    let commit = CommitBuilder::from(CommitProperties::default().with_create_checkpoint(false))
-        .with_actions(actions)
-        .build(Some(&snapshot), table.log_store(), operation)
-        .await?;
-    report.version = Some(commit.version() as u64);
-    table.update_state().await?;
-    Ok(report)
+    for _ in 0..COMMIT_ATTEMPTS {
+        if !all_still_in_table(table, &inputs)? {
+            tracing::info!(
+                files = inputs.len(),
+                "another writer removed files this compaction rewrote; giving it up"
+            );
+            metrics::counter!("pinstream_compaction_conflicts_total").increment(1);
+            return Ok(Compaction {
+                version: None,
+                conflict: true,
+                ..Compaction::default()
+            });
+        }
+        let props = CommitProperties::default().with_create_checkpoint(false);
+        if let Some(v) = delta::commit_next(table, actions.clone(), props, operation()).await? {
+            report.version = Some(v as u64);
+            return Ok(report);
+        }
+        table.update_state().await?;
+    }
+    Err(DeltaTableError::Generic(format!(
+        "compaction lost the race to other writers {COMMIT_ATTEMPTS} times in a row"
+    )))
+}
+
+/// How many times a compaction goes back to the latest version after another writer
+/// committed first.
+const COMMIT_ATTEMPTS: usize = 100;
+
+/// Whether every one of `paths` is a file of the table's loaded snapshot.
+fn all_still_in_table(table: &DeltaTable, paths: &[String]) -> Result<bool, DeltaTableError> {
+    let live: std::collections::HashSet<String> = table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .map(|f| f.path().into_owned())
+        .collect();
+    Ok(paths.iter().all(|p| live.contains(p)))
 }
 
 /// Writes a checkpoint at the table's current version and removes log files older than
@@ -264,8 +352,8 @@ pub async fn vacuum_one(
 }
 
 /// Uniform in [0.8, 1.2] x `d`, so that workers started together drift apart and rarely
-/// compact the same table at once (when they do, one commit wins and the other is refused
-/// by the conflict check; no data is touched twice).
+/// compact the same table at once (when they do, one commit wins and the others give up in
+/// [`commit_rewrite`]; no row is ever committed twice).
 fn jittered(d: Duration) -> Duration {
     use rand::Rng as _;
     d.mul_f64(rand::rng().random_range(0.8..=1.2))
@@ -325,6 +413,9 @@ pub fn spawn_scheduled(
                                 seconds = started.elapsed().as_secs_f64(),
                                 "compacted"
                             );
+                        }
+                        Ok(c) if c.conflict => {
+                            tracing::debug!(table = name, "compaction gave way to another writer")
                         }
                         Ok(_) => tracing::debug!(table = name, "nothing to compact"),
                         Err(e) => {

@@ -15,7 +15,20 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use table::{LeaseError, LeaseTable};
+pub use table::{CommittedPosition, LeaseError, LeaseTable};
+
+impl HeldState {
+    /// The rejects mark to write with a checkpoint.
+    pub fn rejects_mark(&self) -> Option<RejectsMark> {
+        self.rejects_position
+            .as_ref()
+            .map(|(sequence, sub_sequence)| RejectsMark {
+                version: self.rejects_version,
+                sequence: sequence.clone(),
+                sub_sequence: *sub_sequence,
+            })
+    }
+}
 
 /// Where a shard's reading resumes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +70,17 @@ impl Checkpoint {
     }
 }
 
+/// How far a shard's rejects are committed: the rejects table's txn version of the shard
+/// (the table version of its newest rejects commit) and the last record that commit covers.
+/// Rejects at or before the position are in the rejects table and are never written again,
+/// even when the cleaned table is behind them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectsMark {
+    pub version: i64,
+    pub sequence: String,
+    pub sub_sequence: i64,
+}
+
 /// One lease item as read from the table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Lease {
@@ -68,6 +92,8 @@ pub struct Lease {
     pub checkpoint: Checkpoint,
     pub sub_sequence: i64,
     pub batch_version: i64,
+    /// The rejects mark as of the last checkpoint, if the shard had rejects by then.
+    pub rejects: Option<RejectsMark>,
     pub parent_shard_ids: Vec<String>,
     pub owner_switches_since_checkpoint: i64,
     pub millis_behind_latest: Option<i64>,
@@ -220,11 +246,15 @@ pub fn leases_to_take<'a>(
 #[derive(Debug)]
 pub struct HeldState {
     pub counter: u64,
-    /// `batch_version` of the last checkpoint; the next commit carries `+ 1`.
+    /// The shard's txn version in the cleaned table as of the last checkpoint (the table
+    /// version of that commit): the cleaned commit's fence.
     pub batch_version: i64,
     /// The shard's txn version in the rejects table as this worker last read or wrote it
     /// (the rejects commit's fence).
     pub rejects_version: i64,
+    /// Where the rejects commit `rejects_version` ends (`None`: no rejects committed yet),
+    /// written to the lease with each checkpoint.
+    pub rejects_position: Option<(String, i64)>,
     pub lost: bool,
     /// The lease was handed back (or found taken) by this process.
     pub released: bool,
@@ -272,6 +302,7 @@ impl HeldLease {
                 counter,
                 batch_version: lease.batch_version,
                 rejects_version: 0,
+                rejects_position: None,
                 lost: false,
                 released: false,
                 millis_behind: None,
@@ -311,6 +342,7 @@ mod tests {
             checkpoint: Checkpoint::TrimHorizon,
             sub_sequence: 0,
             batch_version: 0,
+            rejects: None,
             parent_shard_ids: vec![],
             owner_switches_since_checkpoint: 0,
             millis_behind_latest: None,

@@ -13,7 +13,7 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 
-use super::{Checkpoint, Lease};
+use super::{Checkpoint, Lease, RejectsMark};
 use crate::aws::ServiceError;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,15 @@ where
     } else {
         LeaseError::Service(e)
     }
+}
+
+/// What a checkpoint records (see [`LeaseTable::checkpoint`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CommittedPosition<'a> {
+    pub checkpoint: &'a Checkpoint,
+    pub sub_sequence: i64,
+    pub batch_version: i64,
+    pub rejects: Option<&'a RejectsMark>,
 }
 
 #[derive(Clone, Debug)]
@@ -298,22 +307,33 @@ impl LeaseTable {
         Ok(counter + 1)
     }
 
-    /// Records a committed position. Conditional on still holding the lease.
+    /// Records a committed position: the checkpoint, the cleaned table's txn version of
+    /// the commit that reached it, and how far the shard's rejects are committed.
+    /// Conditional on still holding the lease.
     pub async fn checkpoint(
         &self,
         key: &str,
         me: &str,
         counter: u64,
-        checkpoint: &Checkpoint,
-        sub_sequence: i64,
-        batch_version: i64,
+        position: &CommittedPosition<'_>,
     ) -> Result<u64, LeaseError> {
-        self.update_held(key, me, counter)
-            .update_expression("SET #counter = :next, checkpoint = :cp, sub_sequence = :sub, batch_version = :bv, owner_switches_since_checkpoint = :zero")
-            .expression_attribute_values(":cp", s(&checkpoint.as_str()))
-            .expression_attribute_values(":sub", n(sub_sequence))
-            .expression_attribute_values(":bv", n(batch_version))
-            .expression_attribute_values(":zero", n(0))
+        let mut set = String::from("SET #counter = :next, checkpoint = :cp, sub_sequence = :sub, batch_version = :bv, owner_switches_since_checkpoint = :zero");
+        let mut req = self
+            .update_held(key, me, counter)
+            .expression_attribute_values(":cp", s(&position.checkpoint.as_str()))
+            .expression_attribute_values(":sub", n(position.sub_sequence))
+            .expression_attribute_values(":bv", n(position.batch_version))
+            .expression_attribute_values(":zero", n(0));
+        if let Some(r) = position.rejects {
+            set.push_str(
+                ", rejects_version = :rv, rejects_sequence = :rs, rejects_sub_sequence = :rss",
+            );
+            req = req
+                .expression_attribute_values(":rv", n(r.version))
+                .expression_attribute_values(":rs", s(&r.sequence))
+                .expression_attribute_values(":rss", n(r.sub_sequence));
+        }
+        req.update_expression(set)
             .send()
             .await
             .map_err(|e| cond("UpdateItem", key, e))?;
@@ -368,6 +388,14 @@ impl Lease {
             checkpoint,
             sub_sequence: get_n("sub_sequence")?.unwrap_or(0),
             batch_version: get_n("batch_version")?.unwrap_or(0),
+            rejects: match (get_n("rejects_version")?, get_s("rejects_sequence")) {
+                (Some(version), Some(sequence)) => Some(RejectsMark {
+                    version,
+                    sequence,
+                    sub_sequence: get_n("rejects_sub_sequence")?.unwrap_or(0),
+                }),
+                _ => None,
+            },
             parent_shard_ids: parents,
             owner_switches_since_checkpoint: get_n("owner_switches_since_checkpoint")?.unwrap_or(0),
             millis_behind_latest: get_n("millis_behind_latest")?,

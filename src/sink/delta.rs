@@ -9,13 +9,13 @@ use std::collections::HashMap;
 use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
-use deltalake::kernel::transaction::CommitProperties;
-use deltalake::kernel::{StructType, Transaction};
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::{Action, StructType, Transaction};
 use deltalake::operations::create::CreateBuilder;
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::parquet::schema::types::ColumnPath;
-use deltalake::protocol::SaveMode;
+use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::StreamExt as _;
@@ -47,12 +47,48 @@ pub struct ShardPosition {
     pub app_id: String,
     /// The lease key the position belongs to.
     pub lease_key: String,
+    /// The shard's txn version after the commit: the table version of the commit itself.
     pub version: i64,
     pub last_sequence: String,
     pub last_sub_sequence: i64,
     /// The shard was read to its end with this commit.
     pub shard_end: bool,
 }
+
+/// One shard's part in an append: the txn version the table must still hold for it (the
+/// fence) and where its rows end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardCommit {
+    /// `<application>/<stream>/<shard_id>`
+    pub app_id: String,
+    pub lease_key: String,
+    /// The shard's txn version as this writer last read or wrote it (0: none yet). If the
+    /// table holds another, someone else committed for the shard and nothing is committed.
+    pub expected: i64,
+    pub last_sequence: String,
+    pub last_sub_sequence: i64,
+    pub shard_end: bool,
+}
+
+/// What an append did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Committed as this table version, which is now every shard's txn version.
+    Committed(i64),
+    /// These shards' txn versions are not the expected ones (lease keys): another writer
+    /// committed for them. Nothing was committed.
+    Fenced(Vec<String>),
+}
+
+/// Data files written for an append, not yet committed.
+pub struct StagedAppend {
+    adds: Vec<Action>,
+    shards: Vec<ShardCommit>,
+}
+
+/// How many times a commit goes back to the latest version after losing a race to another
+/// writer before it gives up (the caller keeps its rows and retries later).
+const COMMIT_ATTEMPTS: usize = 100;
 
 /// Key of pinstream's entry in the Delta commit info.
 const COMMIT_INFO_KEY: &str = "pinstream";
@@ -156,6 +192,14 @@ pub async fn txn_versions(
     app_ids: &[&str],
 ) -> Result<Vec<Option<i64>>, DeltaTableError> {
     table.update_state().await?;
+    loaded_txn_versions(table, app_ids).await
+}
+
+/// The txn versions of several app ids in the table's loaded snapshot, in order.
+async fn loaded_txn_versions(
+    table: &DeltaTable,
+    app_ids: &[&str],
+) -> Result<Vec<Option<i64>>, DeltaTableError> {
     let log_store = table.log_store();
     let snapshot = table.snapshot()?;
     let mut out = Vec::with_capacity(app_ids.len());
@@ -169,47 +213,145 @@ pub async fn txn_versions(
     Ok(out)
 }
 
-/// Appends `batches` as one commit with a txn per shard in `shards`. A shard with no rows
-/// in this flush still gets its txn, so the table's txn version always equals the lease's
-/// `batch_version` after a checkpoint. Returns the new table version.
+/// Appends `batches` as ONE commit with a txn per shard in `shards`, fenced: the commit
+/// goes in only while every shard's txn version in the table is still its `expected` one,
+/// and each shard's txn version becomes the commit's own table version (so recovery reads
+/// exactly one commit to learn a shard's position, and two writers' commits can never carry
+/// the same txn version). A shard with no rows in this flush still gets its txn.
 ///
 /// A failed commit means "not committed": the caller keeps the rows and retries.
 pub async fn append(
     table: &mut DeltaTable,
     batches: &[RecordBatch],
-    shards: &[ShardPosition],
-) -> Result<u64, DeltaTableError> {
+    shards: &[ShardCommit],
+) -> Result<Appended, DeltaTableError> {
+    match stage_append(table, batches, shards).await? {
+        Ok(staged) => commit_staged(table, staged).await,
+        Err(fenced) => Ok(Appended::Fenced(fenced)),
+    }
+}
+
+/// First step of [`append`]: refreshes the table, checks the fence, and writes the data
+/// files (not yet part of the table). `Err(lease keys)` when the fence fails already.
+pub async fn stage_append(
+    table: &mut DeltaTable,
+    batches: &[RecordBatch],
+    shards: &[ShardCommit],
+) -> Result<Result<StagedAppend, Vec<String>>, DeltaTableError> {
+    table.update_state().await?;
+    let fenced = fenced_shards(table, shards).await?;
+    if !fenced.is_empty() {
+        return Ok(Err(fenced));
+    }
+    let mut writer =
+        RecordBatchWriter::for_table(table)?.with_writer_properties(writer_properties());
+    for b in batches.iter().filter(|b| b.num_rows() > 0) {
+        writer.write(b.clone()).await?;
+    }
+    let adds = writer.flush().await?.into_iter().map(Action::Add).collect();
+    Ok(Ok(StagedAppend {
+        adds,
+        shards: shards.to_vec(),
+    }))
+}
+
+/// Second step of [`append`]: commits staged files at exactly the version after the
+/// table's loaded snapshot; when another writer took that version first, reloads, checks
+/// the fence again and tries the next one. delta-rs's own conflict resolution is never
+/// used: whether a commit may go in is decided here, from the latest snapshot.
+pub async fn commit_staged(
+    table: &mut DeltaTable,
+    staged: StagedAppend,
+) -> Result<Appended, DeltaTableError> {
+    let operation = || DeltaOperation::Write {
+        mode: SaveMode::Append,
+        partition_by: None,
+        predicate: None,
+    };
+    for _ in 0..COMMIT_ATTEMPTS {
+        let version = table.version().unwrap_or(0) as i64 + 1;
+        let props = commit_properties(&staged.shards, version);
+        if let Some(v) = commit_next(table, staged.adds.clone(), props, operation()).await? {
+            return Ok(Appended::Committed(v));
+        }
+        table.update_state().await?;
+        let fenced = fenced_shards(table, &staged.shards).await?;
+        if !fenced.is_empty() {
+            return Ok(Appended::Fenced(fenced));
+        }
+    }
+    Err(lost_every_race())
+}
+
+fn lost_every_race() -> DeltaTableError {
+    DeltaTableError::Generic(format!(
+        "another writer committed first {COMMIT_ATTEMPTS} times in a row; giving up for now"
+    ))
+}
+
+/// The shards (lease keys) whose txn version in the loaded snapshot is not the expected one.
+async fn fenced_shards(
+    table: &DeltaTable,
+    shards: &[ShardCommit],
+) -> Result<Vec<String>, DeltaTableError> {
+    let app_ids: Vec<&str> = shards.iter().map(|s| s.app_id.as_str()).collect();
+    let versions = loaded_txn_versions(table, &app_ids).await?;
+    Ok(shards
+        .iter()
+        .zip(versions)
+        .filter(|(s, v)| v.unwrap_or(0) != s.expected)
+        .map(|(s, _)| s.lease_key.clone())
+        .collect())
+}
+
+/// Commit properties of an append at `version`: a txn per shard set to `version`, and each
+/// shard's position in the commit info.
+fn commit_properties(shards: &[ShardCommit], version: i64) -> CommitProperties {
+    let now = chrono::Utc::now().timestamp_millis();
     let txns: Vec<Transaction> = shards
         .iter()
-        .map(|s| {
-            Transaction::new_with_last_update(
-                &s.app_id,
-                s.version,
-                Some(chrono::Utc::now().timestamp_millis()),
-            )
-        })
+        .map(|s| Transaction::new_with_last_update(&s.app_id, version, Some(now)))
         .collect();
     let positions: serde_json::Map<String, Value> = shards
         .iter()
         .map(|s| {
             (
                 s.lease_key.clone(),
-                json!({"app_id": s.app_id, "version": s.version, "sequence": s.last_sequence, "sub_sequence": s.last_sub_sequence, "shard_end": s.shard_end}),
+                json!({"app_id": s.app_id, "version": version, "sequence": s.last_sequence, "sub_sequence": s.last_sub_sequence, "shard_end": s.shard_end}),
             )
         })
         .collect();
     // Log checkpoints are pinstream's own (maintenance.checkpoint_interval), not delta-rs's.
-    let props = CommitProperties::default()
+    CommitProperties::default()
         .with_create_checkpoint(false)
         .with_application_transactions(txns)
-        .with_metadata([(COMMIT_INFO_KEY.to_owned(), json!({ "shards": positions }))]);
-    let mut writer = RecordBatchWriter::for_table(table)?
-        .with_writer_properties(writer_properties())
-        .with_commit_properties(props);
-    for b in batches.iter().filter(|b| b.num_rows() > 0) {
-        writer.write(b.clone()).await?;
+        .with_metadata([(COMMIT_INFO_KEY.to_owned(), json!({ "shards": positions }))])
+}
+
+/// Commits `actions` as exactly the version after the table's loaded snapshot, and loads
+/// the result. `Ok(None)`: another writer committed that version first; nothing of ours is
+/// in the log.
+pub async fn commit_next(
+    table: &mut DeltaTable,
+    actions: Vec<Action>,
+    props: CommitProperties,
+    operation: DeltaOperation,
+) -> Result<Option<i64>, DeltaTableError> {
+    let res = CommitBuilder::from(props.with_max_retries(0))
+        .with_actions(actions)
+        .build(Some(table.snapshot()?), table.log_store(), operation)
+        .await;
+    match res {
+        Ok(done) => {
+            table.state = Some(done.snapshot());
+            Ok(Some(done.version() as i64))
+        }
+        Err(DeltaTableError::Transaction {
+            source: TransactionError::MaxCommitAttempts(_),
+        })
+        | Err(DeltaTableError::VersionAlreadyExists(_)) => Ok(None),
+        Err(e) => Err(e),
     }
-    writer.flush_and_commit(table).await
 }
 
 /// Parquet settings of every file pinstream writes (appends and compaction): Snappy and
@@ -229,51 +371,82 @@ pub fn writer_properties() -> WriterProperties {
         .build()
 }
 
-/// Finds the position a shard reached in the commit that set its txn to `version`, by
-/// reading the commit history newest first (used when the commit landed but the
-/// checkpoint did not).
+/// The position a shard reached in the commit that set its txn to `version`. pinstream
+/// sets a shard's txn version to the commit's own table version, so this reads that one
+/// commit; tables written before that rule (txn versions counting 1, 2, 3 per shard) are
+/// searched newest first.
 pub async fn position_at(
     table: &DeltaTable,
     lease_key: &str,
     version: i64,
 ) -> Result<Option<ShardPosition>, DeltaTableError> {
+    let entry = match u64::try_from(version) {
+        Ok(v) => table.log_store().read_commit_entry(v).await?,
+        Err(_) => None,
+    };
+    if let Some(bytes) = entry {
+        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let action: Value = serde_json::from_slice(line).map_err(|json_err| {
+                DeltaTableError::InvalidJsonLog {
+                    json_err,
+                    line: String::from_utf8_lossy(line).into_owned(),
+                    version: version as u64,
+                }
+            })?;
+            if let Some(p) = action
+                .get("commitInfo")
+                .and_then(|info| shard_entry(info, lease_key, version))
+            {
+                return Ok(Some(p));
+            }
+        }
+    }
     let mut history = table.history(None);
     while let Some(info) = history.next().await {
         let info = info?;
-        let Some(entry) = info
+        if let Some(p) = info
             .info
             .get(COMMIT_INFO_KEY)
-            .and_then(|v| v.get("shards"))
-            .and_then(|s| s.get(lease_key))
-        else {
-            continue;
-        };
-        if entry.get("version").and_then(Value::as_i64) == Some(version) {
-            return Ok(Some(ShardPosition {
-                app_id: entry
-                    .get("app_id")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                lease_key: lease_key.to_owned(),
-                version,
-                last_sequence: entry
-                    .get("sequence")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                last_sub_sequence: entry
-                    .get("sub_sequence")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0),
-                shard_end: entry
-                    .get("shard_end")
-                    .and_then(Value::as_bool)
-                    .unwrap_or(false),
-            }));
+            .and_then(|v| shard_entry_in(v, lease_key, version))
+        {
+            return Ok(Some(p));
         }
     }
     Ok(None)
+}
+
+/// The shard's entry in a commit info object, if it has one for txn `version`.
+fn shard_entry(commit_info: &Value, lease_key: &str, version: i64) -> Option<ShardPosition> {
+    shard_entry_in(commit_info.get(COMMIT_INFO_KEY)?, lease_key, version)
+}
+
+/// The shard's entry in pinstream's part of a commit info, if it is for txn `version`.
+fn shard_entry_in(ours: &Value, lease_key: &str, version: i64) -> Option<ShardPosition> {
+    let entry = ours.get("shards")?.get(lease_key)?;
+    if entry.get("version").and_then(Value::as_i64) != Some(version) {
+        return None;
+    }
+    let text = |k: &str| {
+        entry
+            .get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    Some(ShardPosition {
+        app_id: text("app_id"),
+        lease_key: lease_key.to_owned(),
+        version,
+        last_sequence: text("sequence"),
+        last_sub_sequence: entry
+            .get("sub_sequence")
+            .and_then(Value::as_i64)
+            .unwrap_or(0),
+        shard_end: entry
+            .get("shard_end")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+    })
 }
 
 #[cfg(test)]

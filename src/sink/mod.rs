@@ -22,8 +22,8 @@ use tokio::time::Instant;
 use crate::clean::Kind;
 use crate::config::FlushPolicy;
 use crate::fault::FaultPoint;
-use crate::lease::{Checkpoint, HeldLease, LeaseError, LeaseTable};
-use delta::ShardPosition;
+use crate::lease::{Checkpoint, CommittedPosition, HeldLease, LeaseError, LeaseTable};
+use delta::{Appended, ShardCommit};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -272,137 +272,31 @@ impl TableSink {
         }
     }
 
-    /// Commits everything buffered, then checkpoints each shard. On a commit error the
-    /// buffer is kept whole for the next attempt.
+    /// Commits everything buffered, then checkpoints each shard (docs/DESIGN.md, "Exactly
+    /// once into Delta"). On a commit error the rows stay buffered for the next attempt;
+    /// rejects already committed leave the buffer.
     async fn flush(
         &mut self,
         buf: &mut BTreeMap<String, ShardBuf>,
         totals: &SinkTotals,
     ) -> Result<(), SinkError> {
-        // Drop shards whose lease was lost or that have nothing to commit.
-        let keys: Vec<String> = buf.keys().cloned().collect();
-        let mut candidates: Vec<(String, i64)> = Vec::new();
-        for key in keys {
-            let sb = &buf[&key];
-            let state = sb.lease.state.lock().await;
-            let (expected, lost) = (state.batch_version, state.lost);
-            drop(state);
-            if lost {
-                drop_shard(buf, &key);
-            } else if sb.last.is_none() && !sb.end_of_shard {
-                buf.remove(&key);
-            } else {
-                candidates.push((key, expected));
-            }
-        }
-        if candidates.is_empty() {
-            return Ok(());
-        }
-        // Fence: the table's txn version of each shard must still be the version our
-        // checkpoint says, or someone else has committed for the shard since we took it.
-        let versions = self
-            .txn_versions(false, buf, candidates.iter().map(|(k, _)| k))
-            .await?;
-        let mut planned: Vec<(String, i64)> = Vec::new();
-        for ((key, expected), t) in candidates.into_iter().zip(versions) {
-            let t = t.unwrap_or(0);
-            if t != expected {
-                tracing::warn!(lease = %key, table_version = t, lease_version = expected, "another writer committed for this shard; dropping our rows");
-                let lease = buf[&key].lease.clone();
-                let mut state = lease.state.lock().await;
-                lease.mark_lost(&mut state);
-                drop(state);
-                drop_shard(buf, &key);
-                continue;
-            }
-            planned.push((key, expected + 1));
-        }
-        // The same fence on the rejects table, for the shards with rejects to commit: its
-        // txn version must still be the one this worker last saw or wrote, or another
-        // writer has committed rejects of the shard since (their rows would land twice).
-        // The commit builds on the snapshot read here, so a rejects commit of the shard by
-        // someone else after this read fails delta-rs's conflict check instead.
-        let with_rejects: Vec<String> = planned
-            .iter()
-            .filter(|(k, _)| buf[k].rejects.iter().any(|b| b.num_rows() > 0))
-            .map(|(k, _)| k.clone())
-            .collect();
-        if !with_rejects.is_empty() {
-            let versions = self.txn_versions(true, buf, with_rejects.iter()).await?;
-            for (key, r) in with_rejects.iter().zip(versions) {
-                let lease = buf[key].lease.clone();
-                let mut state = lease.state.lock().await;
-                let (r, expected) = (r.unwrap_or(0), state.rejects_version);
-                if r != expected {
-                    tracing::warn!(lease = %key, rejects_table_version = r, expected, "another writer committed rejects for this shard; dropping our rows");
-                    lease.mark_lost(&mut state);
-                    drop(state);
-                    drop_shard(buf, key);
-                    planned.retain(|(k, _)| k != key);
-                }
-            }
-        }
+        let mut planned = shards_to_commit(buf).await;
         if planned.is_empty() {
             return Ok(());
         }
-        let positions: Vec<ShardPosition> = planned
-            .iter()
-            .map(|(key, version)| {
-                let sb = &buf[key];
-                let (seq, sub) = sb.last.clone().unwrap_or_default();
-                ShardPosition {
-                    app_id: sb.lease.app_id(&self.application),
-                    lease_key: key.clone(),
-                    version: *version,
-                    last_sequence: seq,
-                    last_sub_sequence: sub,
-                    shard_end: sb.end_of_shard,
-                }
-            })
-            .collect();
-
-        self.fault_at(FaultPoint::BeforeCommit)?;
-        // Rejects first: a crash between the two commits re-reads the batch (the rejects
-        // commit carries the shard's position, so the next owner skips rejects up to it),
-        // it never loses a reject.
-        let rejects: Vec<RecordBatch> = planned
-            .iter()
-            .flat_map(|(k, _)| buf[k].rejects.iter().cloned())
-            .collect();
-        let reject_rows: usize = rejects.iter().map(RecordBatch::num_rows).sum();
-        if reject_rows > 0 {
-            let with_rejects: Vec<ShardPosition> = positions
-                .iter()
-                .filter(|p| buf[&p.lease_key].rejects.iter().any(|b| b.num_rows() > 0))
-                .cloned()
-                .collect();
-            self.commit(true, &rejects, &with_rejects).await?;
-            // Committed: out of the buffer, so that a retry after a failed cleaned commit
-            // writes only rejects that came in since (under the same txn version, at a
-            // later position).
-            for p in &with_rejects {
-                let sb = buf
-                    .get_mut(&p.lease_key)
-                    .expect("planned shard is buffered");
-                sb.rejects.clear();
-                sb.lease.state.lock().await.rejects_version = p.version;
-            }
-            totals
-                .rejects_committed
-                .fetch_add(reject_rows as u64, Ordering::Relaxed);
-            self.progress
-                .rows_committed
-                .fetch_add(reject_rows as u64, Ordering::Relaxed);
-            metrics::counter!("pinstream_records_rejected_written_total", "table" => self.kind.rejects_table()).increment(reject_rows as u64);
-            self.fault_at(FaultPoint::BetweenCommits)?;
-            totals.commits.fetch_add(1, Ordering::Relaxed);
+        self.fence_cleaned(buf, &mut planned).await?;
+        if planned.is_empty() {
+            return Ok(());
         }
-        let batches: Vec<RecordBatch> = planned
-            .iter()
-            .flat_map(|(k, _)| buf[k].rows.iter().cloned())
-            .collect();
-        let good_rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-        self.commit(false, &batches, &positions).await?;
+        self.fault_at(FaultPoint::BeforeCommit)?;
+        // Rejects first: a crash between the two commits re-reads the batch, and the next
+        // owner skips the rejects the rejects commit covers; a reject is never lost.
+        if self.commit_rejects(buf, &mut planned, totals).await? {
+            self.fault_at(FaultPoint::BetweenCommits)?;
+        }
+        let Some((version, good_rows)) = self.commit_cleaned(buf, &mut planned).await? else {
+            return Ok(());
+        };
         self.fault_at(FaultPoint::AfterCommit)?;
         totals
             .rows_committed
@@ -414,46 +308,166 @@ impl TableSink {
         metrics::counter!("pinstream_records_written_total", "table" => self.kind.name())
             .increment(good_rows as u64);
         metrics::histogram!("pinstream_flush_rows", "table" => self.kind.name())
-            .record((good_rows + reject_rows) as f64);
-
-        // Checkpoint after commit, conditional on still holding each lease.
-        for (pos, (key, version)) in positions.iter().zip(&planned) {
-            let sb = buf.remove(key).expect("planned shard is buffered");
-            let checkpoint = if sb.end_of_shard {
-                Checkpoint::ShardEnd
-            } else {
-                Checkpoint::Sequence(pos.last_sequence.clone())
-            };
-            self.checkpoint(&sb.lease, &checkpoint, pos.last_sub_sequence, *version)
-                .await;
-        }
+            .record(good_rows as f64);
+        self.checkpoint_all(buf, &planned, version).await;
         self.fault_at(FaultPoint::AfterCheckpoint)?;
         Ok(())
     }
 
-    /// The txn versions of the shards `keys` in the cleaned or the rejects table, read
-    /// after one refresh of that table (the snapshot its next commit builds on).
-    async fn txn_versions<'k>(
+    /// Drops the shards whose txn version in the cleaned table is no longer the lease's
+    /// `batch_version` (someone else committed for them since), before any file is
+    /// written. The commit itself checks the same again against the version it lands on.
+    async fn fence_cleaned(
         &mut self,
-        rejects: bool,
-        buf: &BTreeMap<String, ShardBuf>,
-        keys: impl Iterator<Item = &'k String>,
-    ) -> Result<Vec<Option<i64>>, SinkError> {
-        let app_ids: Vec<String> = keys
+        buf: &mut BTreeMap<String, ShardBuf>,
+        planned: &mut Vec<String>,
+    ) -> Result<(), SinkError> {
+        let app_ids: Vec<String> = planned
+            .iter()
             .map(|k| buf[k].lease.app_id(&self.application))
             .collect();
         let app_refs: Vec<&str> = app_ids.iter().map(String::as_str).collect();
-        let (table, name) = if rejects {
-            (&mut self.rejects_table, self.kind.rejects_table())
-        } else {
-            (&mut self.table, self.kind.name())
-        };
-        delta::txn_versions(table, &app_refs)
+        let versions = delta::txn_versions(&mut self.table, &app_refs)
             .await
             .map_err(|source| SinkError::Commit {
-                table: name.into(),
+                table: self.kind.name().into(),
                 source,
-            })
+            })?;
+        let mut fenced = Vec::new();
+        for (key, t) in planned.iter().zip(versions) {
+            let expected = buf[key].lease.state.lock().await.batch_version;
+            if t.unwrap_or(0) != expected {
+                tracing::warn!(lease = %key, table_version = t.unwrap_or(0), lease_version = expected, "another writer committed for this shard; dropping our rows");
+                fenced.push(key.clone());
+            }
+        }
+        drop_fenced(buf, planned, &fenced).await;
+        Ok(())
+    }
+
+    /// Commits the rejects of the planned shards that have any, fenced on each shard's
+    /// rejects txn version; shards fenced there are dropped. Committed rejects leave the
+    /// buffer, so a retry after a failed cleaned commit writes only rejects read since.
+    /// Returns whether anything was committed.
+    async fn commit_rejects(
+        &mut self,
+        buf: &mut BTreeMap<String, ShardBuf>,
+        planned: &mut Vec<String>,
+        totals: &SinkTotals,
+    ) -> Result<bool, SinkError> {
+        loop {
+            let keys: Vec<String> = planned
+                .iter()
+                .filter(|k| buf[*k].rejects.iter().any(|b| b.num_rows() > 0))
+                .cloned()
+                .collect();
+            if keys.is_empty() {
+                return Ok(false);
+            }
+            let mut shards = Vec::with_capacity(keys.len());
+            for key in &keys {
+                let expected = buf[key].lease.state.lock().await.rejects_version;
+                shards.push(self.shard_commit(&buf[key], expected));
+            }
+            let batches: Vec<RecordBatch> = keys
+                .iter()
+                .flat_map(|k| buf[k].rejects.iter().cloned())
+                .collect();
+            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            match self.append(true, &batches, &shards).await? {
+                Appended::Fenced(fenced) => {
+                    tracing::warn!(leases = ?fenced, "another writer committed rejects for these shards; dropping our rows");
+                    drop_fenced(buf, planned, &fenced).await;
+                }
+                Appended::Committed(version) => {
+                    for shard in &shards {
+                        let sb = buf
+                            .get_mut(&shard.lease_key)
+                            .expect("planned shard is buffered");
+                        sb.rejects.clear();
+                        let mut state = sb.lease.state.lock().await;
+                        state.rejects_version = version;
+                        state.rejects_position =
+                            Some((shard.last_sequence.clone(), shard.last_sub_sequence));
+                    }
+                    totals
+                        .rejects_committed
+                        .fetch_add(rows as u64, Ordering::Relaxed);
+                    totals.commits.fetch_add(1, Ordering::Relaxed);
+                    self.progress
+                        .rows_committed
+                        .fetch_add(rows as u64, Ordering::Relaxed);
+                    metrics::counter!("pinstream_records_rejected_written_total", "table" => self.kind.rejects_table()).increment(rows as u64);
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
+    /// Commits the cleaned rows of every planned shard as one commit, fenced on each shard's
+    /// `batch_version`; shards fenced there are dropped and the rest committed without
+    /// them. Returns the commit's version and rows, or `None` when no shard is left.
+    async fn commit_cleaned(
+        &mut self,
+        buf: &mut BTreeMap<String, ShardBuf>,
+        planned: &mut Vec<String>,
+    ) -> Result<Option<(i64, usize)>, SinkError> {
+        while !planned.is_empty() {
+            let mut shards = Vec::with_capacity(planned.len());
+            for key in planned.iter() {
+                let expected = buf[key].lease.state.lock().await.batch_version;
+                shards.push(self.shard_commit(&buf[key], expected));
+            }
+            let batches: Vec<RecordBatch> = planned
+                .iter()
+                .flat_map(|k| buf[k].rows.iter().cloned())
+                .collect();
+            match self.append(false, &batches, &shards).await? {
+                Appended::Committed(version) => {
+                    return Ok(Some((
+                        version,
+                        batches.iter().map(RecordBatch::num_rows).sum(),
+                    )))
+                }
+                Appended::Fenced(fenced) => {
+                    tracing::warn!(leases = ?fenced, "another writer committed for these shards; dropping our rows");
+                    drop_fenced(buf, planned, &fenced).await;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// A shard's part in a commit: its fence and where its buffered rows end.
+    fn shard_commit(&self, sb: &ShardBuf, expected: i64) -> ShardCommit {
+        let (last_sequence, last_sub_sequence) = sb.last.clone().unwrap_or_default();
+        ShardCommit {
+            app_id: sb.lease.app_id(&self.application),
+            lease_key: sb.lease.key.clone(),
+            expected,
+            last_sequence,
+            last_sub_sequence,
+            shard_end: sb.end_of_shard,
+        }
+    }
+
+    /// Checkpoints each committed shard at `version`, conditional on still holding it.
+    async fn checkpoint_all(
+        &self,
+        buf: &mut BTreeMap<String, ShardBuf>,
+        planned: &[String],
+        version: i64,
+    ) {
+        for key in planned {
+            let sb = buf.remove(key).expect("planned shard is buffered");
+            let (seq, sub) = sb.last.clone().unwrap_or_default();
+            let checkpoint = if sb.end_of_shard {
+                Checkpoint::ShardEnd
+            } else {
+                Checkpoint::Sequence(seq)
+            };
+            self.checkpoint(&sb.lease, &checkpoint, sub, version).await;
+        }
     }
 
     fn fault_at(&self, point: FaultPoint) -> Result<(), SinkError> {
@@ -463,37 +477,37 @@ impl TableSink {
         }
     }
 
-    async fn commit(
+    /// One fenced append to the cleaned or the rejects table, with its metrics, log line
+    /// and the log checkpoint that may follow it.
+    async fn append(
         &mut self,
         rejects: bool,
         batches: &[RecordBatch],
-        positions: &[ShardPosition],
-    ) -> Result<(), SinkError> {
+        shards: &[ShardCommit],
+    ) -> Result<Appended, SinkError> {
         let (table, name) = if rejects {
             (&mut self.rejects_table, self.kind.rejects_table())
         } else {
             (&mut self.table, self.kind.name())
         };
         let started = Instant::now();
-        // Both tables were just refreshed by their fences (`delta::txn_versions`). A commit
-        // from a stale snapshot fails delta-rs's conflict check for good once another
-        // worker has committed a txn of the same shard (a lease that moved).
-        let res = delta::append(table, batches, positions).await;
+        let res = delta::append(table, batches, shards).await;
         metrics::histogram!("pinstream_delta_commit_duration_seconds", "table" => name)
             .record(started.elapsed().as_secs_f64());
         match res {
-            Ok(version) => {
-                crate::maintenance::after_commit(table, version, &self.maintenance).await;
+            Ok(Appended::Committed(version)) => {
+                crate::maintenance::after_commit(table, version as u64, &self.maintenance).await;
                 metrics::counter!("pinstream_delta_commits_total", "table" => name).increment(1);
                 tracing::info!(
                     table = name,
                     version,
                     rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>(),
-                    shards = positions.len(),
+                    shards = shards.len(),
                     "committed"
                 );
-                Ok(())
+                Ok(Appended::Committed(version))
             }
+            Ok(fenced) => Ok(fenced),
             Err(source) => {
                 metrics::counter!("pinstream_delta_commit_failures_total", "table" => name)
                     .increment(1);
@@ -510,16 +524,23 @@ impl TableSink {
         if state.lost {
             return;
         }
+        if *checkpoint == Checkpoint::ShardEnd
+            && self.fault_at(FaultPoint::ShardEndCheckpoint).is_err()
+        {
+            tracing::error!(lease = %lease.key, "checkpoint failed (injected); giving the shard up");
+            lease.mark_lost(&mut state);
+            return;
+        }
+        let rejects = state.rejects_mark();
+        let position = CommittedPosition {
+            checkpoint,
+            sub_sequence: sub,
+            batch_version: version,
+            rejects: rejects.as_ref(),
+        };
         let res = self
             .leases
-            .checkpoint(
-                &lease.key,
-                &self.worker_id,
-                state.counter,
-                checkpoint,
-                sub,
-                version,
-            )
+            .checkpoint(&lease.key, &self.worker_id, state.counter, &position)
             .await;
         match res {
             Ok(counter) => {
@@ -536,6 +557,43 @@ impl TableSink {
             }
         }
     }
+}
+
+/// The buffered shards that have something to commit, by lease key; drops the rows of
+/// shards whose lease was lost and forgets shards with nothing read.
+async fn shards_to_commit(buf: &mut BTreeMap<String, ShardBuf>) -> Vec<String> {
+    let keys: Vec<String> = buf.keys().cloned().collect();
+    let mut planned = Vec::new();
+    for key in keys {
+        let sb = &buf[&key];
+        let lost = sb.lease.state.lock().await.lost;
+        if lost {
+            drop_shard(buf, &key);
+        } else if sb.last.is_none() && !sb.end_of_shard {
+            buf.remove(&key);
+        } else {
+            planned.push(key);
+        }
+    }
+    planned
+}
+
+/// Marks the leases of `fenced` shards lost (someone else committed for them), drops their
+/// rows and takes them out of the plan.
+async fn drop_fenced(
+    buf: &mut BTreeMap<String, ShardBuf>,
+    planned: &mut Vec<String>,
+    fenced: &[String],
+) {
+    for key in fenced {
+        if let Some(sb) = buf.get(key) {
+            let lease = sb.lease.clone();
+            let mut state = lease.state.lock().await;
+            lease.mark_lost(&mut state);
+        }
+        drop_shard(buf, key);
+    }
+    planned.retain(|k| !fenced.contains(k));
 }
 
 /// Buffer fill of one table, rows and bytes of record data waiting for a commit.

@@ -21,7 +21,8 @@ use crate::clean::{self, Kind};
 use crate::config::{InitialPosition, Settings};
 use crate::kinesis::{self, StartAt};
 use crate::lease::{
-    self, Checkpoint, ExpiryTracker, HeldLease, Lease, LeaseError, LeaseTable, TakeKind,
+    self, Checkpoint, CommittedPosition, ExpiryTracker, HeldLease, Lease, LeaseError, LeaseTable,
+    RejectsMark, TakeKind,
 };
 use crate::sink::delta::{self, DeltaError};
 use crate::sink::{SinkError, SinkHandle, TableSink};
@@ -42,6 +43,9 @@ pub enum WorkerError {
     #[error("recovery of {lease}: {message}")]
     Recovery { lease: String, message: String },
 }
+
+/// How often a shard may fail in one `--available-now` run before the run gives up on it.
+const DRAIN_ATTEMPTS: u32 = 3;
 
 /// How `run` behaves.
 #[derive(Debug, Clone)]
@@ -140,6 +144,8 @@ pub(super) struct Shared {
     pub(super) me: String,
     pub(super) progress: Arc<RunProgress>,
     pub(super) budget: Arc<crate::sink::budget::MemoryBudget>,
+    /// Fault tests only: fail a reader at a chosen point.
+    pub(super) fault: Option<crate::fault::Fault>,
 }
 
 /// Runs the worker until `shutdown` is cancelled or, with `available_now`, until every
@@ -153,13 +159,95 @@ pub async fn run(
     let started = Instant::now();
     let leases = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
     leases.ensure_exists(Duration::from_secs(60)).await?;
-
     let budget = crate::sink::budget::MemoryBudget::new(settings.flush.max_buffered_bytes);
-    let mut sinks: BTreeMap<Kind, SinkHandle> = BTreeMap::new();
-    let mut sink_tasks = Vec::new();
-    // Separate handles (cleaned, rejects) for recovery reads, so they never wait on a sink.
-    let mut recovery_tables: BTreeMap<Kind, (DeltaTable, DeltaTable)> = BTreeMap::new();
-    for &kind in settings.streams.keys() {
+    let shared = Arc::new(Shared {
+        settings,
+        aws,
+        leases,
+        me: opts.worker_id.clone(),
+        progress: opts.progress.clone(),
+        budget,
+        fault: opts.fault.clone(),
+    });
+    let mut c = Coordinator::start(shared, opts).await?;
+    // Compaction and vacuum on a schedule, beside the sinks (never inside a flush).
+    let maintenance_stop = CancellationToken::new();
+    let maintenance_task =
+        crate::maintenance::spawn_scheduled(&c.shared.settings, maintenance_stop.clone());
+    sync_shards(&c.shared.aws, &c.shared.leases, &c.shared.settings).await?;
+    tracing::info!(worker_id = %c.shared.me, lease_table = %c.shared.leases.name(), available_now = c.opts.available_now, "worker started");
+    let outcome = c.coordinate(&shutdown).await;
+    maintenance_stop.cancel();
+    let summary = c.stop(started, outcome).await;
+    if let Some(t) = maintenance_task {
+        let _ = t.await;
+    }
+    summary
+}
+
+/// The lease coordinator of one worker: the leases it holds, their reader tasks, and the
+/// table sinks they feed.
+struct Coordinator {
+    shared: Arc<Shared>,
+    opts: RunOptions,
+    sinks: BTreeMap<Kind, SinkHandle>,
+    /// The sink tasks, each ending with its kind (only at shutdown, unless it died).
+    sink_tasks: JoinSet<Kind>,
+    /// Separate handles (cleaned, rejects) for recovery reads, so they never wait on a sink.
+    recovery_tables: BTreeMap<Kind, (DeltaTable, DeltaTable)>,
+    kind_of: HashMap<String, Kind>,
+    tracker: ExpiryTracker,
+    held: HashMap<String, Arc<HeldLease>>,
+    /// Leases not to take again before an instant: recovery failed, or the reader died.
+    /// lease key -> (retry after, failures). Retried with backoff, never given up: a
+    /// released lease that nobody retries would stay unread while every other worker
+    /// sits at its fair share.
+    retry_later: HashMap<String, (Instant, u32)>,
+    /// `--available-now` only: shards already drained in this run are not taken again.
+    drained: HashSet<String>,
+    readers: JoinSet<(String, ShardExit)>,
+    reader_keys: HashMap<tokio::task::Id, String>,
+    reader_stop: CancellationToken,
+}
+
+impl Coordinator {
+    async fn start(shared: Arc<Shared>, opts: RunOptions) -> Result<Self, WorkerError> {
+        let mut c = Coordinator {
+            kind_of: shared
+                .settings
+                .streams
+                .iter()
+                .map(|(k, s)| (s.clone(), *k))
+                .collect(),
+            shared,
+            opts,
+            sinks: BTreeMap::new(),
+            sink_tasks: JoinSet::new(),
+            recovery_tables: BTreeMap::new(),
+            tracker: ExpiryTracker::default(),
+            held: HashMap::new(),
+            retry_later: HashMap::new(),
+            drained: HashSet::new(),
+            readers: JoinSet::new(),
+            reader_keys: HashMap::new(),
+            reader_stop: CancellationToken::new(),
+        };
+        let kinds: Vec<Kind> = c.shared.settings.streams.keys().copied().collect();
+        for kind in kinds {
+            let root = &c.shared.settings.table_root;
+            let tables = (
+                delta::open_or_create(root, kind.name(), &kind.schema()).await?,
+                delta::open_or_create(root, kind.rejects_table(), &clean::schema::REJECTS).await?,
+            );
+            c.recovery_tables.insert(kind, tables);
+            c.start_sink(kind).await?;
+        }
+        Ok(c)
+    }
+
+    /// Opens the kind's tables and starts its sink.
+    async fn start_sink(&mut self, kind: Kind) -> Result<(), WorkerError> {
+        let settings = &self.shared.settings;
         let table =
             delta::open_or_create(&settings.table_root, kind.name(), &kind.schema()).await?;
         let rejects_table = delta::open_or_create(
@@ -168,269 +256,374 @@ pub async fn run(
             &clean::schema::REJECTS,
         )
         .await?;
-        recovery_tables.insert(
-            kind,
-            (
-                delta::open_or_create(&settings.table_root, kind.name(), &kind.schema()).await?,
-                delta::open_or_create(
-                    &settings.table_root,
-                    kind.rejects_table(),
-                    &clean::schema::REJECTS,
-                )
-                .await?,
-            ),
-        );
         let sink = TableSink {
             kind,
             application: settings.application.clone(),
-            worker_id: opts.worker_id.clone(),
+            worker_id: self.opts.worker_id.clone(),
             table,
             rejects_table,
-            leases: leases.clone(),
+            leases: self.shared.leases.clone(),
             policy: settings.flush.clone(),
-            progress: opts.progress.clone(),
-            fault: opts.fault.clone(),
+            progress: self.opts.progress.clone(),
+            fault: self.opts.fault.clone(),
             maintenance: settings.maintenance.clone(),
-            health: opts.health.clone(),
-            budget: budget.clone(),
+            health: self.opts.health.clone(),
+            budget: self.shared.budget.clone(),
         };
         let (handle, task) = sink.spawn();
-        sinks.insert(kind, handle);
-        sink_tasks.push(task);
+        self.sink_tasks.spawn(async move {
+            // A panic inside the sink resumes here, so the coordinator learns the kind.
+            if let Err(e) = task.await {
+                tracing::error!(table = kind.name(), error = %e, "the table sink died");
+            }
+            kind
+        });
+        self.sinks.insert(kind, handle);
+        Ok(())
     }
-    // Compaction and vacuum on a schedule, beside the sinks (never inside a flush).
-    let maintenance_stop = CancellationToken::new();
-    let maintenance_task = crate::maintenance::spawn_scheduled(&settings, maintenance_stop.clone());
-    let kind_of: HashMap<String, Kind> = settings
-        .streams
-        .iter()
-        .map(|(k, s)| (s.clone(), *k))
-        .collect();
-    let shared = Arc::new(Shared {
-        settings,
-        aws,
-        leases,
-        me: opts.worker_id.clone(),
-        progress: opts.progress.clone(),
-        budget,
-    });
-    sync_shards(&shared.aws, &shared.leases, &shared.settings).await?;
-    tracing::info!(worker_id = %shared.me, lease_table = %shared.leases.name(), available_now = opts.available_now, "worker started");
 
-    let failover = shared.settings.lease.failover_time;
-    let mut tick = tokio::time::interval(failover / 3);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut next_sync = Instant::now() + shared.settings.lease.shard_sync_interval;
-    let mut tracker = ExpiryTracker::default();
-    let mut held: HashMap<String, Arc<HeldLease>> = HashMap::new();
-    // Leases whose recovery failed: lease key -> (retry after, failures). Retried with
-    // backoff, never given up: a released lease that nobody retries would stay unread
-    // while every other worker sits at its fair share.
-    let mut refused: HashMap<String, (Instant, u32)> = HashMap::new();
-    // `--available-now`: shards already drained in this run are not taken again.
-    let mut drained: HashSet<String> = HashSet::new();
-    let mut tasks: JoinSet<(String, ShardExit)> = JoinSet::new();
-    let readers = CancellationToken::new();
-
-    loop {
-        // The cycle's instant: the scheduled tick, so that scans are exactly one period
-        // apart on the expiry clock and an expired lease is noticed within one cycle of
-        // `failover_time`, not two.
-        let cycle_at = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                match joined {
-                    Ok((key, exit)) => {
-                        tracing::debug!(lease = %key, ?exit, "shard task ended");
-                        if !matches!(exit, ShardExit::Cancelled) {
-                            drained.insert(key);
-                        }
+    /// The coordinator loop: every `failover_time / 3` renew, sync shards, scan, release
+    /// finished leases and take what is due; in between, react to readers and sinks that
+    /// end. Returns when `shutdown` is cancelled or, draining, when nothing is left.
+    async fn coordinate(&mut self, shutdown: &CancellationToken) -> Result<(), WorkerError> {
+        let failover = self.shared.settings.lease.failover_time;
+        let mut tick = tokio::time::interval(failover / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_sync = Instant::now() + self.shared.settings.lease.shard_sync_interval;
+        loop {
+            // The cycle's instant: the scheduled tick, so that scans are exactly one period
+            // apart on the expiry clock and an expired lease is noticed within one cycle of
+            // `failover_time`, not two.
+            let cycle_at = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                Some(joined) = self.readers.join_next_with_id(), if !self.readers.is_empty() => {
+                    self.on_reader_exit(joined).await;
+                    if !(self.opts.available_now && self.readers.is_empty()) {
+                        continue;
                     }
-                    Err(e) => tracing::error!(error = %e, "shard task panicked"),
+                    Instant::now()
                 }
-                if !(opts.available_now && tasks.is_empty()) {
+                Some(died) = self.sink_tasks.join_next() => {
+                    self.on_sink_exit(died).await?;
                     continue;
                 }
-                Instant::now()
-            }
-            t = tick.tick() => t,
-        };
-
-        renew_all(&shared, &mut held).await;
-        if Instant::now() >= next_sync {
-            if let Err(e) = sync_shards(&shared.aws, &shared.leases, &shared.settings).await {
-                tracing::warn!(error = %e, "shard sync failed; will retry");
-            }
-            next_sync = Instant::now() + shared.settings.lease.shard_sync_interval;
-        }
-        if opts.available_now && tasks.is_empty() {
-            // Everything taken so far is drained: commit it, hand the leases back, and see
-            // whether finishing parents made children ready.
-            for s in sinks.values() {
-                s.flush().await?;
-            }
-            release_all(&shared, &mut held).await;
-        }
-        let all = match shared.leases.scan().await {
-            Ok(all) => {
-                if let Some(h) = &opts.health {
-                    h.lease_scan_ok();
+                t = tick.tick() => t,
+            };
+            renew_all(&self.shared, &mut self.held).await;
+            if Instant::now() >= next_sync {
+                if let Err(e) =
+                    sync_shards(&self.shared.aws, &self.shared.leases, &self.shared.settings).await
+                {
+                    tracing::warn!(error = %e, "shard sync failed; will retry");
                 }
-                all
+                next_sync = Instant::now() + self.shared.settings.lease.shard_sync_interval;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "lease scan failed; will retry");
-                continue;
+            if self.opts.available_now && self.readers.is_empty() {
+                // Everything taken so far is drained: commit it, hand the leases back, and
+                // see whether finishing parents made children ready.
+                for s in self.sinks.values() {
+                    s.flush().await?;
+                }
+                release_all(&self.shared, &mut self.held).await;
             }
-        };
-        tracker.observe(&all, cycle_at);
-        release_finished(&shared, &mut held, &all).await;
-        let candidates: Vec<(Lease, TakeKind)> = lease::leases_to_take(
-            &all,
-            &shared.me,
-            &tracker,
+            let all = match self.shared.leases.scan().await {
+                Ok(all) => {
+                    if let Some(h) = &self.opts.health {
+                        h.lease_scan_ok();
+                    }
+                    all
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "lease scan failed; will retry");
+                    continue;
+                }
+            };
+            self.tracker.observe(&all, cycle_at);
+            release_finished(&self.shared, &mut self.held, &all).await;
+            for (lease, how) in self.candidates(&all, cycle_at) {
+                self.take_and_start(lease, how).await;
+            }
+            metrics::gauge!("pinstream_leases_held").set(self.held.len() as f64);
+            if self.opts.available_now
+                && self.readers.is_empty()
+                && self.held.values().all(|h| h.token.is_cancelled())
+            {
+                match self.drain_outcome() {
+                    None => {}
+                    Some(done) => return done,
+                }
+            }
+        }
+    }
+
+    /// The leases to try to take this cycle (see [`lease::leases_to_take`]), less those to
+    /// retry later, those drained in this `--available-now` run, and other streams'.
+    fn candidates(&self, all: &[Lease], cycle_at: Instant) -> Vec<(Lease, TakeKind)> {
+        lease::leases_to_take(
+            all,
+            &self.shared.me,
+            &self.tracker,
             cycle_at,
-            failover,
-            opts.available_now,
+            self.shared.settings.lease.failover_time,
+            self.opts.available_now,
         )
         .into_iter()
         .filter(|(l, _)| {
-            refused.get(&l.key).is_none_or(|(at, _)| cycle_at >= *at)
-                && !drained.contains(&l.key)
-                && kind_of.contains_key(&l.stream)
+            self.retry_later
+                .get(&l.key)
+                .is_none_or(|(at, _)| cycle_at >= *at)
+                && !self.drained.contains(&l.key)
+                && self.kind_of.contains_key(&l.stream)
         })
         .map(|(l, k)| (l.clone(), k))
-        .collect();
-        for (lease, how) in candidates {
-            let Some(&kind) = kind_of.get(&lease.stream) else {
-                continue;
-            };
-            let counter = match shared
-                .leases
-                .take(
-                    &lease.key,
-                    &shared.me,
-                    lease.counter,
-                    lease.owner.as_deref(),
-                )
-                .await
-            {
-                Ok(c) => c,
-                Err(LeaseError::Lost(_)) => continue, // someone else was faster
-                Err(e) => {
-                    tracing::warn!(lease = %lease.key, error = %e, "take failed");
-                    continue;
-                }
-            };
-            metrics::counter!("pinstream_leases_taken_total", "how" => match how {
-                TakeKind::Free => "free",
-                TakeKind::Expired => "expired",
-                TakeKind::Steal => "stolen",
-            })
-            .increment(1);
-            tracing::info!(lease = %lease.key, previous_owner = lease.owner.as_deref().unwrap_or("-"), how = ?how, "lease taken");
-            let handle = Arc::new(HeldLease::new(&lease, counter, &readers));
-            let (table, rejects_table) = recovery_tables
-                .get_mut(&kind)
-                .expect("recovery tables per configured kind");
-            match resume_position(&shared, &lease, &handle, table, rejects_table).await {
-                Ok(Some((start, rejects_done))) => {
-                    refused.remove(&lease.key);
-                    held.insert(lease.key.clone(), handle.clone());
-                    let sink = sinks[&kind].tx.clone();
-                    let span = tracing::info_span!("shard", stream = %lease.stream, shard_id = %lease.shard_id);
-                    let shared = shared.clone();
-                    let drain = opts.available_now;
-                    tasks.spawn(
-                        async move {
-                            let key = handle.key.clone();
-                            (
-                                key,
-                                read_shard(shared, kind, handle, start, rejects_done, sink, drain)
-                                    .await,
-                            )
-                        }
-                        .instrument(span),
-                    );
-                }
-                Ok(None) => {
-                    // Already at SHARD_END per the table: recorded; give it back.
-                    refused.remove(&lease.key);
-                    held.insert(lease.key.clone(), handle);
-                }
-                Err(e) => {
-                    let failures = refused.get(&lease.key).map_or(0, |(_, n)| *n) + 1;
-                    let wait = refusal_backoff(failover, failures);
-                    tracing::error!(lease = %lease.key, error = %e, retry_in = ?wait, "cannot resume this shard; releasing the lease and retrying later");
-                    metrics::counter!("pinstream_lease_recovery_failures_total").increment(1);
-                    refused.insert(lease.key.clone(), (Instant::now() + wait, failures));
-                    let state = handle.state.lock().await;
-                    let _ = shared
-                        .leases
-                        .release(&handle.key, &shared.me, state.counter)
-                        .await;
-                }
+        .collect()
+    }
+
+    /// Takes one lease (conditional on the counter we saw), decides where its shard
+    /// resumes, and starts its reader; a lease that cannot be resumed is handed back and
+    /// retried later.
+    async fn take_and_start(&mut self, lease: Lease, how: TakeKind) {
+        let Some(&kind) = self.kind_of.get(&lease.stream) else {
+            return;
+        };
+        let shared = &self.shared;
+        let counter = match shared
+            .leases
+            .take(
+                &lease.key,
+                &shared.me,
+                lease.counter,
+                lease.owner.as_deref(),
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(LeaseError::Lost(_)) => return, // someone else was faster
+            Err(e) => {
+                tracing::warn!(lease = %lease.key, error = %e, "take failed");
+                return;
             }
-        }
-        metrics::gauge!("pinstream_leases_held").set(held.len() as f64);
-        if opts.available_now && tasks.is_empty() && held.values().all(|h| h.token.is_cancelled()) {
-            break;
+        };
+        metrics::counter!("pinstream_leases_taken_total", "how" => match how {
+            TakeKind::Free => "free",
+            TakeKind::Expired => "expired",
+            TakeKind::Steal => "stolen",
+        })
+        .increment(1);
+        tracing::info!(lease = %lease.key, previous_owner = lease.owner.as_deref().unwrap_or("-"), how = ?how, "lease taken");
+        let handle = Arc::new(HeldLease::new(&lease, counter, &self.reader_stop));
+        let (table, rejects_table) = self
+            .recovery_tables
+            .get_mut(&kind)
+            .expect("recovery tables per configured kind");
+        match resume_position(shared, &lease, &handle, table, rejects_table).await {
+            Ok(Some((start, rejects_done))) => {
+                self.retry_later.remove(&lease.key);
+                self.held.insert(lease.key.clone(), handle.clone());
+                self.start_reader(kind, handle, start, rejects_done);
+            }
+            Ok(None) => {
+                // Already at SHARD_END per the table: recorded; give it back.
+                self.retry_later.remove(&lease.key);
+                self.held.insert(lease.key.clone(), handle);
+            }
+            Err(e) => {
+                let wait = self.retry_after_failure(&lease.key);
+                tracing::error!(lease = %lease.key, error = %e, retry_in = ?wait, "cannot resume this shard; releasing the lease and retrying later");
+                metrics::counter!("pinstream_lease_recovery_failures_total").increment(1);
+                release_one(&self.shared, &handle).await;
+            }
         }
     }
 
-    // Graceful stop: stop reading, flush and commit, checkpoint, release.
-    readers.cancel();
-    maintenance_stop.cancel();
-    let deadline = Instant::now() + opts.shutdown_deadline;
-    while !tasks.is_empty() {
-        if tokio::time::timeout_at(deadline, tasks.join_next())
-            .await
-            .is_err()
-        {
-            tracing::warn!("shard tasks did not stop before the shutdown deadline");
-            tasks.abort_all();
-            break;
+    /// A drain run with nothing left to read ends here (`Some`): done, unless a shard
+    /// failed. A shard that failed fewer than [`DRAIN_ATTEMPTS`] times is tried again
+    /// after its backoff (`None`: go on); one that failed that often ends the run with an
+    /// error (exit non-zero).
+    fn drain_outcome(&self) -> Option<Result<(), WorkerError>> {
+        let given_up: Vec<&String> = self
+            .retry_later
+            .iter()
+            .filter(|(_, (_, n))| *n >= DRAIN_ATTEMPTS)
+            .map(|(k, _)| k)
+            .collect();
+        if let Some(key) = given_up.first() {
+            return Some(Err(WorkerError::Recovery {
+                lease: (*key).clone(),
+                message: format!(
+                    "{} shard(s) failed {DRAIN_ATTEMPTS} times in this drain run and were not read to the end; see the errors above",
+                    given_up.len()
+                ),
+            }));
+        }
+        self.retry_later.is_empty().then_some(Ok(()))
+    }
+
+    /// Starts the reader task of a held lease.
+    fn start_reader(
+        &mut self,
+        kind: Kind,
+        handle: Arc<HeldLease>,
+        start: StartAt,
+        rejects_done: Option<Position>,
+    ) {
+        let sink = self.sinks[&kind].tx.clone();
+        let span =
+            tracing::info_span!("shard", stream = %handle.stream, shard_id = %handle.shard_id);
+        let shared = self.shared.clone();
+        let drain = self.opts.available_now;
+        let key = handle.key.clone();
+        let task = self.readers.spawn(
+            async move {
+                let key = handle.key.clone();
+                let exit = read_shard(shared, kind, handle, start, rejects_done, sink, drain).await;
+                (key, exit)
+            }
+            .instrument(span),
+        );
+        self.reader_keys.insert(task.id(), key);
+    }
+
+    /// Backs off a lease that failed (recovery or reader): one failover time, doubling per
+    /// failure, at most 5 minutes. Returns the wait.
+    fn retry_after_failure(&mut self, key: &str) -> Duration {
+        let failures = self.retry_later.get(key).map_or(0, |(_, n)| *n) + 1;
+        let wait = refusal_backoff(self.shared.settings.lease.failover_time, failures);
+        self.retry_later
+            .insert(key.to_owned(), (Instant::now() + wait, failures));
+        wait
+    }
+
+    /// A reader ended. Caught up or at the shard's end: nothing to do (the sink commits and
+    /// checkpoints; a drain run does not take it again). Cancelled: lease lost or shutdown.
+    /// Failed or panicked: the shard would stop being read while we keep renewing its
+    /// lease, so the lease is handed back at once and retried later.
+    async fn on_reader_exit(
+        &mut self,
+        joined: Result<(tokio::task::Id, (String, ShardExit)), tokio::task::JoinError>,
+    ) {
+        let (key, exit) = match joined {
+            Ok((id, (key, exit))) => {
+                self.reader_keys.remove(&id);
+                (key, exit)
+            }
+            Err(e) => {
+                let Some(key) = self.reader_keys.remove(&e.id()) else {
+                    return;
+                };
+                (key, ShardExit::Failed(format!("the reader panicked: {e}")))
+            }
+        };
+        tracing::debug!(lease = %key, ?exit, "shard reader ended");
+        match exit {
+            ShardExit::ShardEnd | ShardExit::CaughtUp => {
+                if self.opts.available_now {
+                    self.drained.insert(key);
+                }
+            }
+            ShardExit::Cancelled => {}
+            ShardExit::SinkGone => {
+                // The sink's exit restarts it; until then nothing may be read for it.
+                if let Some(h) = self.held.remove(&key) {
+                    release_one(&self.shared, &h).await;
+                }
+            }
+            ShardExit::Failed(why) => {
+                let wait = self.retry_after_failure(&key);
+                tracing::error!(lease = %key, error = %why, retry_in = ?wait, "shard reader failed; releasing its lease");
+                metrics::counter!("pinstream_shard_reader_failures_total").increment(1);
+                if let Some(h) = self.held.remove(&key) {
+                    release_one(&self.shared, &h).await;
+                }
+            }
         }
     }
-    let mut flush_error = None;
-    for s in sinks.values() {
-        match tokio::time::timeout_at(deadline, s.flush()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => flush_error = Some(e),
-            Err(_) => tracing::warn!(
-                table = s.kind.name(),
-                "flush did not finish before the shutdown deadline"
-            ),
+
+    /// A sink task ended while the worker runs: it died. Its buffered rows are gone (never
+    /// committed), so every lease of its kind is handed back to be read again from its
+    /// checkpoint, and a new sink takes its place.
+    async fn on_sink_exit(
+        &mut self,
+        died: Result<Kind, tokio::task::JoinError>,
+    ) -> Result<(), WorkerError> {
+        let Ok(kind) = died else {
+            return Ok(());
+        };
+        let stream = &self.shared.settings.streams[&kind];
+        tracing::error!(
+            table = kind.name(),
+            "table sink stopped unexpectedly; releasing its leases and starting a new one"
+        );
+        metrics::counter!("pinstream_sink_failures_total", "table" => kind.name()).increment(1);
+        let keys: Vec<String> = self
+            .held
+            .iter()
+            .filter(|(_, h)| &h.stream == stream)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            if let Some(h) = self.held.remove(&key) {
+                release_one(&self.shared, &h).await;
+            }
         }
+        self.start_sink(kind).await
     }
-    release_all(&shared, &mut held).await;
-    let mut summary = RunSummary {
-        records_read: shared.progress.records_read.load(Ordering::Relaxed),
-        elapsed: started.elapsed(),
-        ..Default::default()
-    };
-    for (kind, s) in &sinks {
-        summary.rows.insert(
-            kind.name().into(),
-            s.totals.rows_committed.load(Ordering::Relaxed),
-        );
-        summary.rows.insert(
-            kind.rejects_table().into(),
-            s.totals.rejects_committed.load(Ordering::Relaxed),
-        );
-        summary.commits += s.totals.commits.load(Ordering::Relaxed);
-    }
-    drop(sinks);
-    for t in sink_tasks {
-        let _ = t.await;
-    }
-    if let Some(t) = maintenance_task {
-        let _ = t.await;
-    }
-    tracing::info!(records_read = summary.records_read, "worker stopped");
-    match flush_error {
-        Some(e) => Err(e.into()),
-        None => Ok(summary),
+
+    /// Graceful stop: stop reading, flush and commit, checkpoint, release; the summary.
+    async fn stop(
+        mut self,
+        started: Instant,
+        outcome: Result<(), WorkerError>,
+    ) -> Result<RunSummary, WorkerError> {
+        self.reader_stop.cancel();
+        let deadline = Instant::now() + self.opts.shutdown_deadline;
+        while !self.readers.is_empty() {
+            if tokio::time::timeout_at(deadline, self.readers.join_next())
+                .await
+                .is_err()
+            {
+                tracing::warn!("shard readers did not stop before the shutdown deadline");
+                self.readers.abort_all();
+                break;
+            }
+        }
+        let mut flush_error = outcome.err();
+        for s in self.sinks.values() {
+            match tokio::time::timeout_at(deadline, s.flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    flush_error.get_or_insert(e.into());
+                }
+                Err(_) => tracing::warn!(
+                    table = s.kind.name(),
+                    "flush did not finish before the shutdown deadline"
+                ),
+            }
+        }
+        release_all(&self.shared, &mut self.held).await;
+        let mut summary = RunSummary {
+            records_read: self.shared.progress.records_read.load(Ordering::Relaxed),
+            elapsed: started.elapsed(),
+            ..Default::default()
+        };
+        for (kind, s) in &self.sinks {
+            summary.rows.insert(
+                kind.name().into(),
+                s.totals.rows_committed.load(Ordering::Relaxed),
+            );
+            summary.rows.insert(
+                kind.rejects_table().into(),
+                s.totals.rejects_committed.load(Ordering::Relaxed),
+            );
+            summary.commits += s.totals.commits.load(Ordering::Relaxed);
+        }
+        self.sinks.clear();
+        while self.sink_tasks.join_next().await.is_some() {}
+        tracing::info!(records_read = summary.records_read, "worker stopped");
+        match flush_error {
+            Some(e) => Err(e),
+            None => Ok(summary),
+        }
     }
 }
 
@@ -527,8 +720,7 @@ async fn release_one(shared: &Shared, h: &HeldLease) {
 /// Decides where a newly taken shard resumes, comparing the table's txn version `T` for
 /// the shard with the lease's `batch_version` `B` (docs/DESIGN.md, exactly once).
 /// `Ok(None)`: the shard is already finished. Also returns the position up to which the
-/// rejects table already holds this shard's rejects when a crash fell between the rejects
-/// commit and the cleaned commit: those rejects are not written again.
+/// rejects table already holds this shard's rejects: those are never written again.
 async fn resume_position(
     shared: &Shared,
     lease: &Lease,
@@ -536,13 +728,22 @@ async fn resume_position(
     table: &mut DeltaTable,
     rejects_table: &mut DeltaTable,
 ) -> Result<Option<(StartAt, Option<Position>)>, WorkerError> {
+    let recovery = |e: deltalake::DeltaTableError| WorkerError::Recovery {
+        lease: lease.key.clone(),
+        message: e.to_string(),
+    };
     let app_id = handle.app_id(&shared.settings.application);
+    let rejects = rejects_committed(lease, &app_id, rejects_table).await?;
+    {
+        let mut state = handle.state.lock().await;
+        state.rejects_version = rejects.as_ref().map_or(0, |r| r.version);
+        state.rejects_position = rejects
+            .as_ref()
+            .map(|r| (r.sequence.clone(), r.sub_sequence));
+    }
     let t = delta::txn_version(table, &app_id)
         .await
-        .map_err(|e| WorkerError::Recovery {
-            lease: lease.key.clone(),
-            message: e.to_string(),
-        })?
+        .map_err(recovery)?
         .unwrap_or(0);
     let b = lease.batch_version;
     if t < b {
@@ -557,10 +758,7 @@ async fn resume_position(
         // The commit landed, the checkpoint did not: take the position from the commit.
         let pos = delta::position_at(table, &lease.key, t)
             .await
-            .map_err(|e| WorkerError::Recovery {
-                lease: lease.key.clone(),
-                message: e.to_string(),
-            })?
+            .map_err(recovery)?
             .ok_or_else(|| WorkerError::Recovery {
                 lease: lease.key.clone(),
                 message: format!("no commit carries version {t} for this shard"),
@@ -571,41 +769,21 @@ async fn resume_position(
             Checkpoint::Sequence(pos.last_sequence.clone())
         };
         let mut state = handle.state.lock().await;
+        let position = CommittedPosition {
+            checkpoint: &cp,
+            sub_sequence: pos.last_sub_sequence,
+            batch_version: t,
+            rejects: rejects.as_ref(),
+        };
         state.counter = shared
             .leases
-            .checkpoint(
-                &lease.key,
-                &shared.me,
-                state.counter,
-                &cp,
-                pos.last_sub_sequence,
-                t,
-            )
+            .checkpoint(&lease.key, &shared.me, state.counter, &position)
             .await?;
         state.batch_version = t;
         tracing::info!(lease = %lease.key, version = t, checkpoint = %cp.as_str(), "recovered a position committed but not checkpointed");
         cp
     };
-    let recovery = |e: deltalake::DeltaTableError| WorkerError::Recovery {
-        lease: lease.key.clone(),
-        message: e.to_string(),
-    };
-    let r = delta::txn_version(rejects_table, &app_id)
-        .await
-        .map_err(recovery)?
-        .unwrap_or(0);
-    handle.state.lock().await.rejects_version = r;
-    let rejects_done = if r > t {
-        let pos = delta::position_at(rejects_table, &lease.key, r)
-            .await
-            .map_err(recovery)?;
-        pos.map(|p| (p.last_sequence, p.last_sub_sequence))
-    } else {
-        None
-    };
-    if let Some((seq, sub)) = &rejects_done {
-        tracing::info!(lease = %lease.key, rejects_version = r, table_version = t, sequence = %seq, sub, "rejects up to this position are already committed; not writing them again");
-    }
+    let rejects_done = rejects.map(|r| (r.sequence, r.sub_sequence));
     let start = match checkpoint {
         Checkpoint::ShardEnd => return Ok(None),
         Checkpoint::TrimHorizon => StartAt::TrimHorizon,
@@ -614,6 +792,45 @@ async fn resume_position(
         Checkpoint::Sequence(s) => StartAt::AfterSequence(s),
     };
     Ok(Some((start, rejects_done)))
+}
+
+/// How far the shard's rejects are committed, whatever the cleaned table says: the rejects
+/// table's txn version `R` of the shard and the position of that commit. When `R` is the
+/// one the lease recorded at its last checkpoint, the lease has the position; otherwise
+/// (rejects committed after the last checkpoint) it is read from commit `R`.
+async fn rejects_committed(
+    lease: &Lease,
+    app_id: &str,
+    rejects_table: &mut DeltaTable,
+) -> Result<Option<RejectsMark>, WorkerError> {
+    let recovery = |message: String| WorkerError::Recovery {
+        lease: lease.key.clone(),
+        message,
+    };
+    let r = delta::txn_version(rejects_table, app_id)
+        .await
+        .map_err(|e| recovery(e.to_string()))?
+        .unwrap_or(0);
+    if r == 0 {
+        return Ok(None);
+    }
+    if let Some(mark) = lease.rejects.as_ref().filter(|m| m.version == r) {
+        return Ok(Some(mark.clone()));
+    }
+    let pos = delta::position_at(rejects_table, &lease.key, r)
+        .await
+        .map_err(|e| recovery(e.to_string()))?
+        .ok_or_else(|| {
+            recovery(format!(
+                "no rejects commit carries version {r} for this shard"
+            ))
+        })?;
+    tracing::info!(lease = %lease.key, rejects_version = r, sequence = %pos.last_sequence, sub = pos.last_sub_sequence, "rejects up to this position are already committed; not writing them again");
+    Ok(Some(RejectsMark {
+        version: r,
+        sequence: pos.last_sequence,
+        sub_sequence: pos.last_sub_sequence,
+    }))
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use super::Shared;
 use crate::clean::{self, Kind, RecordMeta, Reject, RejectReason, RejectsColumns, TableColumns};
 use crate::config::ReaderPolicy;
+use crate::fault::FaultPoint;
 use crate::kinesis::{self, ShardReader, StartAt};
 use crate::kpl::{self, Decoded};
 use crate::lease::HeldLease;
@@ -24,6 +25,11 @@ pub(super) enum ShardExit {
     CaughtUp,
     /// Lease lost or shutdown.
     Cancelled,
+    /// The reader cannot go on (a bug): its lease must be handed back.
+    Failed(String),
+    /// The table sink is gone (it died): the coordinator restarts it and hands back the
+    /// leases of its kind.
+    SinkGone,
 }
 
 /// A record's position in its shard: sequence number and sub-sequence number.
@@ -114,10 +120,14 @@ pub(super) async fn read_shard(
                 Err(e) => {
                     // Our schemas and builders disagree: a bug, not bad data. Stop the shard
                     // without committing; its records stay in the stream.
-                    tracing::error!(error = %e, "cannot build a batch; stopping this shard");
-                    return ShardExit::Cancelled;
+                    return ShardExit::Failed(format!("cannot build a batch: {e}"));
                 }
             };
+            if let Some(f) = &shared.fault {
+                if f.hit(FaultPoint::Read).is_err() {
+                    return ShardExit::Failed("injected failure (--fault read)".into());
+                }
+            }
             shared
                 .progress
                 .records_read
@@ -134,7 +144,9 @@ pub(super) async fn read_shard(
             }
             tokio::select! {
                 _ = lease.token.cancelled() => return ShardExit::Cancelled,
-                sent = sink.send(SinkMsg::Chunk(chunk)) => if sent.is_err() { return ShardExit::Cancelled },
+                sent = sink.send(SinkMsg::Chunk(chunk)) => if sent.is_err() {
+                    return ShardExit::SinkGone;
+                },
             }
         }
         if end_of_shard {

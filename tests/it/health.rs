@@ -15,7 +15,7 @@ use futures::StreamExt as _;
 use pinstream::clean::{clean_into, Kind, RecordMeta, RejectsColumns, TableColumns};
 use pinstream::maintenance::{self, CompactOptions};
 use pinstream::producer::generator::Generator;
-use pinstream::sink::delta::{self, ShardPosition};
+use pinstream::sink::delta::{self, Appended, ShardCommit};
 
 use crate::support;
 
@@ -41,14 +41,34 @@ fn pin_batch(g: &mut Generator, shard: &str, batch: u64, rows: usize) -> RecordB
     cols.finish().unwrap()
 }
 
-fn position(shard: &str, version: i64) -> ShardPosition {
-    ShardPosition {
+fn shard_commit(shard: &str, expected: i64) -> ShardCommit {
+    ShardCommit {
         app_id: format!("health/pin/{shard}"),
         lease_key: format!("pin:{shard}"),
-        version,
+        expected,
         last_sequence: String::new(),
         last_sub_sequence: 0,
         shard_end: false,
+    }
+}
+
+/// Appends `batch` for `shard` as the writer that last committed it at `*last`, and
+/// moves `*last` to the new commit's version.
+async fn append_as(
+    table: &mut deltalake::DeltaTable,
+    batch: RecordBatch,
+    shard: &str,
+    last: &mut i64,
+) -> u64 {
+    match delta::append(table, &[batch], &[shard_commit(shard, *last)])
+        .await
+        .unwrap()
+    {
+        Appended::Committed(v) => {
+            *last = v;
+            v as u64
+        }
+        fenced => panic!("{shard} fenced: {fenced:?}"),
     }
 }
 
@@ -89,11 +109,10 @@ async fn five_hundred_small_commits_open_from_a_checkpoint_and_compact_without_c
         min_files: 10,
     };
     let mut g = Generator::new(7, 0.0);
+    let mut last_a = 0;
     for i in 1..=500u64 {
         let batch = pin_batch(&mut g, "shardId-a", i, 3);
-        let v = delta::append(&mut table, &[batch], &[position("shardId-a", i as i64)])
-            .await
-            .unwrap();
+        let v = append_as(&mut table, batch, "shardId-a", &mut last_a).await;
         maintenance::after_commit(&table, v, &policy).await;
         if i % 100 == 50 {
             let files = table.snapshot().unwrap().log_data().num_files();
@@ -125,11 +144,10 @@ async fn five_hundred_small_commits_open_from_a_checkpoint_and_compact_without_c
                 .await
                 .unwrap();
             let mut g = Generator::new(8, 0.0);
+            let mut last_b = 0;
             for i in 1..=20u64 {
                 let batch = pin_batch(&mut g, "shardId-b", i, 3);
-                delta::append(&mut t, &[batch], &[position("shardId-b", i as i64)])
-                    .await
-                    .unwrap();
+                append_as(&mut t, batch, "shardId-b", &mut last_b).await;
             }
         })
     };
@@ -163,7 +181,7 @@ async fn five_hundred_small_commits_open_from_a_checkpoint_and_compact_without_c
         delta::txn_version(&mut compacting, "health/pin/shardId-a")
             .await
             .unwrap(),
-        Some(500)
+        Some(last_a)
     );
     let ops: Vec<String> = compacting
         .history(Some(30))
@@ -179,4 +197,177 @@ async fn five_hundred_small_commits_open_from_a_checkpoint_and_compact_without_c
     };
     let again = maintenance::compact(&mut compacting, &young).await.unwrap();
     assert_eq!(again.version, None, "{again:?}");
+}
+
+/// A table of `n` small appends (3 rows each, shard `shardId-c`), and its directory.
+async fn small_files_table(n: u64) -> (tempfile::TempDir, pinstream::config::TableRoot) {
+    let dir = support::tempdir();
+    let settings = support::settings(&support::unique("compact"), dir.path(), "");
+    let root = settings.table_root.clone();
+    let mut table = delta::open_or_create(&root, "pin", &Kind::Pin.schema())
+        .await
+        .unwrap();
+    let mut g = Generator::new(9, 0.0);
+    let mut last = 0;
+    for i in 1..=n {
+        append_as(
+            &mut table,
+            pin_batch(&mut g, "shardId-c", i, 3),
+            "shardId-c",
+            &mut last,
+        )
+        .await;
+    }
+    (dir, root)
+}
+
+const COMPACT_ALL: CompactOptions = CompactOptions {
+    target_size: 64 * 1024 * 1024,
+    min_age: Duration::ZERO,
+    min_files: 2,
+};
+
+/// Three compactions read the same snapshot and rewrite the same 20 files; only then do
+/// they commit, all at once. Exactly one may land; the others must give up, or every row
+/// of the overlap is in the table twice. delta-rs's conflict check lets all three through
+/// (it ignores removals with dataChange = false): with `commit_rewrite`'s check of the input
+/// files disabled, this table ends with 180 rows for 60 keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_compactions_of_the_same_files_commit_once() {
+    let (dir, root) = small_files_table(20).await;
+    let mut handles = Vec::new();
+    let mut rewrites = Vec::new();
+    for _ in 0..3 {
+        let mut t = delta::open_or_create(&root, "pin", &Kind::Pin.schema())
+            .await
+            .unwrap();
+        let r = maintenance::rewrite_small_files(&mut t, &COMPACT_ALL)
+            .await
+            .unwrap()
+            .expect("20 small files qualify");
+        handles.push(t);
+        rewrites.push(r);
+    }
+    // The barrier: every rewrite is done before any commit starts; then all race.
+    let commits = handles
+        .iter_mut()
+        .zip(rewrites)
+        .map(|(t, r)| maintenance::commit_rewrite(t, r));
+    let results: Vec<_> = futures::future::join_all(commits)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let landed = results.iter().filter(|c| c.version.is_some()).count();
+    assert_eq!(landed, 1, "exactly one compaction commits: {results:?}");
+    assert_eq!(
+        results.iter().filter(|c| c.conflict).count(),
+        2,
+        "{results:?}"
+    );
+    let keys = support::key_counts(&support::read_table(dir.path(), "pin").await);
+    assert_eq!(keys.len(), 60, "every row is still there");
+    let twice: Vec<_> = keys.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "rows twice after compaction: {}",
+        twice.len()
+    );
+}
+
+/// An append lands between a compaction's snapshot and its commit (forced: the append runs
+/// after the rewrite and before the commit). The compaction still commits, on top of the
+/// append, and every row of both is there once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_commits_over_an_append_that_landed_after_its_snapshot() {
+    let (dir, root) = small_files_table(10).await;
+    let mut compacting = delta::open_or_create(&root, "pin", &Kind::Pin.schema())
+        .await
+        .unwrap();
+    let rewrite = maintenance::rewrite_small_files(&mut compacting, &COMPACT_ALL)
+        .await
+        .unwrap()
+        .expect("10 small files qualify");
+    let read_at = compacting.version().unwrap();
+
+    let mut appender = delta::open_or_create(&root, "pin", &Kind::Pin.schema())
+        .await
+        .unwrap();
+    let mut g = Generator::new(10, 0.0);
+    let mut last = 0;
+    let appended = append_as(
+        &mut appender,
+        pin_batch(&mut g, "shardId-d", 1, 3),
+        "shardId-d",
+        &mut last,
+    )
+    .await;
+    assert_eq!(
+        appended,
+        read_at + 1,
+        "the append landed after the compaction's snapshot"
+    );
+
+    let c = maintenance::commit_rewrite(&mut compacting, rewrite)
+        .await
+        .unwrap();
+    assert_eq!(c.version, Some(read_at + 2), "{c:?}");
+    assert!(!c.conflict);
+    let keys = support::key_counts(&support::read_table(dir.path(), "pin").await);
+    assert_eq!(keys.len(), 33, "30 compacted rows and the 3 appended");
+    assert!(keys.values().all(|n| *n == 1), "no row twice");
+    let files = compacting.snapshot().unwrap().log_data().num_files();
+    assert_eq!(files, 2, "the compacted file and the append's");
+}
+
+/// Two writers of one shard (a zombie and the lease's new owner) both staged files against
+/// the same txn version; only one may commit, the other is fenced, whichever order the
+/// commits take. The commit at version N carries txn version N.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_of_one_shard_commit_once() {
+    let (dir, root) = small_files_table(1).await;
+    let mut a = delta::open_or_create(&root, "pin", &Kind::Pin.schema())
+        .await
+        .unwrap();
+    let mut b = delta::open_or_create(&root, "pin", &Kind::Pin.schema())
+        .await
+        .unwrap();
+    let mut g = Generator::new(11, 0.0);
+    let expected = delta::txn_version(&mut a, "health/pin/shardId-c")
+        .await
+        .unwrap()
+        .unwrap();
+    let shard = [shard_commit("shardId-c", expected)];
+    let staged_a = delta::stage_append(&mut a, &[pin_batch(&mut g, "shardId-c", 2, 3)], &shard)
+        .await
+        .unwrap()
+        .unwrap_or_else(|f| panic!("fenced early: {f:?}"));
+    let staged_b = delta::stage_append(&mut b, &[pin_batch(&mut g, "shardId-c", 3, 3)], &shard)
+        .await
+        .unwrap()
+        .unwrap_or_else(|f| panic!("fenced early: {f:?}"));
+    let first = delta::commit_staged(&mut a, staged_a).await.unwrap();
+    let second = delta::commit_staged(&mut b, staged_b).await.unwrap();
+    let Appended::Committed(v) = first else {
+        panic!("the first commit goes in: {first:?}");
+    };
+    assert_eq!(second, Appended::Fenced(vec!["pin:shardId-c".into()]));
+    assert_eq!(
+        delta::txn_version(&mut b, "health/pin/shardId-c")
+            .await
+            .unwrap(),
+        Some(v),
+        "the shard's txn version is the commit's table version"
+    );
+    // A writer that is behind is fenced before it writes any file.
+    let stale = delta::append(&mut b, &[pin_batch(&mut g, "shardId-c", 4, 3)], &shard)
+        .await
+        .unwrap();
+    assert_eq!(stale, Appended::Fenced(vec!["pin:shardId-c".into()]));
+    let keys = support::key_counts(&support::read_table(dir.path(), "pin").await);
+    assert_eq!(
+        keys.len(),
+        6,
+        "the first writer's 3 rows beside the 3 before"
+    );
 }

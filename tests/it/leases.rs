@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use pinstream::lease::{Checkpoint, LeaseError, LeaseTable};
+use pinstream::lease::{Checkpoint, CommittedPosition, LeaseError, LeaseTable, RejectsMark};
 
 use crate::support;
 
@@ -49,25 +49,38 @@ async fn conditional_writes_fence_every_lease_change() {
         .await
         .unwrap();
     // A checkpoint with a stale counter is refused.
+    let one = Checkpoint::Sequence("1".into());
     let stale = table
         .checkpoint(
             &lease.key,
             winner,
             counter - 1,
-            &Checkpoint::Sequence("1".into()),
-            0,
-            1,
+            &CommittedPosition {
+                checkpoint: &one,
+                sub_sequence: 0,
+                batch_version: 1,
+                rejects: None,
+            },
         )
         .await;
     assert!(matches!(stale, Err(LeaseError::Lost(_))));
+    let at = Checkpoint::Sequence("123".into());
+    let mark = RejectsMark {
+        version: 7,
+        sequence: "120".into(),
+        sub_sequence: 1,
+    };
     let counter = table
         .checkpoint(
             &lease.key,
             winner,
             counter,
-            &Checkpoint::Sequence("123".into()),
-            2,
-            1,
+            &CommittedPosition {
+                checkpoint: &at,
+                sub_sequence: 2,
+                batch_version: 1,
+                rejects: Some(&mark),
+            },
         )
         .await
         .unwrap();
@@ -84,6 +97,11 @@ async fn conditional_writes_fence_every_lease_change() {
         (2, 1, Some(42))
     );
     assert_eq!(after.records_per_second, Some(12.5));
+    assert_eq!(
+        after.rejects,
+        Some(mark),
+        "the rejects mark travels with the checkpoint"
+    );
     assert!(
         matches!(
             table.release(&lease.key, winner, counter + 1).await,

@@ -8,6 +8,7 @@ mod flaky;
 mod health;
 mod infra;
 mod leases;
+mod liveness;
 mod loadtest;
 mod pipeline;
 mod producer;
