@@ -22,6 +22,10 @@ pub enum FaultPoint {
     Read,
     /// The sink is about to checkpoint a shard at SHARD_END (`fail`: as if DynamoDB failed).
     ShardEndCheckpoint,
+    /// A lease keeper is about to renew (`fail`: as if DynamoDB failed).
+    Renew,
+    /// The coordinator is about to work out where a newly taken shard resumes.
+    Recover,
 }
 
 impl FaultPoint {
@@ -33,6 +37,8 @@ impl FaultPoint {
             "after_checkpoint" => FaultPoint::AfterCheckpoint,
             "read" => FaultPoint::Read,
             "shard_end_checkpoint" => FaultPoint::ShardEndCheckpoint,
+            "renew" => FaultPoint::Renew,
+            "recover" => FaultPoint::Recover,
             _ => return None,
         })
     }
@@ -47,6 +53,8 @@ pub enum FaultMode {
     Fail,
     /// The task panics, as a bug would.
     Panic,
+    /// The step takes this long (only where the step awaits: `recover`).
+    Stall(std::time::Duration),
 }
 
 /// A planned crash (or failure), shared by the sinks and readers of one worker.
@@ -54,36 +62,45 @@ pub enum FaultMode {
 pub struct Fault {
     point: FaultPoint,
     nth: u32,
+    /// Every hit from the Nth on (`POINT:N+`), not only the Nth.
+    onwards: bool,
     mode: FaultMode,
     seen: Arc<AtomicU32>,
 }
 
 impl Fault {
-    /// Parses `POINT[:N[:fail|:panic]]`.
+    /// Parses `POINT[:N[+][:fail|:panic|:stall=DURATION]]`.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let (s, mode) = if let Some(rest) = s.strip_suffix(":fail") {
-            (rest, FaultMode::Fail)
-        } else if let Some(rest) = s.strip_suffix(":panic") {
-            (rest, FaultMode::Panic)
-        } else {
-            (s, FaultMode::Abort)
+        let mut parts = s.splitn(3, ':');
+        let point = parts.next().unwrap_or_default();
+        let count = parts.next().unwrap_or("1");
+        let mode = match parts.next() {
+            None => FaultMode::Abort,
+            Some("fail") => FaultMode::Fail,
+            Some("panic") => FaultMode::Panic,
+            Some(m) => match m.strip_prefix("stall=") {
+                Some(d) => FaultMode::Stall(
+                    humantime::parse_duration(d).map_err(|e| format!("`{d}`: {e}"))?,
+                ),
+                None => return Err(format!("`{m}`: one of fail, panic, stall=DURATION")),
+            },
         };
-        let (point, nth) = match s.split_once(':') {
-            Some((p, n)) => (
-                p,
-                n.parse::<u32>()
-                    .map_err(|_| format!("`{n}` is not a count"))?,
-            ),
-            None => (s, 1),
+        let (count, onwards) = match count.strip_suffix('+') {
+            Some(c) => (c, true),
+            None => (count, false),
         };
+        let nth = count
+            .parse::<u32>()
+            .map_err(|_| format!("`{count}` is not a count"))?;
         let point = FaultPoint::parse(point).ok_or_else(|| {
             format!(
-                "`{point}`: one of before_commit, between_commits, after_commit, after_checkpoint, read, shard_end_checkpoint"
+                "`{point}`: one of before_commit, between_commits, after_commit, after_checkpoint, read, shard_end_checkpoint, renew, recover"
             )
         })?;
         Ok(Fault {
             point,
             nth: nth.max(1),
+            onwards,
             mode,
             seen: Arc::new(AtomicU32::new(0)),
         })
@@ -97,7 +114,7 @@ impl Fault {
     /// Called at `point`: on the planned hit, aborts the process, panics, or returns
     /// `Err` for the step to fail there.
     pub fn hit(&self, point: FaultPoint) -> Result<(), FaultPoint> {
-        if point == self.point && self.seen.fetch_add(1, Ordering::SeqCst) + 1 == self.nth {
+        if self.planned(point) {
             match self.mode {
                 FaultMode::Fail => {
                     eprintln!(
@@ -114,9 +131,32 @@ impl Fault {
                     );
                     std::process::abort();
                 }
+                FaultMode::Stall(_) => {}
             }
         }
         Ok(())
+    }
+
+    /// Called at a step that awaits: on the planned hit of a `stall`, takes that long;
+    /// otherwise as [`Fault::hit`].
+    pub async fn hit_async(&self, point: FaultPoint) -> Result<(), FaultPoint> {
+        if let FaultMode::Stall(d) = self.mode {
+            if self.planned(point) {
+                eprintln!("pinstream: injected stall of {d:?} at {point:?}");
+                tokio::time::sleep(d).await;
+            }
+            return Ok(());
+        }
+        self.hit(point)
+    }
+
+    /// Counts a hit of `point`; whether it is a planned one.
+    fn planned(&self, point: FaultPoint) -> bool {
+        if point != self.point {
+            return false;
+        }
+        let n = self.seen.fetch_add(1, Ordering::SeqCst) + 1;
+        n == self.nth || (self.onwards && n > self.nth)
     }
 }
 

@@ -10,7 +10,8 @@
 //!   that says whether a retry can help.
 //! - [`lease`]: the DynamoDB lease table (conditional writes only), expiry by each
 //!   worker's own monotonic clock, which leases to take, and [`lease::HeldLease`], the
-//!   handle the reader and the flusher share.
+//!   handle the reader and the sink share, whose keeper task renews, checkpoints and
+//!   releases it.
 //! - [`kinesis`]: stream administration, shard lineage, and [`kinesis::ShardReader`]
 //!   (GetRecords polling with iterator renewal).
 //! - [`kpl`]: splits Kinesis Producer Library aggregates into user records (and builds

@@ -2,33 +2,20 @@
 //! multi-stream mode: one DynamoDB item per shard, renewed by its owner, taken by others
 //! when its counter stops moving for `failover_time` as seen by *their own* monotonic clock.
 //!
-//! [`table`] does the conditional DynamoDB writes; this module holds the lease values, the
-//! pure decisions (what is expired, what to take) and [`HeldLease`], the handle a shard
-//! task and the flusher share.
+//! [`table`] does the conditional DynamoDB writes; this module holds the lease values and
+//! the pure decisions (what is expired, what to take); [`held`] the handle of a lease this
+//! worker holds, shared by its reader and the sink, and its keeper task.
 
+pub mod held;
 pub mod table;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use tokio::sync::Mutex;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
+pub use held::{CommitVersions, HeldLease, KeeperSettings};
 pub use table::{CommittedPosition, LeaseError, LeaseTable};
-
-impl HeldState {
-    /// The rejects mark to write with a checkpoint.
-    pub fn rejects_mark(&self) -> Option<RejectsMark> {
-        self.rejects_position
-            .as_ref()
-            .map(|(sequence, sub_sequence)| RejectsMark {
-                version: self.rejects_version,
-                sequence: sequence.clone(),
-                sub_sequence: *sub_sequence,
-            })
-    }
-}
 
 /// Where a shard's reading resumes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,93 +226,6 @@ pub fn leases_to_take<'a>(
         }
     }
     take
-}
-
-/// Mutable part of a held lease, changed only under its lock so that renewals and
-/// checkpoints (both conditional on the counter) never race each other.
-#[derive(Debug)]
-pub struct HeldState {
-    pub counter: u64,
-    /// The shard's txn version in the cleaned table as of the last checkpoint (the table
-    /// version of that commit): the cleaned commit's fence.
-    pub batch_version: i64,
-    /// The shard's txn version in the rejects table as this worker last read or wrote it
-    /// (the rejects commit's fence).
-    pub rejects_version: i64,
-    /// Where the rejects commit `rejects_version` ends (`None`: no rejects committed yet),
-    /// written to the lease with each checkpoint.
-    pub rejects_position: Option<(String, i64)>,
-    pub lost: bool,
-    /// The lease was handed back (or found taken) by this process.
-    pub released: bool,
-    pub millis_behind: Option<i64>,
-    /// Records read from the shard so far, and the count and time at the last renewal
-    /// (for the records/s written to the lease).
-    pub records: u64,
-    pub rate_mark: (u64, Instant),
-}
-
-impl HeldState {
-    /// Records per second since the last call.
-    pub fn take_rate(&mut self, now: Instant) -> f64 {
-        let (n, at) = self.rate_mark;
-        let secs = now.duration_since(at).as_secs_f64();
-        self.rate_mark = (self.records, now);
-        if secs > 0.0 {
-            (self.records - n) as f64 / secs
-        } else {
-            0.0
-        }
-    }
-}
-
-/// A lease this worker holds, shared by the coordinator, the shard's reader and the flusher.
-#[derive(Debug)]
-pub struct HeldLease {
-    pub key: String,
-    pub stream: String,
-    pub shard_id: String,
-    /// Cancelled when the lease is lost or released: the reader stops at once and the
-    /// flusher drops the shard's uncommitted rows.
-    pub token: CancellationToken,
-    pub state: Mutex<HeldState>,
-}
-
-impl HeldLease {
-    pub fn new(lease: &Lease, counter: u64, parent: &CancellationToken) -> Self {
-        HeldLease {
-            key: lease.key.clone(),
-            stream: lease.stream.clone(),
-            shard_id: lease.shard_id.clone(),
-            token: parent.child_token(),
-            state: Mutex::new(HeldState {
-                counter,
-                batch_version: lease.batch_version,
-                rejects_version: 0,
-                rejects_position: None,
-                lost: false,
-                released: false,
-                millis_behind: None,
-                records: 0,
-                rate_mark: (0, Instant::now()),
-            }),
-        }
-    }
-
-    /// The txn app id of this shard in a Delta table of `application`.
-    pub fn app_id(&self, application: &str) -> String {
-        format!("{application}/{}/{}", self.stream, self.shard_id)
-    }
-
-    /// Marks the lease lost: stop reading, never commit or checkpoint for it again.
-    pub fn mark_lost(&self, state: &mut HeldState) {
-        if !state.lost {
-            state.lost = true;
-            metrics::counter!("pinstream_leases_lost_total").increment(1);
-            tracing::warn!(lease = %self.key, "lease lost; stopping the shard and dropping its uncommitted rows");
-        }
-        self.token.cancel();
-    }
 }
 
 #[cfg(test)]

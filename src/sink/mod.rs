@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::clean::Kind;
 use crate::config::FlushPolicy;
 use crate::fault::FaultPoint;
-use crate::lease::{Checkpoint, CommittedPosition, HeldLease, LeaseError, LeaseTable};
+use crate::lease::{Checkpoint, HeldLease, LeaseError};
 use delta::{Appended, ShardCommit};
 
 #[derive(Debug, thiserror::Error)]
@@ -114,10 +114,8 @@ struct ShardBuf {
 pub struct TableSink {
     pub kind: Kind,
     pub application: String,
-    pub worker_id: String,
     pub table: DeltaTable,
     pub rejects_table: DeltaTable,
-    pub leases: LeaseTable,
     pub policy: FlushPolicy,
     pub progress: Arc<crate::worker::RunProgress>,
     /// Crash tests only: abort at a chosen point of a flush.
@@ -335,7 +333,7 @@ impl TableSink {
             })?;
         let mut fenced = Vec::new();
         for (key, t) in planned.iter().zip(versions) {
-            let expected = buf[key].lease.state.lock().await.batch_version;
+            let expected = buf[key].lease.versions().batch_version;
             if t.unwrap_or(0) != expected {
                 tracing::warn!(lease = %key, table_version = t.unwrap_or(0), lease_version = expected, "another writer committed for this shard; dropping our rows");
                 fenced.push(key.clone());
@@ -366,7 +364,7 @@ impl TableSink {
             }
             let mut shards = Vec::with_capacity(keys.len());
             for key in &keys {
-                let expected = buf[key].lease.state.lock().await.rejects_version;
+                let expected = buf[key].lease.versions().rejects_version;
                 shards.push(self.shard_commit(&buf[key], expected));
             }
             let batches: Vec<RecordBatch> = keys
@@ -385,10 +383,11 @@ impl TableSink {
                             .get_mut(&shard.lease_key)
                             .expect("planned shard is buffered");
                         sb.rejects.clear();
-                        let mut state = sb.lease.state.lock().await;
-                        state.rejects_version = version;
-                        state.rejects_position =
-                            Some((shard.last_sequence.clone(), shard.last_sub_sequence));
+                        sb.lease.update_versions(|v| {
+                            v.rejects_version = version;
+                            v.rejects_position =
+                                Some((shard.last_sequence.clone(), shard.last_sub_sequence));
+                        });
                     }
                     totals
                         .rejects_committed
@@ -415,7 +414,7 @@ impl TableSink {
         while !planned.is_empty() {
             let mut shards = Vec::with_capacity(planned.len());
             for key in planned.iter() {
-                let expected = buf[key].lease.state.lock().await.batch_version;
+                let expected = buf[key].lease.versions().batch_version;
                 shards.push(self.shard_commit(&buf[key], expected));
             }
             let batches: Vec<RecordBatch> = planned
@@ -519,41 +518,29 @@ impl TableSink {
         }
     }
 
+    /// Checkpoints one shard at `version` through its lease keeper, conditional on still
+    /// holding the lease; a lease that cannot be checkpointed is given up (the next owner
+    /// finds the commit through the table's txn version).
     async fn checkpoint(&self, lease: &HeldLease, checkpoint: &Checkpoint, sub: i64, version: i64) {
-        let mut state = lease.state.lock().await;
-        if state.lost {
-            return;
-        }
         if *checkpoint == Checkpoint::ShardEnd
             && self.fault_at(FaultPoint::ShardEndCheckpoint).is_err()
         {
             tracing::error!(lease = %lease.key, "checkpoint failed (injected); giving the shard up");
-            lease.mark_lost(&mut state);
+            lease.mark_lost("checkpoint failed");
             return;
         }
-        let rejects = state.rejects_mark();
-        let position = CommittedPosition {
-            checkpoint,
-            sub_sequence: sub,
-            batch_version: version,
-            rejects: rejects.as_ref(),
-        };
-        let res = self
-            .leases
-            .checkpoint(&lease.key, &self.worker_id, state.counter, &position)
-            .await;
-        match res {
-            Ok(counter) => {
-                state.counter = counter;
-                state.batch_version = version;
+        let mut versions = lease.versions();
+        versions.batch_version = version;
+        match lease.checkpoint(checkpoint.clone(), sub, versions).await {
+            Ok(()) => {
+                lease.update_versions(|v| v.batch_version = version);
                 tracing::debug!(lease = %lease.key, checkpoint = %checkpoint.as_str(), version, "checkpointed");
             }
-            // The commit landed; the next owner finds it through the table's txn version.
-            Err(LeaseError::Lost(_)) => lease.mark_lost(&mut state),
+            Err(LeaseError::Lost(_)) => lease.mark_lost("checkpoint refused"),
             Err(e) => {
                 // Unknown outcome: stop this shard; the next owner resolves it from the table.
                 tracing::error!(lease = %lease.key, error = %e, "checkpoint failed; giving the shard up");
-                lease.mark_lost(&mut state);
+                lease.mark_lost("checkpoint failed");
             }
         }
     }
@@ -566,8 +553,7 @@ async fn shards_to_commit(buf: &mut BTreeMap<String, ShardBuf>) -> Vec<String> {
     let mut planned = Vec::new();
     for key in keys {
         let sb = &buf[&key];
-        let lost = sb.lease.state.lock().await.lost;
-        if lost {
+        if sb.lease.is_lost() {
             drop_shard(buf, &key);
         } else if sb.last.is_none() && !sb.end_of_shard {
             buf.remove(&key);
@@ -587,9 +573,7 @@ async fn drop_fenced(
 ) {
     for key in fenced {
         if let Some(sb) = buf.get(key) {
-            let lease = sb.lease.clone();
-            let mut state = lease.state.lock().await;
-            lease.mark_lost(&mut state);
+            sb.lease.mark_lost("another writer committed for the shard");
         }
         drop_shard(buf, key);
     }

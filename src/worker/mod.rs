@@ -19,9 +19,10 @@ use tracing::Instrument as _;
 use crate::aws::{AwsClients, ServiceError};
 use crate::clean::{self, Kind};
 use crate::config::{InitialPosition, Settings};
+use crate::fault::FaultPoint;
 use crate::kinesis::{self, StartAt};
 use crate::lease::{
-    self, Checkpoint, CommittedPosition, ExpiryTracker, HeldLease, Lease, LeaseError, LeaseTable,
+    self, Checkpoint, ExpiryTracker, HeldLease, KeeperSettings, Lease, LeaseError, LeaseTable,
     RejectsMark, TakeKind,
 };
 use crate::sink::delta::{self, DeltaError};
@@ -198,6 +199,8 @@ struct Coordinator {
     kind_of: HashMap<String, Kind>,
     tracker: ExpiryTracker,
     held: HashMap<String, Arc<HeldLease>>,
+    /// The keepers of the leases held (and of those being handed back).
+    keepers: JoinSet<()>,
     /// Leases not to take again before an instant: recovery failed, or the reader died.
     /// lease key -> (retry after, failures). Retried with backoff, never given up: a
     /// released lease that nobody retries would stay unread while every other worker
@@ -226,6 +229,7 @@ impl Coordinator {
             recovery_tables: BTreeMap::new(),
             tracker: ExpiryTracker::default(),
             held: HashMap::new(),
+            keepers: JoinSet::new(),
             retry_later: HashMap::new(),
             drained: HashSet::new(),
             readers: JoinSet::new(),
@@ -259,10 +263,8 @@ impl Coordinator {
         let sink = TableSink {
             kind,
             application: settings.application.clone(),
-            worker_id: self.opts.worker_id.clone(),
             table,
             rejects_table,
-            leases: self.shared.leases.clone(),
             policy: settings.flush.clone(),
             progress: self.opts.progress.clone(),
             fault: self.opts.fault.clone(),
@@ -309,7 +311,9 @@ impl Coordinator {
                 }
                 t = tick.tick() => t,
             };
-            renew_all(&self.shared, &mut self.held).await;
+            // Leases lost since the last cycle (renewal refused or failing, fenced by the
+            // sink): their keepers have handed them back.
+            self.held.retain(|_, h| !h.is_lost());
             if Instant::now() >= next_sync {
                 if let Err(e) =
                     sync_shards(&self.shared.aws, &self.shared.leases, &self.shared.settings).await
@@ -324,7 +328,7 @@ impl Coordinator {
                 for s in self.sinks.values() {
                     s.flush().await?;
                 }
-                release_all(&self.shared, &mut self.held).await;
+                self.release_all(None).await;
             }
             let all = match self.shared.leases.scan().await {
                 Ok(all) => {
@@ -339,7 +343,7 @@ impl Coordinator {
                 }
             };
             self.tracker.observe(&all, cycle_at);
-            release_finished(&self.shared, &mut self.held, &all).await;
+            self.release_finished(&all);
             for (lease, how) in self.candidates(&all, cycle_at) {
                 self.take_and_start(lease, how).await;
             }
@@ -411,7 +415,18 @@ impl Coordinator {
         })
         .increment(1);
         tracing::info!(lease = %lease.key, previous_owner = lease.owner.as_deref().unwrap_or("-"), how = ?how, "lease taken");
-        let handle = Arc::new(HeldLease::new(&lease, counter, &self.reader_stop));
+        let (handle, keeper) = HeldLease::start(
+            &lease,
+            counter,
+            &self.reader_stop,
+            KeeperSettings {
+                table: shared.leases.clone(),
+                me: shared.me.clone(),
+                failover: shared.settings.lease.failover_time,
+                fault: shared.fault.clone(),
+            },
+        );
+        self.keepers.spawn(keeper);
         let (table, rejects_table) = self
             .recovery_tables
             .get_mut(&kind)
@@ -431,7 +446,7 @@ impl Coordinator {
                 let wait = self.retry_after_failure(&lease.key);
                 tracing::error!(lease = %lease.key, error = %e, retry_in = ?wait, "cannot resume this shard; releasing the lease and retrying later");
                 metrics::counter!("pinstream_lease_recovery_failures_total").increment(1);
-                release_one(&self.shared, &handle).await;
+                handle.give_up();
             }
         }
     }
@@ -525,7 +540,7 @@ impl Coordinator {
             ShardExit::SinkGone => {
                 // The sink's exit restarts it; until then nothing may be read for it.
                 if let Some(h) = self.held.remove(&key) {
-                    release_one(&self.shared, &h).await;
+                    h.give_up();
                 }
             }
             ShardExit::Failed(why) => {
@@ -533,7 +548,7 @@ impl Coordinator {
                 tracing::error!(lease = %key, error = %why, retry_in = ?wait, "shard reader failed; releasing its lease");
                 metrics::counter!("pinstream_shard_reader_failures_total").increment(1);
                 if let Some(h) = self.held.remove(&key) {
-                    release_one(&self.shared, &h).await;
+                    h.give_up();
                 }
             }
         }
@@ -563,10 +578,46 @@ impl Coordinator {
             .collect();
         for key in keys {
             if let Some(h) = self.held.remove(&key) {
-                release_one(&self.shared, &h).await;
+                h.give_up();
             }
         }
         self.start_sink(kind).await
+    }
+
+    /// Gives up the held leases whose shard is finished (SHARD_END checkpointed).
+    fn release_finished(&mut self, all: &[Lease]) {
+        for l in all
+            .iter()
+            .filter(|l| l.is_finished() && l.owner.as_deref() == Some(self.shared.me.as_str()))
+        {
+            if let Some(h) = self.held.remove(&l.key) {
+                h.give_up();
+            }
+        }
+    }
+
+    /// Gives up every held lease and waits (until `deadline`, if any) for their keepers to
+    /// hand them back.
+    async fn release_all(&mut self, deadline: Option<Instant>) {
+        for (_, h) in self.held.drain() {
+            h.give_up();
+        }
+        loop {
+            let next = self.keepers.join_next();
+            let joined = match deadline {
+                Some(d) => match tokio::time::timeout_at(d, next).await {
+                    Ok(j) => j,
+                    Err(_) => {
+                        tracing::warn!("leases not handed back before the shutdown deadline; they will expire instead");
+                        return;
+                    }
+                },
+                None => next.await,
+            };
+            if joined.is_none() {
+                return;
+            }
+        }
     }
 
     /// Graceful stop: stop reading, flush and commit, checkpoint, release; the summary.
@@ -600,7 +651,7 @@ impl Coordinator {
                 ),
             }
         }
-        release_all(&self.shared, &mut self.held).await;
+        self.release_all(Some(deadline)).await;
         let mut summary = RunSummary {
             records_read: self.shared.progress.records_read.load(Ordering::Relaxed),
             elapsed: started.elapsed(),
@@ -633,90 +684,6 @@ fn refusal_backoff(failover: Duration, failures: u32) -> Duration {
     (failover * 2u32.pow(failures.saturating_sub(1).min(8))).min(Duration::from_secs(300))
 }
 
-/// Renews every held lease; a lease whose renewal is refused is lost.
-async fn renew_all(shared: &Shared, held: &mut HashMap<String, Arc<HeldLease>>) {
-    let renewals = held.values().map(|h| async move {
-        let mut state = h.state.lock().await;
-        if state.lost {
-            return;
-        }
-        let rps = state.take_rate(Instant::now());
-        match shared
-            .leases
-            .renew(&h.key, &shared.me, state.counter, state.millis_behind, rps)
-            .await
-        {
-            Ok(c) => state.counter = c,
-            Err(LeaseError::Lost(_)) => h.mark_lost(&mut state),
-            Err(e) => tracing::warn!(lease = %h.key, error = %e, "renewal failed; will retry"),
-        }
-    });
-    futures::future::join_all(renewals).await;
-    // A lease that stopped being ours for committing (lost, or fenced by the sink because
-    // the table moved past our checkpoint) is handed back if the table still names us, so
-    // that the next owner recovers it at once instead of after failover_time. The release is
-    // conditional on our counter: if someone else took the lease, it changes nothing.
-    let mut gone = Vec::new();
-    for (key, h) in held.iter() {
-        if h.state.lock().await.lost {
-            release_one(shared, h).await;
-            gone.push(key.clone());
-        }
-    }
-    for key in gone {
-        held.remove(&key);
-    }
-}
-
-/// Releases held leases whose shard is finished (SHARD_END checkpointed).
-async fn release_finished(
-    shared: &Shared,
-    held: &mut HashMap<String, Arc<HeldLease>>,
-    all: &[Lease],
-) {
-    for l in all
-        .iter()
-        .filter(|l| l.is_finished() && l.owner.as_deref() == Some(&shared.me))
-    {
-        if let Some(h) = held.remove(&l.key) {
-            release_one(shared, &h).await;
-        }
-    }
-}
-
-async fn release_all(shared: &Shared, held: &mut HashMap<String, Arc<HeldLease>>) {
-    for (_, h) in held.drain() {
-        release_one(shared, &h).await;
-    }
-}
-
-async fn release_one(shared: &Shared, h: &HeldLease) {
-    let mut state = h.state.lock().await;
-    h.token.cancel();
-    // No longer ours: nothing may be committed or checkpointed for it from here on.
-    state.lost = true;
-    if state.released {
-        return;
-    }
-    state.released = true;
-    match shared
-        .leases
-        .release(&h.key, &shared.me, state.counter)
-        .await
-    {
-        Ok(()) => {
-            metrics::counter!("pinstream_leases_released_total").increment(1);
-            tracing::info!(lease = %h.key, "lease released");
-        }
-        Err(LeaseError::Lost(_)) => {
-            tracing::debug!(lease = %h.key, "lease already taken by another worker")
-        }
-        Err(e) => {
-            tracing::warn!(lease = %h.key, error = %e, "release failed; the lease will expire instead")
-        }
-    }
-}
-
 /// Decides where a newly taken shard resumes, comparing the table's txn version `T` for
 /// the shard with the lease's `batch_version` `B` (docs/DESIGN.md, exactly once).
 /// `Ok(None)`: the shard is already finished. Also returns the position up to which the
@@ -732,15 +699,17 @@ async fn resume_position(
         lease: lease.key.clone(),
         message: e.to_string(),
     };
+    if let Some(f) = &shared.fault {
+        let _ = f.hit_async(FaultPoint::Recover).await;
+    }
     let app_id = handle.app_id(&shared.settings.application);
     let rejects = rejects_committed(lease, &app_id, rejects_table).await?;
-    {
-        let mut state = handle.state.lock().await;
-        state.rejects_version = rejects.as_ref().map_or(0, |r| r.version);
-        state.rejects_position = rejects
+    handle.update_versions(|v| {
+        v.rejects_version = rejects.as_ref().map_or(0, |r| r.version);
+        v.rejects_position = rejects
             .as_ref()
             .map(|r| (r.sequence.clone(), r.sub_sequence));
-    }
+    });
     let t = delta::txn_version(table, &app_id)
         .await
         .map_err(recovery)?
@@ -768,18 +737,12 @@ async fn resume_position(
         } else {
             Checkpoint::Sequence(pos.last_sequence.clone())
         };
-        let mut state = handle.state.lock().await;
-        let position = CommittedPosition {
-            checkpoint: &cp,
-            sub_sequence: pos.last_sub_sequence,
-            batch_version: t,
-            rejects: rejects.as_ref(),
-        };
-        state.counter = shared
-            .leases
-            .checkpoint(&lease.key, &shared.me, state.counter, &position)
+        let mut versions = handle.versions();
+        versions.batch_version = t;
+        handle
+            .checkpoint(cp.clone(), pos.last_sub_sequence, versions)
             .await?;
-        state.batch_version = t;
+        handle.update_versions(|v| v.batch_version = t);
         tracing::info!(lease = %lease.key, version = t, checkpoint = %cp.as_str(), "recovered a position committed but not checkpointed");
         cp
     };

@@ -99,13 +99,7 @@ pub(super) async fn read_shard(
                 }
             }
         };
-        {
-            let mut state = lease.state.lock().await;
-            state.records += fetched.records.len() as u64;
-            if fetched.millis_behind_latest.is_some() {
-                state.millis_behind = fetched.millis_behind_latest;
-            }
-        }
+        lease.note_read(fetched.records.len(), fetched.millis_behind_latest);
         if let Some(ms) = fetched.millis_behind_latest {
             metrics::gauge!("pinstream_millis_behind_latest", "stream" => stream_label.clone(), "shard_id" => lease.shard_id.clone()).set(ms as f64);
         }

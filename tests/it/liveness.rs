@@ -122,3 +122,109 @@ async fn a_failed_shard_end_checkpoint_does_not_leave_the_children_unread() {
     assert!(fault.hits() >= 1, "a SHARD_END checkpoint must have failed");
     support::assert_exactly_once(&root, 2 * half as usize, "after the split").await;
 }
+
+/// Leases owned by `me`: lease key -> counter; `None` while the table cannot be read (the
+/// worker creates it).
+async fn owned_by(
+    leases: &pinstream::lease::LeaseTable,
+    me: &str,
+) -> Option<std::collections::BTreeMap<String, u64>> {
+    let all = leases.scan().await.ok()?;
+    Some(
+        all.into_iter()
+            .filter(|l| l.owner.as_deref() == Some(me))
+            .map(|l| (l.key, l.counter))
+            .collect(),
+    )
+}
+
+/// Renewals run on their own schedule: while the coordinator spends 8 s working out where
+/// a newly taken shard resumes (an injected stall, as a slow Delta log read would be), the
+/// lease it took before keeps being renewed (failover 3 s: renewed every second). Fails on
+/// the coordinator-driven renewals of c5dbb0c (no renewal during the stall: the lease
+/// expires for every other worker).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_continue_while_the_coordinator_is_busy() {
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let name = support::unique("renew");
+    let settings = support::settings(
+        &name,
+        &dir.path().join("tables"),
+        "[lease]\nfailover_time = \"3s\"\n",
+    );
+    support::create_streams(&aws, &settings, 1).await;
+    let run = RunOptions {
+        fault: Some(Fault::parse("recover:2:stall=8s").unwrap()),
+        ..support::run_options(false)
+    };
+    let me = run.worker_id.clone();
+    let (stop, running) = support::spawn_worker(&settings, &aws, run);
+    let leases = pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
+    // Two leases taken: the first recovered, the second's recovery stalls.
+    let first = support::wait_for("two leases taken", Duration::from_secs(20), || async {
+        let mine = owned_by(&leases, &me).await?;
+        (mine.len() == 2).then(|| mine.into_iter().next().unwrap())
+    })
+    .await;
+    let (key, counter) = first;
+    support::wait_for(
+        "the first lease renewed 3 times during the stall",
+        Duration::from_secs(6),
+        || async {
+            let now = owned_by(&leases, &me).await?;
+            (now.len() == 2 && now.get(&key).is_some_and(|c| *c >= counter + 3)).then_some(())
+        },
+    )
+    .await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
+
+/// Renewals that fail (DynamoDB errors, not refusals) for the failover time make the lease
+/// lost: the worker stops reading it and hands it back (then takes it again, and so on, as
+/// every renewal fails here). Fails when a failed renewal is only logged: the lease's
+/// counter never moves again and the worker goes on reading a lease others may take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_whose_renewals_keep_failing_is_given_up_within_the_failover_time() {
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let name = support::unique("renewfail");
+    let settings = support::settings(
+        &name,
+        &dir.path().join("tables"),
+        "[lease]\nfailover_time = \"3s\"\n",
+    );
+    support::create_streams(&aws, &settings, 1).await;
+    let run = RunOptions {
+        fault: Some(Fault::parse("renew:1+:fail").unwrap()),
+        ..support::run_options(false)
+    };
+    let me = run.worker_id.clone();
+    let (stop, running) = support::spawn_worker(&settings, &aws, run);
+    let leases = pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
+    let taken = support::wait_for("three leases taken", Duration::from_secs(20), || async {
+        let mine = owned_by(&leases, &me).await?;
+        (mine.len() == 3).then_some(mine)
+    })
+    .await;
+    let started = tokio::time::Instant::now();
+    // Released (counter + 1) and taken again (+ 1) within failover_time plus a cycle or two.
+    support::wait_for(
+        "every lease handed back",
+        Duration::from_secs(6),
+        || async {
+            let all = leases.scan().await.ok()?;
+            all.iter()
+                .all(|l| taken.get(&l.key).is_some_and(|c| l.counter >= c + 2))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "not before renewals had a chance to fail"
+    );
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}

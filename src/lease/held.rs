@@ -1,0 +1,328 @@
+//! A lease this worker holds, and its keeper: one task per held lease that owns the
+//! lease's counter and makes every conditional write of it (renewals on their own schedule,
+//! checkpoints the sink asks for, the final release), one at a time, so they never race on
+//! the counter and no lock is held across a DynamoDB call.
+//!
+//! The keeper renews every `failover_time / 3` whatever the rest of the worker is doing. A
+//! refused renewal means another worker took the lease; renewals that keep failing for
+//! `failover_time` mean others may have taken it by now: in both cases the lease is lost
+//! (the reader stops, the sink drops the shard's rows and never commits for it again). When
+//! the lease is lost or given up, the keeper hands it back if the table still names us.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Checkpoint, CommittedPosition, Lease, LeaseError, LeaseTable, RejectsMark};
+use crate::fault::{Fault, FaultPoint};
+
+/// The txn versions a held lease's commits are fenced on, owned by the sink after recovery.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitVersions {
+    /// The shard's txn version in the cleaned table as of the last checkpoint (the table
+    /// version of that commit): the cleaned commit's fence.
+    pub batch_version: i64,
+    /// The shard's txn version in the rejects table as this worker last read or wrote it
+    /// (the rejects commit's fence).
+    pub rejects_version: i64,
+    /// Where the rejects commit `rejects_version` ends (`None`: no rejects committed yet),
+    /// written to the lease with each checkpoint.
+    pub rejects_position: Option<(String, i64)>,
+}
+
+impl CommitVersions {
+    /// The rejects mark to write with a checkpoint.
+    pub fn rejects_mark(&self) -> Option<RejectsMark> {
+        self.rejects_position
+            .as_ref()
+            .map(|(sequence, sub_sequence)| RejectsMark {
+                version: self.rejects_version,
+                sequence: sequence.clone(),
+                sub_sequence: *sub_sequence,
+            })
+    }
+}
+
+/// How a keeper renews.
+#[derive(Debug, Clone)]
+pub struct KeeperSettings {
+    pub table: LeaseTable,
+    pub me: String,
+    pub failover: Duration,
+    /// Fault tests only.
+    pub fault: Option<Fault>,
+}
+
+enum KeeperMsg {
+    Checkpoint {
+        checkpoint: Checkpoint,
+        sub_sequence: i64,
+        versions: CommitVersions,
+        reply: oneshot::Sender<Result<(), LeaseError>>,
+    },
+}
+
+/// A lease this worker holds, shared by the coordinator, the shard's reader and the sink.
+#[derive(Debug)]
+pub struct HeldLease {
+    pub key: String,
+    pub stream: String,
+    pub shard_id: String,
+    /// Cancelled when the reader must stop: the worker stops (the sink still commits what
+    /// it holds), or the lease is lost or given up.
+    pub token: CancellationToken,
+    /// Cancelled when the lease is lost or given up: the keeper hands it back and ends.
+    done: CancellationToken,
+    lost: AtomicBool,
+    versions: Mutex<CommitVersions>,
+    /// Records read from the shard so far (the keeper derives records/s from it).
+    records: AtomicU64,
+    /// The shard's last MillisBehindLatest; `i64::MIN` until the first answer.
+    millis_behind: AtomicI64,
+    keeper: mpsc::Sender<KeeperMsg>,
+}
+
+impl HeldLease {
+    /// Starts holding `lease`, taken with counter `counter`; `readers` stops every reader
+    /// of the worker. Returns the handle and its keeper, a future to spawn that renews
+    /// until the lease is lost or given up and then hands it back.
+    pub fn start(
+        lease: &Lease,
+        counter: u64,
+        readers: &CancellationToken,
+        settings: KeeperSettings,
+    ) -> (
+        Arc<HeldLease>,
+        impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let (tx, rx) = mpsc::channel(4);
+        let held = Arc::new(HeldLease {
+            key: lease.key.clone(),
+            stream: lease.stream.clone(),
+            shard_id: lease.shard_id.clone(),
+            token: readers.child_token(),
+            done: CancellationToken::new(),
+            lost: AtomicBool::new(false),
+            versions: Mutex::new(CommitVersions {
+                batch_version: lease.batch_version,
+                ..CommitVersions::default()
+            }),
+            records: AtomicU64::new(0),
+            millis_behind: AtomicI64::new(i64::MIN),
+            keeper: tx,
+        });
+        let keeper = Keeper {
+            lease: held.clone(),
+            settings,
+            counter,
+            rx,
+            last_renewed: Instant::now(),
+        };
+        (held, keeper.run())
+    }
+
+    /// The txn app id of this shard in a Delta table of `application`.
+    pub fn app_id(&self, application: &str) -> String {
+        format!("{application}/{}/{}", self.stream, self.shard_id)
+    }
+
+    /// Whether the lease is lost or given up: nothing may be committed for it any more.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Marks the lease lost: stop reading, never commit or checkpoint for it again; the
+    /// keeper hands it back.
+    pub fn mark_lost(&self, why: &str) {
+        if !self.lost.swap(true, Ordering::SeqCst) {
+            metrics::counter!("pinstream_leases_lost_total").increment(1);
+            tracing::warn!(lease = %self.key, reason = why, "lease lost; stopping the shard and dropping its uncommitted rows");
+        }
+        self.token.cancel();
+        self.done.cancel();
+    }
+
+    /// Gives the lease up on purpose (shutdown, shard finished, reader failed): like
+    /// [`HeldLease::mark_lost`] without the warning; the keeper hands it back.
+    pub fn give_up(&self) {
+        self.lost.store(true, Ordering::SeqCst);
+        self.token.cancel();
+        self.done.cancel();
+    }
+
+    /// The commit versions (a copy).
+    pub fn versions(&self) -> CommitVersions {
+        self.versions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Changes the commit versions.
+    pub fn update_versions(&self, f: impl FnOnce(&mut CommitVersions)) {
+        f(&mut self.versions.lock().unwrap_or_else(PoisonError::into_inner));
+    }
+
+    /// Counts records read and notes the shard's lag (reader statistics for renewals).
+    pub fn note_read(&self, records: usize, millis_behind: Option<i64>) {
+        self.records.fetch_add(records as u64, Ordering::Relaxed);
+        if let Some(ms) = millis_behind {
+            self.millis_behind.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Records a committed position on the lease (through the keeper), conditional on
+    /// still holding it; the commit versions' rejects mark goes with it.
+    pub async fn checkpoint(
+        &self,
+        checkpoint: Checkpoint,
+        sub_sequence: i64,
+        versions: CommitVersions,
+    ) -> Result<(), LeaseError> {
+        let lost = || LeaseError::Lost(self.key.clone());
+        if self.is_lost() {
+            return Err(lost());
+        }
+        let (reply, answer) = oneshot::channel();
+        let msg = KeeperMsg::Checkpoint {
+            checkpoint,
+            sub_sequence,
+            versions,
+            reply,
+        };
+        self.keeper.send(msg).await.map_err(|_| lost())?;
+        answer.await.map_err(|_| lost())?
+    }
+}
+
+struct Keeper {
+    lease: Arc<HeldLease>,
+    settings: KeeperSettings,
+    counter: u64,
+    rx: mpsc::Receiver<KeeperMsg>,
+    /// When the last write that moved the counter (renewal or checkpoint) was sent:
+    /// others count `failover_time` from a moment after it reached the table.
+    last_renewed: Instant,
+}
+
+impl Keeper {
+    async fn run(mut self) {
+        let every = self.settings.failover / 3;
+        let mut next_renewal = Instant::now() + every;
+        let mut rate_mark = (0u64, Instant::now());
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.lease.done.cancelled() => break,
+                Some(msg) = self.rx.recv() => match msg {
+                    KeeperMsg::Checkpoint { checkpoint, sub_sequence, versions, reply } => {
+                        let res = self.checkpoint(&checkpoint, sub_sequence, &versions).await;
+                        let _ = reply.send(res);
+                    }
+                },
+                _ = tokio::time::sleep_until(next_renewal) => {
+                    let sent = Instant::now();
+                    // A renewal that does not answer within its interval counts as failed.
+                    let res = match tokio::time::timeout(every, self.renew(&mut rate_mark)).await {
+                        Ok(res) => res,
+                        Err(_) => Err(LeaseError::Table {
+                            table: self.settings.table.name().into(),
+                            message: format!("renewal took longer than {every:?}"),
+                        }),
+                    };
+                    match res {
+                        Ok(()) => self.last_renewed = sent,
+                        Err(LeaseError::Lost(_)) => {
+                            self.lease.mark_lost("renewal refused: another worker took the lease");
+                            break;
+                        }
+                        Err(e) if sent.duration_since(self.last_renewed) + every >= self.settings.failover => {
+                            tracing::error!(lease = %self.lease.key, error = %e, "renewals failed for the failover time; treating the lease as lost");
+                            self.lease.mark_lost("renewals kept failing");
+                            break;
+                        }
+                        Err(e) => tracing::warn!(lease = %self.lease.key, error = %e, "renewal failed; will retry"),
+                    }
+                    next_renewal = sent + every;
+                }
+            }
+        }
+        self.lease.give_up();
+        self.release().await;
+    }
+
+    async fn renew(&mut self, rate_mark: &mut (u64, Instant)) -> Result<(), LeaseError> {
+        if let Some(f) = &self.settings.fault {
+            if f.hit(FaultPoint::Renew).is_err() {
+                return Err(LeaseError::Table {
+                    table: self.settings.table.name().into(),
+                    message: "injected renewal failure (--fault renew)".into(),
+                });
+            }
+        }
+        let records = self.lease.records.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let secs = now.duration_since(rate_mark.1).as_secs_f64();
+        let rps = if secs > 0.0 {
+            records.saturating_sub(rate_mark.0) as f64 / secs
+        } else {
+            0.0
+        };
+        let lag = Some(self.lease.millis_behind.load(Ordering::Relaxed)).filter(|ms| *ms >= 0);
+        let s = &self.settings;
+        self.counter = s
+            .table
+            .renew(&self.lease.key, &s.me, self.counter, lag, rps)
+            .await?;
+        *rate_mark = (records, now);
+        Ok(())
+    }
+
+    async fn checkpoint(
+        &mut self,
+        checkpoint: &Checkpoint,
+        sub_sequence: i64,
+        versions: &CommitVersions,
+    ) -> Result<(), LeaseError> {
+        if self.lease.is_lost() {
+            return Err(LeaseError::Lost(self.lease.key.clone()));
+        }
+        let rejects = versions.rejects_mark();
+        let position = CommittedPosition {
+            checkpoint,
+            sub_sequence,
+            batch_version: versions.batch_version,
+            rejects: rejects.as_ref(),
+        };
+        let s = &self.settings;
+        let sent = Instant::now();
+        self.counter = s
+            .table
+            .checkpoint(&self.lease.key, &s.me, self.counter, &position)
+            .await?;
+        self.last_renewed = sent;
+        Ok(())
+    }
+
+    /// Hands the lease back if the table still names us at our counter; if someone else
+    /// took it, the conditional write changes nothing.
+    async fn release(&self) {
+        let s = &self.settings;
+        match s.table.release(&self.lease.key, &s.me, self.counter).await {
+            Ok(()) => {
+                metrics::counter!("pinstream_leases_released_total").increment(1);
+                tracing::info!(lease = %self.lease.key, "lease released");
+            }
+            Err(LeaseError::Lost(_)) => {
+                tracing::debug!(lease = %self.lease.key, "lease already taken by another worker")
+            }
+            Err(e) => {
+                tracing::warn!(lease = %self.lease.key, error = %e, "release failed; the lease will expire instead")
+            }
+        }
+    }
+}
