@@ -90,6 +90,7 @@ pub struct FlushConfig {
 pub struct LeaseConfig {
     pub failover_time: Option<String>,
     pub shard_sync_interval: Option<String>,
+    pub cleanup_after: Option<String>,
     pub initial_position: Option<String>,
 }
 
@@ -218,6 +219,9 @@ pub struct FlushPolicy {
 pub struct LeasePolicy {
     pub failover_time: Duration,
     pub shard_sync_interval: Duration,
+    /// A finished lease whose shard no longer exists in the stream is deleted this long
+    /// after a worker first saw the shard gone.
+    pub cleanup_after: Duration,
     pub initial_position: InitialPosition,
 }
 
@@ -417,6 +421,11 @@ impl Settings {
                 "lease.shard_sync_interval",
                 file.lease.shard_sync_interval.as_deref(),
                 Duration::from_secs(60),
+            )?,
+            cleanup_after: duration(
+                "lease.cleanup_after",
+                file.lease.cleanup_after.as_deref(),
+                Duration::from_secs(3600),
             )?,
             initial_position: InitialPosition::parse(
                 file.lease

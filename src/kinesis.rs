@@ -103,6 +103,31 @@ pub async fn list_shards(client: &Client, stream: &str) -> Result<Vec<ShardInfo>
     Ok(shards)
 }
 
+/// Whether a shard is still part of its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardPresence {
+    Listed,
+    /// The stream exists but no longer lists the shard: it aged out past the retention
+    /// period (its records are gone).
+    Gone,
+    /// The stream itself does not exist.
+    StreamGone,
+}
+
+/// Looks the shard up in the stream's shard list.
+pub async fn shard_presence(
+    client: &Client,
+    stream: &str,
+    shard_id: &str,
+) -> Result<ShardPresence, ServiceError> {
+    match list_shards(client, stream).await {
+        Ok(shards) if shards.iter().any(|s| s.shard_id == shard_id) => Ok(ShardPresence::Listed),
+        Ok(_) => Ok(ShardPresence::Gone),
+        Err(e) if e.code_is("ResourceNotFoundException") => Ok(ShardPresence::StreamGone),
+        Err(e) => Err(e),
+    }
+}
+
 /// Where a reader starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartAt {

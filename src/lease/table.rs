@@ -340,6 +340,23 @@ impl LeaseTable {
         Ok(counter + 1)
     }
 
+    /// Deletes a finished lease (checkpoint SHARD_END), conditional on its counter not
+    /// having moved since `counter` was read. `Lost` if it changed meanwhile.
+    pub async fn delete_finished(&self, key: &str, counter: u64) -> Result<(), LeaseError> {
+        self.client
+            .delete_item()
+            .table_name(&self.name)
+            .key("lease_key", s(key))
+            .condition_expression("checkpoint = :end AND #counter = :c")
+            .expression_attribute_names("#counter", "counter")
+            .expression_attribute_values(":end", s(&Checkpoint::ShardEnd.as_str()))
+            .expression_attribute_values(":c", n(counter))
+            .send()
+            .await
+            .map_err(|e| cond("DeleteItem", key, e))?;
+        Ok(())
+    }
+
     /// Gives a lease up so another worker can take it on its next cycle.
     pub async fn release(&self, key: &str, me: &str, counter: u64) -> Result<(), LeaseError> {
         self.update_held(key, me, counter)

@@ -106,15 +106,18 @@ fn initial_checkpoint(p: InitialPosition) -> Checkpoint {
     }
 }
 
+/// The shards each configured stream listed, by stream name.
+pub type Listing = BTreeMap<String, HashSet<String>>;
+
 /// Creates a lease for every shard of every configured stream that has none. Shards whose
 /// parents are listed too are children of a reshard: they start at TRIM_HORIZON so nothing
-/// between the parent's end and the child's start is skipped.
+/// between the parent's end and the child's start is skipped. Returns what was listed.
 pub async fn sync_shards(
     aws: &AwsClients,
     leases: &LeaseTable,
     settings: &Settings,
-) -> Result<usize, WorkerError> {
-    let mut created = 0;
+) -> Result<Listing, WorkerError> {
+    let mut listing = Listing::new();
     for stream in settings.streams.values() {
         let shards = kinesis::list_shards(&aws.kinesis, stream).await?;
         let ids: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
@@ -130,11 +133,50 @@ pub async fn sync_shards(
                 .await?
             {
                 tracing::info!(%stream, shard_id = %s.shard_id, parents = ?s.parents, "new shard lease");
-                created += 1;
             }
         }
+        listing.insert(
+            stream.clone(),
+            shards.into_iter().map(|s| s.shard_id).collect(),
+        );
     }
-    Ok(created)
+    Ok(listing)
+}
+
+/// Finished leases whose shards the stream no longer lists, with the instant each was
+/// first seen so; those gone for `cleanup_after` are due for deletion (KCL's lease cleanup).
+#[derive(Debug, Default)]
+struct FinishedLeaseCleanup {
+    gone_since: HashMap<String, Instant>,
+}
+
+impl FinishedLeaseCleanup {
+    /// The finished leases (key, counter) to delete now, given a scan and the last listing.
+    fn due(
+        &mut self,
+        all: &[Lease],
+        listing: &Listing,
+        now: Instant,
+        after: Duration,
+    ) -> Vec<(String, u64)> {
+        let mut due = Vec::new();
+        let mut seen = HashSet::new();
+        for l in all.iter().filter(|l| l.is_finished() && l.owner.is_none()) {
+            let Some(listed) = listing.get(&l.stream) else {
+                continue;
+            };
+            if listed.contains(&l.shard_id) {
+                continue;
+            }
+            seen.insert(l.key.clone());
+            let since = *self.gone_since.entry(l.key.clone()).or_insert(now);
+            if now.duration_since(since) >= after {
+                due.push((l.key.clone(), l.counter));
+            }
+        }
+        self.gone_since.retain(|k, _| seen.contains(k));
+        due
+    }
 }
 
 /// What every task of one worker shares.
@@ -175,7 +217,7 @@ pub async fn run(
     let maintenance_stop = CancellationToken::new();
     let maintenance_task =
         crate::maintenance::spawn_scheduled(&c.shared.settings, maintenance_stop.clone());
-    sync_shards(&c.shared.aws, &c.shared.leases, &c.shared.settings).await?;
+    c.listing = sync_shards(&c.shared.aws, &c.shared.leases, &c.shared.settings).await?;
     tracing::info!(worker_id = %c.shared.me, lease_table = %c.shared.leases.name(), available_now = c.opts.available_now, "worker started");
     let outcome = c.coordinate(&shutdown).await;
     maintenance_stop.cancel();
@@ -208,6 +250,9 @@ struct Coordinator {
     retry_later: HashMap<String, (Instant, u32)>,
     /// `--available-now` only: shards already drained in this run are not taken again.
     drained: HashSet<String>,
+    /// The last successful shard listing, and the finished leases of shards no longer in it.
+    listing: Listing,
+    cleanup: FinishedLeaseCleanup,
     readers: JoinSet<(String, ShardExit)>,
     reader_keys: HashMap<tokio::task::Id, String>,
     reader_stop: CancellationToken,
@@ -232,6 +277,8 @@ impl Coordinator {
             keepers: JoinSet::new(),
             retry_later: HashMap::new(),
             drained: HashSet::new(),
+            listing: Listing::new(),
+            cleanup: FinishedLeaseCleanup::default(),
             readers: JoinSet::new(),
             reader_keys: HashMap::new(),
             reader_stop: CancellationToken::new(),
@@ -315,10 +362,11 @@ impl Coordinator {
             // sink): their keepers have handed them back.
             self.held.retain(|_, h| !h.is_lost());
             if Instant::now() >= next_sync {
-                if let Err(e) =
-                    sync_shards(&self.shared.aws, &self.shared.leases, &self.shared.settings).await
+                match sync_shards(&self.shared.aws, &self.shared.leases, &self.shared.settings)
+                    .await
                 {
-                    tracing::warn!(error = %e, "shard sync failed; will retry");
+                    Ok(listing) => self.listing = listing,
+                    Err(e) => tracing::warn!(error = %e, "shard sync failed; will retry"),
                 }
                 next_sync = Instant::now() + self.shared.settings.lease.shard_sync_interval;
             }
@@ -344,6 +392,7 @@ impl Coordinator {
             };
             self.tracker.observe(&all, cycle_at);
             self.release_finished(&all);
+            self.delete_gone_finished_leases(&all, cycle_at).await;
             for (lease, how) in self.candidates(&all, cycle_at) {
                 self.take_and_start(lease, how).await;
             }
@@ -584,6 +633,26 @@ impl Coordinator {
         self.start_sink(kind).await
     }
 
+    /// Deletes finished leases whose shards have been gone from the stream for
+    /// `lease.cleanup_after`. A lease still listed is never deleted (sync would create it
+    /// again at TRIM_HORIZON); children do not need their parents' leases once those are
+    /// finished.
+    async fn delete_gone_finished_leases(&mut self, all: &[Lease], now: Instant) {
+        let after = self.shared.settings.lease.cleanup_after;
+        for (key, counter) in self.cleanup.due(all, &self.listing, now, after) {
+            match self.shared.leases.delete_finished(&key, counter).await {
+                Ok(()) => {
+                    metrics::counter!("pinstream_leases_deleted_total").increment(1);
+                    tracing::info!(lease = %key, "deleted the finished lease of a shard no longer in the stream");
+                }
+                Err(LeaseError::Lost(_)) => {}
+                Err(e) => {
+                    tracing::warn!(lease = %key, error = %e, "could not delete a finished lease; will retry")
+                }
+            }
+        }
+    }
+
     /// Gives up the held leases whose shard is finished (SHARD_END checkpointed).
     fn release_finished(&mut self, all: &[Lease]) {
         for l in all
@@ -799,6 +868,63 @@ async fn rejects_committed(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn finished(stream: &str, shard: &str, counter: u64) -> Lease {
+        Lease {
+            key: Lease::key_of(stream, shard),
+            stream: stream.into(),
+            shard_id: shard.into(),
+            owner: None,
+            counter,
+            checkpoint: Checkpoint::ShardEnd,
+            sub_sequence: 0,
+            batch_version: 0,
+            rejects: None,
+            parent_shard_ids: vec![],
+            owner_switches_since_checkpoint: 0,
+            millis_behind_latest: None,
+            records_per_second: None,
+        }
+    }
+
+    #[test]
+    fn finished_leases_are_deleted_only_after_their_shard_is_gone_for_the_grace_period() {
+        let mut cleanup = FinishedLeaseCleanup::default();
+        let after = Duration::from_secs(60);
+        let listing: Listing = [("s".to_string(), HashSet::from(["listed".to_string()]))].into();
+        let mut open = finished("s", "open", 1);
+        open.checkpoint = Checkpoint::TrimHorizon;
+        let mut owned = finished("s", "owned", 1);
+        owned.owner = Some("w".into());
+        let all = vec![
+            finished("s", "listed", 1),
+            finished("s", "gone", 4),
+            finished("other", "x", 1), // a stream this worker was not told about
+            open,
+            owned,
+        ];
+        let t0 = Instant::now();
+        assert!(cleanup.due(&all, &listing, t0, after).is_empty());
+        assert!(cleanup
+            .due(&all, &listing, t0 + after - Duration::from_secs(1), after)
+            .is_empty());
+        assert_eq!(
+            cleanup.due(&all, &listing, t0 + after, after),
+            vec![(Lease::key_of("s", "gone"), 4)]
+        );
+        // Listed again (a stale listing said it was gone): the clock starts over.
+        let relisted: Listing = [(
+            "s".to_string(),
+            HashSet::from(["listed".to_string(), "gone".to_string()]),
+        )]
+        .into();
+        assert!(cleanup
+            .due(&all, &relisted, t0 + after * 2, after)
+            .is_empty());
+        assert!(cleanup
+            .due(&all, &listing, t0 + after * 2, after)
+            .is_empty());
+    }
 
     #[test]
     fn refused_leases_are_retried_with_capped_backoff() {

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::Shared;
+use crate::aws::ServiceError;
 use crate::clean::{self, Kind, RecordMeta, Reject, RejectReason, RejectsColumns, TableColumns};
 use crate::config::ReaderPolicy;
 use crate::fault::FaultPoint;
-use crate::kinesis::{self, ShardReader, StartAt};
+use crate::kinesis::{self, ShardPresence, ShardReader, StartAt};
 use crate::kpl::{self, Decoded};
 use crate::lease::HeldLease;
 use crate::sink::{backoff, Chunk, SinkMsg};
@@ -68,7 +69,8 @@ pub(super) async fn read_shard(
         start,
         max_records,
     );
-    let mut failures = 0u32;
+    // Consecutive failed calls, and how many of them cannot be helped by retrying.
+    let (mut failures, mut permanent) = (0u32, 0u32);
     let stream_label = lease.stream.clone();
     // Kept across GetRecords answers: it sizes each chunk's builders from the last one.
     let mut rows = TableColumns::new(kind);
@@ -79,23 +81,44 @@ pub(super) async fn read_shard(
         };
         let fetched = match fetched {
             Ok(f) => {
-                failures = 0;
+                (failures, permanent) = (0, 0);
                 f
             }
+            Err(e) if e.code_is("ResourceNotFoundException") => {
+                // The shard (or its stream) may be gone for good: look it up.
+                match kinesis::shard_presence(&shared.aws.kinesis, &lease.stream, &lease.shard_id)
+                    .await
+                {
+                    Ok(ShardPresence::Gone) => {
+                        tracing::warn!(error = %e, "the shard no longer exists in the stream (aged out past its retention); treating it as ended so that its children are read");
+                        metrics::counter!("pinstream_shards_vanished_total", "stream" => stream_label.clone()).increment(1);
+                        kinesis::Fetched {
+                            records: Vec::new(),
+                            millis_behind_latest: None,
+                            end_of_shard: true,
+                        }
+                    }
+                    Ok(ShardPresence::StreamGone) => {
+                        return ShardExit::Failed(format!(
+                            "stream {} does not exist: {e}",
+                            lease.stream
+                        ));
+                    }
+                    Ok(ShardPresence::Listed) | Err(_) => {
+                        match retry_or_give_up(&lease, &mut failures, &mut permanent, &e).await {
+                            Some(exit) => return exit,
+                            None => continue,
+                        }
+                    }
+                }
+            }
             Err(e) => {
-                failures += 1;
                 if e.is_throttle() {
                     metrics::counter!("pinstream_get_records_throttles_total", "stream" => stream_label.clone()).increment(1);
                 }
-                let wait = backoff(failures);
-                if e.is_retryable() {
-                    tracing::debug!(error = %e, retry_in = ?wait, "GetRecords failed; backing off");
-                } else {
-                    tracing::warn!(error = %e, retry_in = ?wait, "GetRecords failed; backing off");
-                }
-                tokio::select! {
-                    _ = lease.token.cancelled() => return ShardExit::Cancelled,
-                    _ = tokio::time::sleep(wait) => continue,
+                match retry_or_give_up(&lease, &mut failures, &mut permanent, &e).await {
+                    Some(exit) => return exit,
+                    None => continue,
                 }
             }
         };
@@ -156,6 +179,39 @@ pub(super) async fn read_shard(
                 _ = tokio::time::sleep(idle_poll_interval) => {}
             }
         }
+    }
+}
+
+/// How many GetRecords / GetShardIterator failures in a row that retrying cannot help
+/// (access denied, a stream that is not what the lease names, ...) end the reader: its
+/// lease is handed back with an error, and taken again after a growing backoff.
+const PERMANENT_FAILURES: u32 = 3;
+
+/// After a failed call: backs off (`None`: try again), or gives the shard up when the
+/// errors are not retryable and keep coming (`Some(exit)`), or the lease is gone.
+async fn retry_or_give_up(
+    lease: &HeldLease,
+    failures: &mut u32,
+    permanent: &mut u32,
+    e: &ServiceError,
+) -> Option<ShardExit> {
+    *failures += 1;
+    let wait = backoff(*failures);
+    if e.is_retryable() {
+        tracing::debug!(error = %e, retry_in = ?wait, "GetRecords failed; backing off");
+    } else {
+        *permanent += 1;
+        if *permanent >= PERMANENT_FAILURES {
+            return Some(ShardExit::Failed(format!(
+                "{} failures in a row that retrying cannot help; last: {e}",
+                *permanent
+            )));
+        }
+        tracing::warn!(error = %e, retry_in = ?wait, "GetRecords failed; backing off");
+    }
+    tokio::select! {
+        _ = lease.token.cancelled() => Some(ShardExit::Cancelled),
+        _ = tokio::time::sleep(wait) => None,
     }
 }
 

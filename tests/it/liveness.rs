@@ -228,3 +228,64 @@ async fn a_lease_whose_renewals_keep_failing_is_given_up_within_the_failover_tim
     stop.cancel();
     running.await.unwrap().unwrap();
 }
+
+/// A lease whose shard is not in the stream (aged out past retention, or never there)
+/// blocks its children until it is finished. The worker treats the missing shard as ended,
+/// reads the child, and deletes the finished lease once `lease.cleanup_after` has passed;
+/// the leases of listed shards stay. Fails when a GetShardIterator ResourceNotFound is
+/// only retried (the child's records never land).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_shard_gone_from_the_stream_is_ended_and_its_lease_cleaned_up() {
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let name = support::unique("gone");
+    let root = dir.path().join("tables");
+    let settings = support::settings(
+        &name,
+        &root,
+        "[flush]\nmax_batch_age = \"1s\"\n[lease]\nfailover_time = \"2s\"\nshard_sync_interval = \"1s\"\ncleanup_after = \"2s\"\n",
+    );
+    support::create_streams(&aws, &settings, 1).await;
+    let per_stream = 100u64;
+    let opts = support::produce_options(&settings, 51, 0.0, per_stream);
+    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
+        .await
+        .unwrap();
+    // Before any worker: the pin shard's lease names a parent the stream does not have.
+    let leases = pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
+    leases.ensure_exists(Duration::from_secs(30)).await.unwrap();
+    let pin = settings.streams[&Kind::Pin].clone();
+    let shard = pinstream::kinesis::list_shards(&aws.kinesis, &pin)
+        .await
+        .unwrap()
+        .remove(0)
+        .shard_id;
+    let ghost = "shardId-000000000099".to_string();
+    let start = pinstream::lease::Checkpoint::TrimHorizon;
+    assert!(leases
+        .create_if_absent(&pin, &ghost, &[], &start)
+        .await
+        .unwrap());
+    assert!(leases
+        .create_if_absent(&pin, &shard, std::slice::from_ref(&ghost), &start)
+        .await
+        .unwrap());
+
+    let (stop, running) = support::spawn_worker(&settings, &aws, support::run_options(false));
+    support::wait_all_landed(&root, per_stream as usize, "behind a vanished parent").await;
+    let ghost_key = pinstream::lease::Lease::key_of(&pin, &ghost);
+    support::wait_for(
+        "the vanished parent's finished lease deleted",
+        Duration::from_secs(30),
+        || async {
+            let all = leases.scan().await.ok()?;
+            (!all.iter().any(|l| l.key == ghost_key)).then_some(all)
+        },
+    )
+    .await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    let all = leases.scan().await.unwrap();
+    assert_eq!(all.len(), 3, "the listed shards' leases stay: {all:?}");
+    support::assert_exactly_once(&root, per_stream as usize, "behind a vanished parent").await;
+}
