@@ -106,8 +106,14 @@ fn initial_checkpoint(p: InitialPosition) -> Checkpoint {
     }
 }
 
-/// The shards each configured stream listed, by stream name.
-pub type Listing = BTreeMap<String, HashSet<String>>;
+/// What a shard sync listed.
+#[derive(Debug, Default, Clone)]
+pub struct Listing {
+    /// The shard ids each configured stream listed, by stream name.
+    pub shards: BTreeMap<String, HashSet<String>>,
+    /// Lease keys of the listed shards that are closed (they will reach SHARD_END).
+    pub closed: HashSet<String>,
+}
 
 /// Creates a lease for every shard of every configured stream that has none. Shards whose
 /// parents are listed too are children of a reshard: they start at TRIM_HORIZON so nothing
@@ -117,7 +123,7 @@ pub async fn sync_shards(
     leases: &LeaseTable,
     settings: &Settings,
 ) -> Result<Listing, WorkerError> {
-    let mut listing = Listing::new();
+    let mut listing = Listing::default();
     for stream in settings.streams.values() {
         let shards = kinesis::list_shards(&aws.kinesis, stream).await?;
         let ids: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
@@ -135,7 +141,13 @@ pub async fn sync_shards(
                 tracing::info!(%stream, shard_id = %s.shard_id, parents = ?s.parents, "new shard lease");
             }
         }
-        listing.insert(
+        listing.closed.extend(
+            shards
+                .iter()
+                .filter(|s| s.closed)
+                .map(|s| Lease::key_of(stream, &s.shard_id)),
+        );
+        listing.shards.insert(
             stream.clone(),
             shards.into_iter().map(|s| s.shard_id).collect(),
         );
@@ -162,7 +174,7 @@ impl FinishedLeaseCleanup {
         let mut due = Vec::new();
         let mut seen = HashSet::new();
         for l in all.iter().filter(|l| l.is_finished() && l.owner.is_none()) {
-            let Some(listed) = listing.get(&l.stream) else {
+            let Some(listed) = listing.shards.get(&l.stream) else {
                 continue;
             };
             if listed.contains(&l.shard_id) {
@@ -248,8 +260,10 @@ struct Coordinator {
     /// released lease that nobody retries would stay unread while every other worker
     /// sits at its fair share.
     retry_later: HashMap<String, (Instant, u32)>,
-    /// `--available-now` only: shards already drained in this run are not taken again.
+    /// `--available-now` only: shards already drained in this run are not taken again
+    /// (unless closed since), and those of them read to their end.
     drained: HashSet<String>,
+    finished: HashSet<String>,
     /// The last successful shard listing, and the finished leases of shards no longer in it.
     listing: Listing,
     cleanup: FinishedLeaseCleanup,
@@ -277,7 +291,8 @@ impl Coordinator {
             keepers: JoinSet::new(),
             retry_later: HashMap::new(),
             drained: HashSet::new(),
-            listing: Listing::new(),
+            finished: HashSet::new(),
+            listing: Listing::default(),
             cleanup: FinishedLeaseCleanup::default(),
             readers: JoinSet::new(),
             reader_keys: HashMap::new(),
@@ -377,6 +392,7 @@ impl Coordinator {
                     s.flush().await?;
                 }
                 self.release_all(None).await;
+                self.sync_for_drain().await;
             }
             let all = match self.shared.leases.scan().await {
                 Ok(all) => {
@@ -500,6 +516,20 @@ impl Coordinator {
         }
     }
 
+    /// `--available-now`, everything taken so far drained: lists the shards again so that
+    /// children of a reshard during the run get their leases, and lets a shard drained as
+    /// caught up be read again if it has been closed since (it must reach SHARD_END for its
+    /// children to be read).
+    async fn sync_for_drain(&mut self) {
+        match sync_shards(&self.shared.aws, &self.shared.leases, &self.shared.settings).await {
+            Ok(listing) => self.listing = listing,
+            Err(e) => tracing::warn!(error = %e, "shard sync failed; will retry"),
+        }
+        let closed = &self.listing.closed;
+        self.drained
+            .retain(|key| !(closed.contains(key) && !self.finished.contains(key)));
+    }
+
     /// A drain run with nothing left to read ends here (`Some`): done, unless a shard
     /// failed. A shard that failed fewer than [`DRAIN_ATTEMPTS`] times is tried again
     /// after its backoff (`None`: go on); one that failed that often ends the run with an
@@ -535,8 +565,10 @@ impl Coordinator {
         let span =
             tracing::info_span!("shard", stream = %handle.stream, shard_id = %handle.shard_id);
         let shared = self.shared.clone();
-        let drain = self.opts.available_now;
+        // Draining, a reader stops once caught up; but a closed shard is read to its end
+        // (an empty answer of a closed shard is not its end), so that its children follow.
         let key = handle.key.clone();
+        let drain = self.opts.available_now && !self.listing.closed.contains(&key);
         let task = self.readers.spawn(
             async move {
                 let key = handle.key.clone();
@@ -580,7 +612,13 @@ impl Coordinator {
         };
         tracing::debug!(lease = %key, ?exit, "shard reader ended");
         match exit {
-            ShardExit::ShardEnd | ShardExit::CaughtUp => {
+            ShardExit::ShardEnd => {
+                if self.opts.available_now {
+                    self.finished.insert(key.clone());
+                    self.drained.insert(key);
+                }
+            }
+            ShardExit::CaughtUp => {
                 if self.opts.available_now {
                     self.drained.insert(key);
                 }
@@ -891,7 +929,10 @@ mod tests {
     fn finished_leases_are_deleted_only_after_their_shard_is_gone_for_the_grace_period() {
         let mut cleanup = FinishedLeaseCleanup::default();
         let after = Duration::from_secs(60);
-        let listing: Listing = [("s".to_string(), HashSet::from(["listed".to_string()]))].into();
+        let listing = Listing {
+            shards: [("s".to_string(), HashSet::from(["listed".to_string()]))].into(),
+            closed: HashSet::new(),
+        };
         let mut open = finished("s", "open", 1);
         open.checkpoint = Checkpoint::TrimHorizon;
         let mut owned = finished("s", "owned", 1);
@@ -913,11 +954,14 @@ mod tests {
             vec![(Lease::key_of("s", "gone"), 4)]
         );
         // Listed again (a stale listing said it was gone): the clock starts over.
-        let relisted: Listing = [(
-            "s".to_string(),
-            HashSet::from(["listed".to_string(), "gone".to_string()]),
-        )]
-        .into();
+        let relisted = Listing {
+            shards: [(
+                "s".to_string(),
+                HashSet::from(["listed".to_string(), "gone".to_string()]),
+            )]
+            .into(),
+            closed: HashSet::new(),
+        };
         assert!(cleanup
             .due(&all, &relisted, t0 + after * 2, after)
             .is_empty());

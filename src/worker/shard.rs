@@ -171,7 +171,9 @@ pub(super) async fn read_shard(
             return ShardExit::ShardEnd;
         }
         if n == 0 {
-            if drain && millis_behind.unwrap_or(0) == 0 {
+            // Caught up only on Kinesis's word: an answer without MillisBehindLatest (such as
+            // the empty one after renewing an expired iterator) says nothing.
+            if drain && millis_behind == Some(0) {
                 return ShardExit::CaughtUp;
             }
             tokio::select! {

@@ -4,6 +4,7 @@
 
 mod cli;
 mod crash;
+mod drain;
 mod flaky;
 mod health;
 mod infra;

@@ -1,0 +1,138 @@
+//! `--available-now` edge cases: a reshard during the run is drained too (parents to their
+//! end, then children); a flush that keeps failing ends the run with an error after the
+//! leases are handed back.
+
+use std::time::Duration;
+
+use pinstream::clean::Kind;
+use pinstream::fault::Fault;
+use pinstream::lease::LeaseTable;
+use pinstream::producer;
+use pinstream::worker::RunOptions;
+use tokio_util::sync::CancellationToken;
+
+use crate::support;
+
+/// The pin shard is drained (caught up) while the worker is still busy with another
+/// stream (its recovery stalled 8 s); then the shard is split and records go to the
+/// children. Before the run ends it must list the shards again, read the now closed parent
+/// to its end and drain the children: every record, produced before and after the split,
+/// exactly once. Fails (the 100 records sent to the children are missing) when the drain
+/// run ends without listing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reshard_during_a_drain_run_is_drained_too() {
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let name = support::unique("drainsplit");
+    let root = dir.path().join("tables");
+    let settings = support::settings(
+        &name,
+        &root,
+        "[flush]\nmax_batch_age = \"1s\"\n[lease]\nfailover_time = \"3s\"\n[reader]\nidle_poll_interval = \"100ms\"\n",
+    );
+    support::create_streams(&aws, &settings, 1).await;
+    let half = 100u64;
+    let pin = settings.streams[&Kind::Pin].clone();
+    let produce_pin = |seed| {
+        let mut opts = support::produce_options(&settings, seed, 0.0, half);
+        opts.streams.retain(|k, _| *k == Kind::Pin);
+        producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
+    };
+    produce_pin(61).await.unwrap();
+
+    // Takes go by lease key: geo, pin, then user, whose recovery stalls.
+    let run = RunOptions {
+        fault: Some(Fault::parse("recover:3:stall=8s").unwrap()),
+        ..support::run_options(true)
+    };
+    let (_stop, running) = support::spawn_worker(&settings, &aws, run);
+    let leases = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
+    let shard = pinstream::kinesis::list_shards(&aws.kinesis, &pin)
+        .await
+        .unwrap()
+        .remove(0)
+        .shard_id;
+    let pin_key = pinstream::lease::Lease::key_of(&pin, &shard);
+    // The pin reader reported itself caught up (lag 0, renewed onto the lease).
+    support::wait_for(
+        "the pin shard caught up",
+        Duration::from_secs(20),
+        || async {
+            let all = leases.scan().await.ok()?;
+            all.iter()
+                .any(|l| l.key == pin_key && l.owner.is_some() && l.millis_behind_latest == Some(0))
+                .then_some(())
+        },
+    )
+    .await;
+    aws.kinesis
+        .split_shard()
+        .stream_name(&pin)
+        .shard_to_split(&shard)
+        .new_starting_hash_key("170141183460469231731687303715884105728")
+        .send()
+        .await
+        .unwrap();
+    support::wait_for("pin split", Duration::from_secs(30), || async {
+        let s = pinstream::kinesis::list_shards(&aws.kinesis, &pin)
+            .await
+            .ok()?;
+        (s.iter().filter(|s| !s.closed).count() == 2).then_some(())
+    })
+    .await;
+    let report = produce_pin(62).await.unwrap();
+    assert_eq!(report.failed, 0);
+    assert!(
+        !running.is_finished(),
+        "the drain run must still be busy with the stalled stream"
+    );
+
+    let summary = tokio::time::timeout(Duration::from_secs(60), running)
+        .await
+        .expect("the drain run ends")
+        .unwrap()
+        .unwrap();
+    let keys = support::key_counts(&support::read_table(&root, "pin").await);
+    assert!(keys.values().all(|n| *n == 1), "no pin record twice");
+    assert_eq!(
+        keys.len(),
+        2 * half as usize,
+        "records sent before and after the split: {summary:?}"
+    );
+}
+
+/// Every flush fails (an injected commit failure): the drain run ends with an error, and
+/// it hands its leases back first. Fails when the flush error returns from the run before
+/// the leases are released (they stay owned until they expire).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_run_whose_flush_fails_releases_its_leases_and_fails() {
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let name = support::unique("drainfail");
+    let root = dir.path().join("tables");
+    let settings = support::settings(&name, &root, "[lease]\nfailover_time = \"3s\"\n");
+    support::create_streams(&aws, &settings, 1).await;
+    let opts = support::produce_options(&settings, 63, 0.0, 50);
+    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
+        .await
+        .unwrap();
+    let run = RunOptions {
+        fault: Some(Fault::parse("before_commit:1+:fail").unwrap()),
+        shutdown_deadline: Duration::from_secs(10),
+        ..support::run_options(true)
+    };
+    let (_stop, running) = support::spawn_worker(&settings, &aws, run);
+    let result = tokio::time::timeout(Duration::from_secs(60), running)
+        .await
+        .expect("the drain run ends")
+        .unwrap();
+    assert!(
+        result.is_err(),
+        "a drain run that committed nothing fails: {result:?}"
+    );
+    let leases = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
+    let all = leases.scan().await.expect("lease scan");
+    assert_eq!(all.len(), 3);
+    let owned: Vec<_> = all.iter().filter(|l| l.owner.is_some()).collect();
+    assert!(owned.is_empty(), "every lease handed back: {owned:?}");
+}
