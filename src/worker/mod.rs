@@ -527,7 +527,7 @@ impl Coordinator {
         }
         let closed = &self.listing.closed;
         self.drained
-            .retain(|key| !(closed.contains(key) && !self.finished.contains(key)));
+            .retain(|key| !closed.contains(key) || self.finished.contains(key));
     }
 
     /// A drain run with nothing left to read ends here (`Some`): done, unless a shard
