@@ -287,6 +287,18 @@ fn duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, C
     }
 }
 
+/// A duration that may be zero (`"0s"`).
+fn duration_or_zero(
+    key: &str,
+    v: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match v.map(humantime::parse_duration) {
+        Some(Ok(d)) if d.is_zero() => Ok(d),
+        _ => duration(key, v, default),
+    }
+}
+
 /// An interval that `"off"` disables.
 fn interval(
     key: &str,
@@ -463,7 +475,7 @@ impl Settings {
                 m.compact_interval.as_deref(),
                 Some(Duration::from_secs(600)),
             )?,
-            compact_min_age: duration(
+            compact_min_age: duration_or_zero(
                 "maintenance.compact_min_age",
                 m.compact_min_age.as_deref(),
                 Duration::from_secs(300),

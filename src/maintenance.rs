@@ -25,7 +25,9 @@ use deltalake::{DeltaTable, DeltaTableError};
 
 use deltalake::arrow::datatypes::SchemaRef;
 
-use crate::clean;
+use std::collections::BTreeSet;
+
+use crate::clean::{self, Kind};
 use crate::config::{MaintenancePolicy, Settings};
 use crate::sink::delta::{self, DeltaError};
 
@@ -281,21 +283,21 @@ pub async fn run(
     vacuum: Option<Duration>,
 ) -> Result<Vec<TableReport>, DeltaError> {
     let mut reports = Vec::new();
-    for (name, schema) in tables(settings) {
+    for (_, name, schema) in tables(settings) {
         reports.push(maintain_one(settings, name, &schema, vacuum).await?);
     }
     Ok(reports)
 }
 
-/// Every table of the configured streams, cleaned and rejects, with its schema.
-fn tables(settings: &Settings) -> Vec<(&'static str, SchemaRef)> {
+/// Every table of the configured streams, cleaned and rejects, with its kind and schema.
+fn tables(settings: &Settings) -> Vec<(Kind, &'static str, SchemaRef)> {
     settings
         .streams
         .keys()
         .flat_map(|&kind| {
             [
-                (kind.name(), kind.schema()),
-                (kind.rejects_table(), clean::schema::REJECTS.clone()),
+                (kind, kind.name(), kind.schema()),
+                (kind, kind.rejects_table(), clean::schema::REJECTS.clone()),
             ]
         })
         .collect()
@@ -359,12 +361,17 @@ fn jittered(d: Duration) -> Duration {
     d.mul_f64(rand::rng().random_range(0.8..=1.2))
 }
 
-/// The worker's scheduled maintenance: compaction of every table each `compact_interval`,
-/// vacuum each `vacuum_interval` (off by default), both jittered. Failures are logged and
-/// retried at the next run; they never stop the worker. `None` when both are off.
+/// The worker's scheduled maintenance: compaction each `compact_interval`, vacuum each
+/// `vacuum_interval` (off by default), both jittered, of the tables of the kinds in `owned`:
+/// the kinds whose maintenance this worker owns through the lease table (see
+/// `worker::maintenance_owned`), so that a fleet does not compact the same table from every
+/// worker at once. (Were two to overlap in a hand-over, [`commit_rewrite`] lets one commit.)
+/// Failures are logged and retried at the next run; they never stop the worker. `None`
+/// when both are off.
 pub fn spawn_scheduled(
     settings: &Settings,
     stop: tokio_util::sync::CancellationToken,
+    owned: tokio::sync::watch::Receiver<BTreeSet<Kind>>,
 ) -> Option<tokio::task::JoinHandle<()>> {
     let policy = settings.maintenance.clone();
     if policy.compact_interval.is_none() && policy.vacuum_interval.is_none() {
@@ -386,7 +393,11 @@ pub fn spawn_scheduled(
             let now = tokio::time::Instant::now();
             let compact_now = next_compact.is_some_and(|t| t <= now);
             let vacuum_now = next_vacuum.is_some_and(|t| t <= now);
-            for (name, schema) in tables(&settings) {
+            for (kind, name, schema) in tables(&settings) {
+                if !owned.borrow().contains(&kind) {
+                    tracing::debug!(table = name, "maintenance owned by another worker");
+                    continue;
+                }
                 let mut table = match delta::open_or_create(&settings.table_root, name, &schema)
                     .await
                 {

@@ -5,7 +5,7 @@
 //! shard reader (`shard.rs`) -> clean -> chunk -> sink (commit, then checkpoint). Shutdown: stop
 //! reading, flush, commit, checkpoint, release every lease.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,6 +155,24 @@ pub async fn sync_shards(
     Ok(listing)
 }
 
+/// The kinds whose tables `me` maintains: one owner per stream, found in the lease table
+/// without a row or a write of its own: the owner of the stream's unfinished lease with the
+/// smallest key. Nobody maintains a stream whose first such lease is free.
+fn maintenance_owned(all: &[Lease], me: &str, kind_of: &HashMap<String, Kind>) -> BTreeSet<Kind> {
+    let mut first: BTreeMap<&str, &Lease> = BTreeMap::new();
+    for l in all.iter().filter(|l| !l.is_finished()) {
+        let e = first.entry(l.stream.as_str()).or_insert(l);
+        if l.key < e.key {
+            *e = l;
+        }
+    }
+    first
+        .into_iter()
+        .filter(|(_, l)| l.owner.as_deref() == Some(me))
+        .filter_map(|(stream, _)| kind_of.get(stream).copied())
+        .collect()
+}
+
 /// Finished leases whose shards the stream no longer lists, with the instant each was
 /// first seen so; those gone for `cleanup_after` are due for deletion (KCL's lease cleanup).
 #[derive(Debug, Default)]
@@ -225,10 +243,14 @@ pub async fn run(
         fault: opts.fault.clone(),
     });
     let mut c = Coordinator::start(shared, opts).await?;
-    // Compaction and vacuum on a schedule, beside the sinks (never inside a flush).
+    // Compaction and vacuum on a schedule, beside the sinks (never inside a flush), of the
+    // tables whose maintenance this worker owns.
     let maintenance_stop = CancellationToken::new();
-    let maintenance_task =
-        crate::maintenance::spawn_scheduled(&c.shared.settings, maintenance_stop.clone());
+    let maintenance_task = crate::maintenance::spawn_scheduled(
+        &c.shared.settings,
+        maintenance_stop.clone(),
+        c.maintenance_owned.subscribe(),
+    );
     c.listing = sync_shards(&c.shared.aws, &c.shared.leases, &c.shared.settings).await?;
     tracing::info!(worker_id = %c.shared.me, lease_table = %c.shared.leases.name(), available_now = c.opts.available_now, "worker started");
     let outcome = c.coordinate(&shutdown).await;
@@ -267,6 +289,8 @@ struct Coordinator {
     /// The last successful shard listing, and the finished leases of shards no longer in it.
     listing: Listing,
     cleanup: FinishedLeaseCleanup,
+    /// The kinds whose tables this worker maintains (compaction, vacuum), from each scan.
+    maintenance_owned: tokio::sync::watch::Sender<BTreeSet<Kind>>,
     readers: JoinSet<(String, ShardExit)>,
     reader_keys: HashMap<tokio::task::Id, String>,
     reader_stop: CancellationToken,
@@ -294,6 +318,7 @@ impl Coordinator {
             finished: HashSet::new(),
             listing: Listing::default(),
             cleanup: FinishedLeaseCleanup::default(),
+            maintenance_owned: tokio::sync::watch::Sender::new(BTreeSet::new()),
             readers: JoinSet::new(),
             reader_keys: HashMap::new(),
             reader_stop: CancellationToken::new(),
@@ -407,6 +432,11 @@ impl Coordinator {
                 }
             };
             self.tracker.observe(&all, cycle_at);
+            self.maintenance_owned.send_replace(maintenance_owned(
+                &all,
+                &self.shared.me,
+                &self.kind_of,
+            ));
             self.release_finished(&all);
             self.delete_gone_finished_leases(&all, cycle_at).await;
             for (lease, how) in self.candidates(&all, cycle_at) {
@@ -923,6 +953,31 @@ mod tests {
             millis_behind_latest: None,
             records_per_second: None,
         }
+    }
+
+    #[test]
+    fn one_worker_maintains_each_stream_the_owner_of_its_first_unfinished_lease() {
+        let kind_of: HashMap<String, Kind> =
+            [("p".to_string(), Kind::Pin), ("g".to_string(), Kind::Geo)].into();
+        let mut done = finished("p", "s0", 1);
+        done.owner = Some("a".into());
+        let mut p1 = finished("p", "s1", 1);
+        p1.checkpoint = Checkpoint::TrimHorizon;
+        p1.owner = Some("b".into());
+        let mut p2 = p1.clone();
+        p2.shard_id = "s2".into();
+        p2.key = Lease::key_of("p", "s2");
+        p2.owner = Some("a".into());
+        let mut g0 = p1.clone();
+        g0.stream = "g".into();
+        g0.key = Lease::key_of("g", "s1");
+        g0.owner = None;
+        let all = vec![done, p2, p1, g0];
+        assert_eq!(
+            maintenance_owned(&all, "b", &kind_of),
+            BTreeSet::from([Kind::Pin])
+        );
+        assert!(maintenance_owned(&all, "a", &kind_of).is_empty());
     }
 
     #[test]

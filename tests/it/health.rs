@@ -10,67 +10,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use deltalake::arrow::array::RecordBatch;
 use futures::StreamExt as _;
-use pinstream::clean::{clean_into, Kind, RecordMeta, RejectsColumns, TableColumns};
+use pinstream::clean::Kind;
 use pinstream::maintenance::{self, CompactOptions};
 use pinstream::producer::generator::Generator;
-use pinstream::sink::delta::{self, Appended, ShardCommit};
+use pinstream::sink::delta::{self, Appended};
 
 use crate::support;
-
-/// `rows` cleaned pin rows with keys (`shard`, `<batch>-<row>`, 0).
-fn pin_batch(g: &mut Generator, shard: &str, batch: u64, rows: usize) -> RecordBatch {
-    let mut cols = TableColumns::new(Kind::Pin);
-    let mut rejects = RejectsColumns::default();
-    let mut made = 0;
-    while made < rows {
-        let (_, records) = g.next_triple();
-        let (_, data) = records.into_iter().find(|(k, _)| *k == Kind::Pin).unwrap();
-        let seq = format!("{batch:08}-{made:04}");
-        let meta = RecordMeta {
-            shard_id: shard,
-            sequence_number: &seq,
-            sub_sequence_number: 0,
-            arrival_micros: None,
-        };
-        if clean_into(Kind::Pin, &data, &meta, "pin", &mut cols, &mut rejects).is_ok() {
-            made += 1;
-        }
-    }
-    cols.finish().unwrap()
-}
-
-fn shard_commit(shard: &str, expected: i64) -> ShardCommit {
-    ShardCommit {
-        app_id: format!("health/pin/{shard}"),
-        lease_key: format!("pin:{shard}"),
-        expected,
-        last_sequence: String::new(),
-        last_sub_sequence: 0,
-        shard_end: false,
-    }
-}
-
-/// Appends `batch` for `shard` as the writer that last committed it at `*last`, and
-/// moves `*last` to the new commit's version.
-async fn append_as(
-    table: &mut deltalake::DeltaTable,
-    batch: RecordBatch,
-    shard: &str,
-    last: &mut i64,
-) -> u64 {
-    match delta::append(table, &[batch], &[shard_commit(shard, *last)])
-        .await
-        .unwrap()
-    {
-        Appended::Committed(v) => {
-            *last = v;
-            v as u64
-        }
-        fenced => panic!("{shard} fenced: {fenced:?}"),
-    }
-}
 
 /// Versions of the commit files (`NNN.json`) in the log, and the last checkpoint's version.
 fn log_files(table_dir: &std::path::Path) -> (Vec<u64>, Option<u64>) {
@@ -111,8 +57,8 @@ async fn five_hundred_small_commits_open_from_a_checkpoint_and_compact_without_c
     let mut g = Generator::new(7, 0.0);
     let mut last_a = 0;
     for i in 1..=500u64 {
-        let batch = pin_batch(&mut g, "shardId-a", i, 3);
-        let v = append_as(&mut table, batch, "shardId-a", &mut last_a).await;
+        let batch = support::pin_batch(&mut g, "shardId-a", i, 3);
+        let v = support::append_as(&mut table, batch, "shardId-a", &mut last_a).await;
         maintenance::after_commit(&table, v, &policy).await;
         if i % 100 == 50 {
             let files = table.snapshot().unwrap().log_data().num_files();
@@ -146,8 +92,8 @@ async fn five_hundred_small_commits_open_from_a_checkpoint_and_compact_without_c
             let mut g = Generator::new(8, 0.0);
             let mut last_b = 0;
             for i in 1..=20u64 {
-                let batch = pin_batch(&mut g, "shardId-b", i, 3);
-                append_as(&mut t, batch, "shardId-b", &mut last_b).await;
+                let batch = support::pin_batch(&mut g, "shardId-b", i, 3);
+                support::append_as(&mut t, batch, "shardId-b", &mut last_b).await;
             }
         })
     };
@@ -210,9 +156,9 @@ async fn small_files_table(n: u64) -> (tempfile::TempDir, pinstream::config::Tab
     let mut g = Generator::new(9, 0.0);
     let mut last = 0;
     for i in 1..=n {
-        append_as(
+        support::append_as(
             &mut table,
-            pin_batch(&mut g, "shardId-c", i, 3),
+            support::pin_batch(&mut g, "shardId-c", i, 3),
             "shardId-c",
             &mut last,
         )
@@ -295,9 +241,9 @@ async fn a_compaction_commits_over_an_append_that_landed_after_its_snapshot() {
         .unwrap();
     let mut g = Generator::new(10, 0.0);
     let mut last = 0;
-    let appended = append_as(
+    let appended = support::append_as(
         &mut appender,
-        pin_batch(&mut g, "shardId-d", 1, 3),
+        support::pin_batch(&mut g, "shardId-d", 1, 3),
         "shardId-d",
         &mut last,
     )
@@ -337,15 +283,23 @@ async fn two_writers_of_one_shard_commit_once() {
         .await
         .unwrap()
         .unwrap();
-    let shard = [shard_commit("shardId-c", expected)];
-    let staged_a = delta::stage_append(&mut a, &[pin_batch(&mut g, "shardId-c", 2, 3)], &shard)
-        .await
-        .unwrap()
-        .unwrap_or_else(|f| panic!("fenced early: {f:?}"));
-    let staged_b = delta::stage_append(&mut b, &[pin_batch(&mut g, "shardId-c", 3, 3)], &shard)
-        .await
-        .unwrap()
-        .unwrap_or_else(|f| panic!("fenced early: {f:?}"));
+    let shard = [support::shard_commit("shardId-c", expected)];
+    let staged_a = delta::stage_append(
+        &mut a,
+        &[support::pin_batch(&mut g, "shardId-c", 2, 3)],
+        &shard,
+    )
+    .await
+    .unwrap()
+    .unwrap_or_else(|f| panic!("fenced early: {f:?}"));
+    let staged_b = delta::stage_append(
+        &mut b,
+        &[support::pin_batch(&mut g, "shardId-c", 3, 3)],
+        &shard,
+    )
+    .await
+    .unwrap()
+    .unwrap_or_else(|f| panic!("fenced early: {f:?}"));
     let first = delta::commit_staged(&mut a, staged_a).await.unwrap();
     let second = delta::commit_staged(&mut b, staged_b).await.unwrap();
     let Appended::Committed(v) = first else {
@@ -360,9 +314,13 @@ async fn two_writers_of_one_shard_commit_once() {
         "the shard's txn version is the commit's table version"
     );
     // A writer that is behind is fenced before it writes any file.
-    let stale = delta::append(&mut b, &[pin_batch(&mut g, "shardId-c", 4, 3)], &shard)
-        .await
-        .unwrap();
+    let stale = delta::append(
+        &mut b,
+        &[support::pin_batch(&mut g, "shardId-c", 4, 3)],
+        &shard,
+    )
+    .await
+    .unwrap();
     assert_eq!(stale, Appended::Fenced(vec!["pin:shardId-c".into()]));
     let keys = support::key_counts(&support::read_table(dir.path(), "pin").await);
     assert_eq!(

@@ -3,6 +3,7 @@
 //! own uniquely named streams, lease table and table directory, and waits with deadlines.
 
 mod cli;
+mod compaction;
 mod crash;
 mod drain;
 mod flaky;

@@ -9,8 +9,10 @@ use std::time::Duration;
 use deltalake::arrow::array::{Array, AsArray, RecordBatch};
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use pinstream::aws::AwsClients;
-use pinstream::clean::Kind;
+use pinstream::clean::{clean_into, Kind, RecordMeta, RejectsColumns, TableColumns};
 use pinstream::config::{FileConfig, Overrides, Settings};
+use pinstream::producer::generator::Generator;
+use pinstream::sink::delta::{self, Appended, ShardCommit};
 
 /// Clients for the emulators. Panics with the fix when the stack is not up.
 pub async fn aws() -> AwsClients {
@@ -290,4 +292,58 @@ pub fn run_python<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
 /// The `pinstream` binary this test run built.
 pub fn pinstream() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_pinstream"))
+}
+
+/// `rows` cleaned pin rows with keys (`shard`, `<batch>-<row>`, 0).
+pub fn pin_batch(g: &mut Generator, shard: &str, batch: u64, rows: usize) -> RecordBatch {
+    let mut cols = TableColumns::new(Kind::Pin);
+    let mut rejects = RejectsColumns::default();
+    let mut made = 0;
+    while made < rows {
+        let (_, records) = g.next_triple();
+        let (_, data) = records.into_iter().find(|(k, _)| *k == Kind::Pin).unwrap();
+        let seq = format!("{batch:08}-{made:04}");
+        let meta = RecordMeta {
+            shard_id: shard,
+            sequence_number: &seq,
+            sub_sequence_number: 0,
+            arrival_micros: None,
+        };
+        if clean_into(Kind::Pin, &data, &meta, "pin", &mut cols, &mut rejects).is_ok() {
+            made += 1;
+        }
+    }
+    cols.finish().unwrap()
+}
+
+/// A shard's part in a test append (app id `health/pin/<shard>`), fenced on `expected`.
+pub fn shard_commit(shard: &str, expected: i64) -> ShardCommit {
+    ShardCommit {
+        app_id: format!("health/pin/{shard}"),
+        lease_key: format!("pin:{shard}"),
+        expected,
+        last_sequence: String::new(),
+        last_sub_sequence: 0,
+        shard_end: false,
+    }
+}
+
+/// Appends `batch` for `shard` as the writer that last committed it at `*last`, and
+/// moves `*last` to the new commit's version.
+pub async fn append_as(
+    table: &mut deltalake::DeltaTable,
+    batch: RecordBatch,
+    shard: &str,
+    last: &mut i64,
+) -> u64 {
+    match delta::append(table, &[batch], &[shard_commit(shard, *last)])
+        .await
+        .unwrap()
+    {
+        Appended::Committed(v) => {
+            *last = v;
+            v as u64
+        }
+        fenced => panic!("{shard} fenced: {fenced:?}"),
+    }
 }
