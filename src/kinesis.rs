@@ -64,6 +64,28 @@ pub async fn ensure_stream(
     }
 }
 
+/// When the stream was created (ms since the epoch): a stream deleted and created again
+/// under the same name has another creation time.
+pub async fn stream_created(client: &Client, stream: &str) -> Result<i64, ServiceError> {
+    let out = client
+        .describe_stream_summary()
+        .stream_name(stream)
+        .send()
+        .await
+        .map_err(|e| ServiceError::kinesis("DescribeStreamSummary", e))?;
+    out.stream_description_summary()
+        .map(|d| d.stream_creation_timestamp().to_millis())
+        .transpose()
+        .ok()
+        .flatten()
+        .ok_or_else(|| ServiceError {
+            service: "Kinesis",
+            op: "DescribeStreamSummary",
+            code: None,
+            message: format!("no creation time for stream {stream}"),
+        })
+}
+
 /// Every shard of the stream, open and closed, with parent links.
 pub async fn list_shards(client: &Client, stream: &str) -> Result<Vec<ShardInfo>, ServiceError> {
     let mut shards = Vec::new();

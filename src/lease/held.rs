@@ -72,6 +72,8 @@ pub struct HeldLease {
     pub key: String,
     pub stream: String,
     pub shard_id: String,
+    /// The lease's txn app id, if it records one (see [`Lease::app_id`]).
+    txn_app_id: Option<String>,
     /// Cancelled when the reader must stop: the worker stops (the sink still commits what
     /// it holds), or the lease is lost or given up.
     pub token: CancellationToken,
@@ -104,6 +106,7 @@ impl HeldLease {
             key: lease.key.clone(),
             stream: lease.stream.clone(),
             shard_id: lease.shard_id.clone(),
+            txn_app_id: lease.txn_app_id.clone(),
             token: readers.child_token(),
             done: CancellationToken::new(),
             lost: AtomicBool::new(false),
@@ -127,7 +130,9 @@ impl HeldLease {
 
     /// The txn app id of this shard in a Delta table of `application`.
     pub fn app_id(&self, application: &str) -> String {
-        format!("{application}/{}/{}", self.stream, self.shard_id)
+        self.txn_app_id
+            .clone()
+            .unwrap_or_else(|| format!("{application}/{}/{}", self.stream, self.shard_id))
     }
 
     /// Whether the lease is lost or given up: nothing may be committed for it any more.

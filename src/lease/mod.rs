@@ -82,6 +82,12 @@ pub struct Lease {
     /// The rejects mark as of the last checkpoint, if the shard had rejects by then.
     pub rejects: Option<RejectsMark>,
     pub parent_shard_ids: Vec<String>,
+    /// Creation time (ms) of the stream the lease was written for; a recreated stream of
+    /// the same name has another. `None`: a lease from before pinstream recorded it.
+    pub stream_created: Option<i64>,
+    /// The txn app id of this shard's commits; `None`: the original
+    /// `<application>/<stream>/<shard>`.
+    pub txn_app_id: Option<String>,
     pub owner_switches_since_checkpoint: i64,
     pub millis_behind_latest: Option<i64>,
     pub records_per_second: Option<f64>,
@@ -94,6 +100,21 @@ impl Lease {
 
     pub fn is_finished(&self) -> bool {
         self.checkpoint == Checkpoint::ShardEnd
+    }
+
+    /// The txn app id of this shard's commits in a Delta table of `application`: the one
+    /// the lease records, or the original `<application>/<stream>/<shard>`.
+    pub fn app_id(&self, application: &str) -> String {
+        self.txn_app_id
+            .clone()
+            .unwrap_or_else(|| format!("{application}/{}/{}", self.stream, self.shard_id))
+    }
+
+    /// The txn app id of a shard of a stream created at `created` (ms): the creation time
+    /// is part of it, so a stream recreated under the same name never shares txn versions
+    /// with the old one.
+    pub fn app_id_for(application: &str, stream: &str, created: i64, shard_id: &str) -> String {
+        format!("{application}/{stream}/{created}/{shard_id}")
     }
 }
 
@@ -244,6 +265,8 @@ mod tests {
             batch_version: 0,
             rejects: None,
             parent_shard_ids: vec![],
+            stream_created: None,
+            txn_app_id: None,
             owner_switches_since_checkpoint: 0,
             millis_behind_latest: None,
             records_per_second: None,

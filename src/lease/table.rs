@@ -164,8 +164,9 @@ impl LeaseTable {
         }
     }
 
-    /// Creates the lease of a shard unless it exists, starting at `start`. Returns whether
-    /// it was created.
+    /// Creates the lease of a shard unless it exists, starting at `start`, without a
+    /// stream identity (as leases were before pinstream recorded it). Returns whether it
+    /// was created.
     pub async fn create_if_absent(
         &self,
         stream: &str,
@@ -173,8 +174,23 @@ impl LeaseTable {
         parents: &[String],
         start: &Checkpoint,
     ) -> Result<bool, LeaseError> {
+        self.create_lease(stream, shard_id, parents, start, None)
+            .await
+    }
+
+    /// Creates the lease of a shard of the stream created at `identity.0` (ms), whose
+    /// commits use txn app id `identity.1`, unless a lease exists. Returns whether it was
+    /// created.
+    pub async fn create_lease(
+        &self,
+        stream: &str,
+        shard_id: &str,
+        parents: &[String],
+        start: &Checkpoint,
+        identity: Option<(i64, &str)>,
+    ) -> Result<bool, LeaseError> {
         let key = Lease::key_of(stream, shard_id);
-        let res = self
+        let mut req = self
             .client
             .put_item()
             .table_name(&self.name)
@@ -190,16 +206,90 @@ impl LeaseTable {
                 "parent_shard_ids",
                 AttributeValue::L(parents.iter().map(|p| s(p)).collect()),
             )
-            .condition_expression("attribute_not_exists(lease_key)")
-            .send()
-            .await;
-        match res {
+            .condition_expression("attribute_not_exists(lease_key)");
+        if let Some((created, app_id)) = identity {
+            req = req
+                .item("stream_created", n(created))
+                .item("txn_app_id", s(app_id));
+        }
+        match req.send().await {
             Ok(_) => Ok(true),
             Err(e) => match cond("PutItem", &key, e) {
                 LeaseError::Lost(_) => Ok(false),
                 other => Err(other),
             },
         }
+    }
+
+    /// Records the stream's creation time on a lease written before pinstream recorded it
+    /// (it is taken to belong to the stream as it is now). No-op if it has one.
+    pub async fn adopt(&self, key: &str, created: i64) -> Result<(), LeaseError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.name)
+            .key("lease_key", s(key))
+            .update_expression("SET stream_created = :c")
+            .condition_expression(
+                "attribute_exists(lease_key) AND attribute_not_exists(stream_created)",
+            )
+            .expression_attribute_values(":c", n(created))
+            .send()
+            .await;
+        match res.map_err(|e| cond("UpdateItem", key, e)) {
+            Ok(_) | Err(LeaseError::Lost(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts a lease over for the shard of the same id in a recreated stream: TRIM_HORIZON,
+    /// no owner, no commit versions, the new stream's creation time, parents and txn app id.
+    /// Conditional on the counter read (a holder of the old lease loses it).
+    pub async fn start_over(
+        &self,
+        old: &Lease,
+        parents: &[String],
+        created: i64,
+        app_id: &str,
+    ) -> Result<(), LeaseError> {
+        self.client
+            .update_item()
+            .table_name(&self.name)
+            .key("lease_key", s(&old.key))
+            .update_expression("SET #counter = :next, checkpoint = :th, sub_sequence = :zero, batch_version = :zero, owner_switches_since_checkpoint = :zero, parent_shard_ids = :parents, stream_created = :created, txn_app_id = :app REMOVE #owner, rejects_version, rejects_sequence, rejects_sub_sequence, millis_behind_latest, records_per_second")
+            .condition_expression("#counter = :c")
+            .expression_attribute_names("#counter", "counter")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":c", n(old.counter))
+            .expression_attribute_values(":next", n(old.counter + 1))
+            .expression_attribute_values(":th", s(&Checkpoint::TrimHorizon.as_str()))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(
+                ":parents",
+                AttributeValue::L(parents.iter().map(|p| s(p)).collect()),
+            )
+            .expression_attribute_values(":created", n(created))
+            .expression_attribute_values(":app", s(app_id))
+            .send()
+            .await
+            .map_err(|e| cond("UpdateItem", &old.key, e))?;
+        Ok(())
+    }
+
+    /// Deletes a lease of a stream that no longer exists under its name (the stream was
+    /// recreated and has no shard of that id), conditional on the counter read.
+    pub async fn delete_stale(&self, key: &str, counter: u64) -> Result<(), LeaseError> {
+        self.client
+            .delete_item()
+            .table_name(&self.name)
+            .key("lease_key", s(key))
+            .condition_expression("#counter = :c")
+            .expression_attribute_names("#counter", "counter")
+            .expression_attribute_values(":c", n(counter))
+            .send()
+            .await
+            .map_err(|e| cond("DeleteItem", key, e))?;
+        Ok(())
     }
 
     /// Every lease, read consistently.
@@ -414,6 +504,8 @@ impl Lease {
                 _ => None,
             },
             parent_shard_ids: parents,
+            stream_created: get_n("stream_created")?,
+            txn_app_id: get_s("txn_app_id"),
             owner_switches_since_checkpoint: get_n("owner_switches_since_checkpoint")?.unwrap_or(0),
             millis_behind_latest: get_n("millis_behind_latest")?,
             records_per_second: item

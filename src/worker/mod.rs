@@ -113,19 +113,33 @@ pub struct Listing {
     pub shards: BTreeMap<String, HashSet<String>>,
     /// Lease keys of the listed shards that are closed (they will reach SHARD_END).
     pub closed: HashSet<String>,
+    /// Each stream's creation time (ms): leases recording another are not taken.
+    pub created: BTreeMap<String, i64>,
 }
 
 /// Creates a lease for every shard of every configured stream that has none. Shards whose
 /// parents are listed too are children of a reshard: they start at TRIM_HORIZON so nothing
-/// between the parent's end and the child's start is skipped. Returns what was listed.
+/// between the parent's end and the child's start is skipped. New leases record the
+/// stream's creation time and a txn app id that includes it.
+///
+/// A stream deleted and created again under the same name is noticed here (its leases
+/// record another creation time): its leases start over at TRIM_HORIZON for the new
+/// stream's shards (with a new txn app id, so the tables' old txn versions do not apply),
+/// and those of shards the new stream does not have are deleted. Nothing of the new stream
+/// is skipped. Leases from before pinstream recorded the creation time are taken to belong
+/// to the stream as it is. Returns what was listed.
 pub async fn sync_shards(
     aws: &AwsClients,
     leases: &LeaseTable,
     settings: &Settings,
 ) -> Result<Listing, WorkerError> {
     let mut listing = Listing::default();
+    let existing = leases.scan().await?;
     for stream in settings.streams.values() {
+        let created = kinesis::stream_created(&aws.kinesis, stream).await?;
         let shards = kinesis::list_shards(&aws.kinesis, stream).await?;
+        let theirs: Vec<&Lease> = existing.iter().filter(|l| &l.stream == stream).collect();
+        start_over_if_recreated(leases, settings, stream, created, &shards, &theirs).await?;
         let ids: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
         for s in &shards {
             let is_child = s.parents.iter().any(|p| ids.contains(p.as_str()));
@@ -134,8 +148,15 @@ pub async fn sync_shards(
             } else {
                 initial_checkpoint(settings.lease.initial_position)
             };
+            let app_id = Lease::app_id_for(&settings.application, stream, created, &s.shard_id);
             if leases
-                .create_if_absent(stream, &s.shard_id, &s.parents, &start)
+                .create_lease(
+                    stream,
+                    &s.shard_id,
+                    &s.parents,
+                    &start,
+                    Some((created, &app_id)),
+                )
                 .await?
             {
                 tracing::info!(%stream, shard_id = %s.shard_id, parents = ?s.parents, "new shard lease");
@@ -147,12 +168,50 @@ pub async fn sync_shards(
                 .filter(|s| s.closed)
                 .map(|s| Lease::key_of(stream, &s.shard_id)),
         );
+        listing.created.insert(stream.clone(), created);
         listing.shards.insert(
             stream.clone(),
             shards.into_iter().map(|s| s.shard_id).collect(),
         );
     }
     Ok(listing)
+}
+
+/// See [`sync_shards`]: leases of `stream` written for another stream of the same name.
+async fn start_over_if_recreated(
+    leases: &LeaseTable,
+    settings: &Settings,
+    stream: &str,
+    created: i64,
+    shards: &[kinesis::ShardInfo],
+    theirs: &[&Lease],
+) -> Result<(), WorkerError> {
+    for l in theirs {
+        let Some(was) = l.stream_created else {
+            leases.adopt(&l.key, created).await?;
+            continue;
+        };
+        if was == created {
+            continue;
+        }
+        let res = match shards.iter().find(|s| s.shard_id == l.shard_id) {
+            Some(s) => {
+                let app_id = Lease::app_id_for(&settings.application, stream, created, &s.shard_id);
+                leases.start_over(l, &s.parents, created, &app_id).await
+            }
+            None => leases.delete_stale(&l.key, l.counter).await,
+        };
+        match res {
+            Ok(()) => {
+                metrics::counter!("pinstream_stream_recreated_leases_total", "stream" => stream.to_owned()).increment(1);
+                tracing::warn!(%stream, lease = %l.key, old_created_ms = was, new_created_ms = created, "the stream was deleted and created again under the same name: this lease starts over at TRIM_HORIZON of the new stream (rows of the old stream stay in the tables)");
+            }
+            // Another worker did it first.
+            Err(LeaseError::Lost(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// The kinds whose tables `me` maintains: one owner per stream, found in the lease table
@@ -473,9 +532,19 @@ impl Coordinator {
                 .is_none_or(|(at, _)| cycle_at >= *at)
                 && !self.drained.contains(&l.key)
                 && self.kind_of.contains_key(&l.stream)
+                && self.of_the_stream_as_it_is(l)
         })
         .map(|(l, k)| (l.clone(), k))
         .collect()
+    }
+
+    /// Whether a lease was written for the stream as it is now (not for an older stream of
+    /// the same name, whose leases the next shard sync starts over).
+    fn of_the_stream_as_it_is(&self, l: &Lease) -> bool {
+        match (l.stream_created, self.listing.created.get(&l.stream)) {
+            (Some(was), Some(now)) => was == *now,
+            _ => true,
+        }
     }
 
     /// Takes one lease (conditional on the counter we saw), decides where its shard
@@ -949,6 +1018,8 @@ mod tests {
             batch_version: 0,
             rejects: None,
             parent_shard_ids: vec![],
+            stream_created: None,
+            txn_app_id: None,
             owner_switches_since_checkpoint: 0,
             millis_behind_latest: None,
             records_per_second: None,
@@ -987,6 +1058,7 @@ mod tests {
         let listing = Listing {
             shards: [("s".to_string(), HashSet::from(["listed".to_string()]))].into(),
             closed: HashSet::new(),
+            created: BTreeMap::new(),
         };
         let mut open = finished("s", "open", 1);
         open.checkpoint = Checkpoint::TrimHorizon;
@@ -1016,6 +1088,7 @@ mod tests {
             )]
             .into(),
             closed: HashSet::new(),
+            created: BTreeMap::new(),
         };
         assert!(cleanup
             .due(&all, &relisted, t0 + after * 2, after)

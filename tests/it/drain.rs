@@ -136,3 +136,76 @@ async fn a_drain_run_whose_flush_fails_releases_its_leases_and_fails() {
     let owned: Vec<_> = all.iter().filter(|l| l.owner.is_some()).collect();
     assert!(owned.is_empty(), "every lease handed back: {owned:?}");
 }
+
+/// A stream deleted and created again under the same name: its leases (written for the old
+/// stream, at old sequence numbers) start over at TRIM_HORIZON of the new one, with a new
+/// txn app id, and every record of the new stream lands beside the old stream's rows.
+/// Fails without the stream identity on the leases: the reader resumes after a sequence
+/// number of the old stream, which the new one refuses (InvalidArgument), and the new
+/// stream's records never land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_recreated_under_the_same_name_is_read_from_its_start() {
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let name = support::unique("recreate");
+    let root = dir.path().join("tables");
+    let settings = support::settings(&name, &root, "[lease]\nfailover_time = \"3s\"\n");
+    support::create_streams(&aws, &settings, 1).await;
+    let per_stream = 100u64;
+    let opts = support::produce_options(&settings, 64, 0.0, per_stream);
+    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
+        .await
+        .unwrap();
+    let drain = || support::spawn_worker(&settings, &aws, support::run_options(true)).1;
+    tokio::time::timeout(Duration::from_secs(60), drain())
+        .await
+        .expect("first drain ends")
+        .unwrap()
+        .unwrap();
+
+    let pin = settings.streams[&Kind::Pin].clone();
+    aws.kinesis
+        .delete_stream()
+        .stream_name(&pin)
+        .send()
+        .await
+        .unwrap();
+    support::wait_for("pin deleted", Duration::from_secs(30), || async {
+        pinstream::kinesis::stream_created(&aws.kinesis, &pin)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    pinstream::kinesis::ensure_stream(&aws.kinesis, &pin, 1, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut opts = support::produce_options(&settings, 65, 0.0, per_stream);
+    opts.streams.retain(|k, _| *k == Kind::Pin);
+    let report = producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(report.failed, 0);
+
+    let second = tokio::time::timeout(Duration::from_secs(60), drain())
+        .await
+        .expect("second drain ends")
+        .unwrap();
+    assert!(second.is_ok(), "{second:?}");
+    let keys = support::key_counts(&support::read_table(&root, "pin").await);
+    assert!(keys.values().all(|n| *n == 1), "no pin record twice");
+    assert_eq!(keys.len(), 2 * per_stream as usize, "both streams' records");
+    let created = pinstream::kinesis::stream_created(&aws.kinesis, &pin)
+        .await
+        .unwrap();
+    let leases = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
+    let pin_leases: Vec<_> = leases
+        .scan()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.stream == pin)
+        .collect();
+    assert_eq!(pin_leases.len(), 1);
+    assert_eq!(pin_leases[0].stream_created, Some(created));
+}
