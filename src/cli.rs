@@ -247,6 +247,18 @@ pub struct LoadtestArgs {
     /// TOML with [flush], [lease], [reader] or [maintenance] settings for the workers.
     #[arg(long, value_name = "FILE")]
     pub worker_config: Option<PathBuf>,
+    /// Fault run: while the producer runs, kill a random worker with SIGKILL every
+    /// --kill-every and start a replacement; workers compact every 3s (files of any age)
+    /// and fail over within 3s unless --worker-config says otherwise. The run fails unless
+    /// every record is in its table exactly once and every closed shard was read to its end.
+    #[arg(long)]
+    pub chaos: bool,
+    /// With --chaos: how often a worker is killed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, requires = "chaos")]
+    pub kill_every: std::time::Duration,
+    /// With --chaos: split the first open shard of every stream halfway through the run.
+    #[arg(long, requires = "chaos")]
+    pub split: bool,
     /// Output of the final report.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub report: ReportFormat,

@@ -17,6 +17,16 @@ pub struct ShardInfo {
     pub parents: Vec<String>,
     /// The shard is closed (has an ending sequence number): it will reach SHARD_END.
     pub closed: bool,
+    /// The hash keys the shard covers, first and last.
+    pub hash_range: (u128, u128),
+}
+
+impl ShardInfo {
+    /// The hash key that splits the shard's range in two halves (for SplitShard).
+    pub fn middle_hash_key(&self) -> u128 {
+        let (first, last) = self.hash_range;
+        first + (last - first) / 2 + 1
+    }
 }
 
 /// Creates the stream with `shards` shards unless it exists, then waits until it is
@@ -111,10 +121,16 @@ pub async fn list_shards(client: &Client, stream: &str) -> Result<Vec<ShardInfo>
                 .sequence_number_range()
                 .and_then(|r| r.ending_sequence_number())
                 .is_some();
+            let range = s.hash_key_range();
+            let key = |k: Option<&str>| k.and_then(|k| k.parse::<u128>().ok()).unwrap_or(0);
             shards.push(ShardInfo {
                 shard_id: s.shard_id().to_owned(),
                 parents,
                 closed,
+                hash_range: (
+                    key(range.map(|r| r.starting_hash_key())),
+                    key(range.map(|r| r.ending_hash_key())),
+                ),
             });
         }
         match out.next_token() {

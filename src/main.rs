@@ -307,16 +307,24 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 data_dir: args.data_dir,
                 drain_timeout: args.drain_timeout,
                 worker_config,
+                chaos: args.chaos.then_some(pinstream::loadtest::Chaos {
+                    kill_every: args.kill_every,
+                    split: args.split,
+                }),
             };
             let report = pinstream::loadtest::run(opts, shutdown).await?;
             match args.report {
                 ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 ReportFormat::Text => print!("{}", pinstream::loadtest::to_text(&report)),
             }
-            if report.missing > 0 || report.duplicates > 0 {
+            if report.missing > 0
+                || report.duplicates > 0
+                || !report.unfinished_closed_shards.is_empty()
+            {
                 return Err(pinstream::loadtest::LoadtestError::NotExactlyOnce {
                     missing: report.missing,
                     duplicates: report.duplicates,
+                    unfinished: report.unfinished_closed_shards,
                 }
                 .into());
             }

@@ -1,61 +1,112 @@
-//! `pinstream loadtest` end to end on a stack of its own (a second port range): it measures
-//! worker processes from outside and proves exactly once. A short smoke run; the figures in
-//! the README come from longer runs of the same command.
+//! `pinstream loadtest` end to end on stacks of their own (other port ranges): it measures
+//! worker processes from outside and proves exactly once, also while workers are killed and
+//! shards split (`--chaos`). Short runs; the figures in the README come from longer runs of
+//! the same command.
 
-#[test]
-fn loadtest_reports_throughput_latency_memory_and_exactly_once() {
+/// Runs `pinstream loadtest` with `args` on its own emulators (the suite's base port +
+/// `offset`) and returns its JSON report; panics with the workers' logs if it fails.
+fn loadtest(args: &[&str], offset: u16) -> serde_json::Value {
     let dir = crate::support::tempdir();
-    // Its own emulators, beside the suite's: the base port of the suite's stack + 10.
     let base: u16 = std::env::var("PINSTREAM_STACK_PORT_BASE")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(14566);
     let out = crate::support::pinstream()
-        .args([
-            "loadtest",
+        .arg("loadtest")
+        .args(args)
+        .args(["--report", "json", "--data-dir"])
+        .arg(dir.path())
+        .env("PINSTREAM_STACK_PORT_BASE", (base + offset).to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        panic!("loadtest failed: {stderr}\n{}", worker_logs(dir.path()));
+    }
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The last 40 lines of every worker log under the run directory.
+fn worker_logs(dir: &std::path::Path) -> String {
+    let mut logs = String::new();
+    for run in std::fs::read_dir(dir).unwrap().flatten() {
+        for f in std::fs::read_dir(run.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if f.file_name().to_string_lossy().ends_with(".log") {
+                let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                logs.push_str(&format!("--- {}\n", f.path().display()));
+                for l in tail.into_iter().rev() {
+                    logs.push_str(l);
+                    logs.push('\n');
+                }
+            }
+        }
+    }
+    logs
+}
+
+/// The fault run: 2 workers, one killed with SIGKILL (and replaced) every 4 s, a shard of
+/// every stream split halfway, workers compacting every 3 s; every record exactly once and
+/// every closed shard read to its end.
+#[test]
+fn loadtest_chaos_kills_workers_and_splits_shards_without_losing_or_doubling_a_record() {
+    let r = loadtest(
+        &[
+            "--duration",
+            "16s",
+            "--rate",
+            "300",
+            "--shards",
+            "1",
+            "--workers",
+            "2",
+            "--chaos",
+            "--kill-every",
+            "4s",
+            "--split",
+        ],
+        20,
+    );
+    let produced = r["produced"].as_u64().unwrap();
+    assert!(produced >= 3000, "about 300 rec/s for 16 s: {r}");
+    assert_eq!(r["committed"].as_u64(), Some(produced), "{r}");
+    assert_eq!(
+        (r["missing"].as_u64(), r["duplicates"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    assert!(r["chaos"]["kills"].as_u64().unwrap() >= 3, "{r}");
+    assert_eq!(r["chaos"]["splits"].as_u64(), Some(3), "{r}");
+    assert_eq!(r["unfinished_closed_shards"], serde_json::json!([]), "{r}");
+    assert_eq!(
+        r["worker_usage"].as_array().unwrap().len(),
+        2 + r["chaos"]["kills"].as_u64().unwrap() as usize,
+        "every worker measured, killed ones too: {r}"
+    );
+}
+
+#[test]
+fn loadtest_reports_throughput_latency_memory_and_exactly_once() {
+    // Two workers: one starts first and takes every lease, the other steals its share, so
+    // shards move between processes mid-run (this caught a sink that committed rejects
+    // from a stale snapshot and stalled for good).
+    let r = loadtest(
+        &[
             "--duration",
             "3s",
             "--rate",
             "600",
             "--shards",
             "1",
-            // Two workers: one starts first and takes every lease, the other steals its
-            // share, so shards move between processes mid-run (this caught a sink that
-            // committed rejects from a stale snapshot and stalled for good).
             "--workers",
             "2",
-            "--report",
-            "json",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .env("PINSTREAM_STACK_PORT_BASE", (base + 10).to_string())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        // The workers' own logs say why (they live in the run directory).
-        let mut logs = String::new();
-        for run in std::fs::read_dir(dir.path()).unwrap().flatten() {
-            for f in std::fs::read_dir(run.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if f.file_name().to_string_lossy().ends_with(".log") {
-                    let text = std::fs::read_to_string(f.path()).unwrap_or_default();
-                    let tail: Vec<&str> = text.lines().rev().take(40).collect();
-                    logs.push_str(&format!("--- {}\n", f.path().display()));
-                    for l in tail.into_iter().rev() {
-                        logs.push_str(l);
-                        logs.push('\n');
-                    }
-                }
-            }
-        }
-        panic!("loadtest failed: {stderr}\n{logs}");
-    }
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        ],
+        10,
+    );
     let produced = r["produced"].as_u64().unwrap();
     assert!(produced >= 1500, "about 600 rec/s for 3 s: {r}");
     assert_eq!(r["committed"].as_u64(), Some(produced), "{r}");

@@ -23,6 +23,12 @@ use crate::producer::{self, ProduceOptions, Source};
 use crate::query;
 use crate::stack::LocalStack;
 
+mod chaos;
+mod fleet;
+
+pub use chaos::{Chaos, ChaosReport};
+use fleet::Fleet;
+
 #[derive(Debug, Clone)]
 pub struct LoadtestOptions {
     pub shards: i32,
@@ -36,6 +42,8 @@ pub struct LoadtestOptions {
     pub drain_timeout: Duration,
     /// Extra TOML for the workers' configuration (e.g. `[flush]` settings).
     pub worker_config: String,
+    /// Kill workers (and split shards) while the producer runs.
+    pub chaos: Option<Chaos>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -77,6 +85,11 @@ pub struct LoadtestReport {
     pub kinesis_emulator_cores_used: f64,
     /// Which side limited the run, and why we think so.
     pub bottleneck: String,
+    /// What `--chaos` did, if asked.
+    pub chaos: Option<ChaosReport>,
+    /// Closed shards whose leases did not reach SHARD_END by the end (checked after chaos):
+    /// shards left unread. Empty when all is well.
+    pub unfinished_closed_shards: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,13 +108,17 @@ pub enum LoadtestError {
         produced: u64,
         timeout: Duration,
     },
-    #[error("{missing} records missing and {duplicates} duplicated in the tables")]
-    NotExactlyOnce { missing: u64, duplicates: u64 },
+    #[error("{missing} records missing and {duplicates} duplicated in the tables; closed shards not read to their end: {unfinished:?}")]
+    NotExactlyOnce {
+        missing: u64,
+        duplicates: u64,
+        unfinished: Vec<String>,
+    },
     #[error("interrupted")]
     Interrupted,
 }
 
-fn io(what: &str) -> impl Fn(std::io::Error) -> LoadtestError + '_ {
+pub(super) fn io(what: &str) -> impl Fn(std::io::Error) -> LoadtestError + '_ {
     move |e| LoadtestError::Io(format!("{what}: {e}"))
 }
 
@@ -137,55 +154,36 @@ async fn run_on_stack(
         crate::kinesis::ensure_stream(&aws.kinesis, s, opts.shards, Duration::from_secs(60))
             .await?;
     }
-    let config = run_dir.join("worker.toml");
-    let mut toml = format!(
-        "application = \"loadtest-{run_id}\"\ntable_root = \"{}\"\n",
-        tables.display()
-    );
-    toml.push_str(&opts.worker_config);
-    toml.push_str("\n[streams]\n");
-    for (k, s) in &streams {
-        toml.push_str(&format!("{k} = \"{s}\"\n"));
-    }
-    std::fs::write(&config, &toml).map_err(io("writing the worker config"))?;
-    let settings = crate::config::FileConfig::parse(&toml, &config)
-        .and_then(|f| crate::config::Settings::resolve(f, Default::default()))
-        .map_err(|e| LoadtestError::Io(format!("the worker config: {e}")))?;
+    let (config, settings) = write_worker_config(opts, run_id, run_dir, &tables, &streams)?;
     let max_batch_age = settings.flush.max_batch_age;
 
     // Workers: separate processes, so memory and CPU are theirs alone, read from outside.
-    let exe = std::env::current_exe().map_err(io("locating the pinstream binary"))?;
-    let mut children = Vec::new();
-    for i in 0..opts.workers.max(1) {
-        let log = std::fs::File::create(run_dir.join(format!("worker-{i}.log")))
-            .map_err(io("creating a worker log"))?;
-        let mut cmd = tokio::process::Command::new(&exe);
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&config)
-            .arg("--worker-id")
-            .arg(format!("loadtest-worker-{i}"))
-            .envs(stack.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true);
-        children.push(cmd.spawn().map_err(io("starting a worker"))?);
-    }
-    let pids: Vec<u32> = children.iter().filter_map(|c| c.id()).collect();
+    let mut fleet = Fleet::start(opts.workers, &config, stack.env.clone(), run_dir)?;
     eprintln!(
-        "loadtest: {} worker(s) (pids {pids:?}), {} shards per stream, producing {} for {:?}; logs in {}",
-        pids.len(),
+        "loadtest: {} worker(s) (pids {:?}), {} shards per stream, producing {} for {:?}{}; logs in {}",
+        opts.workers.max(1),
+        fleet.pids(),
         opts.shards,
         opts.rate
             .map(|r| format!("{r:.0} rec/s"))
             .unwrap_or_else(|| "flat out".into()),
         opts.duration,
+        match &opts.chaos {
+            Some(c) => format!(
+                ", killing a worker every {:?}{}",
+                c.kill_every,
+                if c.split { " and splitting a shard of each stream" } else { "" }
+            ),
+            None => String::new(),
+        },
         run_dir.display()
     );
 
     let started = Instant::now();
     let emulator = stack.pid("kinesalite");
-    let emulator_cpu_at_start = emulator.and_then(read_usage).map_or(0.0, |u| u.cpu_seconds);
+    let emulator_cpu_at_start = emulator
+        .and_then(fleet::read_usage)
+        .map_or(0.0, |u| u.cpu_seconds);
     let produce = ProduceOptions {
         streams: streams.iter().cloned().collect(),
         source: Source::Synthetic {
@@ -200,32 +198,66 @@ async fn run_on_stack(
         progress_every: Some(Duration::from_secs(5)),
         aggregate: None,
     };
-    let produced = producer::produce(aws.kinesis.clone(), produce, interrupt.clone()).await?;
+    let stream_names: Vec<String> = streams.iter().map(|(_, s)| s.clone()).collect();
+    let chaos_stop = CancellationToken::new();
+    let (produced, chaos) = tokio::join!(
+        async {
+            let res = producer::produce(aws.kinesis.clone(), produce, interrupt.clone()).await;
+            chaos_stop.cancel();
+            res
+        },
+        async {
+            match &opts.chaos {
+                Some(c) => chaos::run(
+                    c,
+                    &mut fleet,
+                    &aws,
+                    &stream_names,
+                    opts.duration,
+                    &chaos_stop,
+                )
+                .await
+                .map(Some),
+                None => Ok(None),
+            }
+        }
+    );
+    let produced = produced?;
+    let chaos = chaos?;
     eprintln!(
         "loadtest: produced {} records in {:.1}s; waiting for the workers to commit them...",
         produced.sent, produced.elapsed_seconds
     );
 
-    // Drain: wait until the tables hold as many rows as were sent.
+    // Drain: wait until the tables hold as many rows as were sent (and, after chaos, every
+    // closed shard is finished).
     let produced_at = Instant::now();
     let deadline = Instant::now() + opts.drain_timeout;
-    let mut usage = vec![WorkerUsage::default(); pids.len()];
     let root = TableRoot::Local(tables.clone());
     let mut open = HashMap::new();
+    let mut unfinished = Vec::new();
     let committed = loop {
-        for (u, pid) in usage.iter_mut().zip(&pids) {
-            if let Some(now) = read_usage(*pid) {
-                *u = now;
-            }
-        }
+        fleet.sample_usage();
         let committed = committed_rows(&root, &mut open).await;
         if committed >= produced.sent {
-            break committed;
+            unfinished = match &chaos {
+                Some(_) => {
+                    chaos::unfinished_closed_shards(&aws, &settings.lease_table, &stream_names)
+                        .await?
+                }
+                None => Vec::new(),
+            };
+            if unfinished.is_empty() {
+                break committed;
+            }
         }
         if interrupt.is_cancelled() {
             return Err(LoadtestError::Interrupted);
         }
         if Instant::now() >= deadline {
+            if committed >= produced.sent {
+                break committed;
+            }
             return Err(LoadtestError::Drain {
                 committed,
                 produced: produced.sent,
@@ -237,23 +269,13 @@ async fn run_on_stack(
     let end_to_end = started.elapsed();
     let drain = produced_at.elapsed();
     let emulator_cores = emulator
-        .and_then(read_usage)
+        .and_then(fleet::read_usage)
         .map_or(0.0, |u| u.cpu_seconds - emulator_cpu_at_start)
         / end_to_end.as_secs_f64().max(1e-9);
-    for (u, pid) in usage.iter_mut().zip(&pids) {
-        if let Some(now) = read_usage(*pid) {
-            *u = now;
-        }
-    }
-    for pid in &pids {
-        let _ = tokio::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await;
-    }
-    for mut c in children {
-        let _ = tokio::time::timeout(Duration::from_secs(60), c.wait()).await;
-    }
+    let live_workers = fleet.pids().len();
+    fleet.sample_usage();
+    let usage = fleet.usage();
+    fleet.stop().await;
 
     let analysis = analyse(&tables).map_err(LoadtestError::Io)?;
     let missing = produced.sent.saturating_sub(analysis.distinct);
@@ -270,7 +292,7 @@ async fn run_on_stack(
     };
     let report = LoadtestReport {
         shards_per_stream: opts.shards,
-        workers: pids.len(),
+        workers: live_workers,
         produced: produced.sent,
         produce_seconds: produced.elapsed_seconds,
         produced_per_second: produced.records_per_second,
@@ -296,10 +318,53 @@ async fn run_on_stack(
             max_batch_age,
             produced.records_per_second,
             emulator_cores,
-            worker_cores / pids.len().max(1) as f64,
+            worker_cores / live_workers.max(1) as f64,
         ),
+        chaos,
+        unfinished_closed_shards: unfinished,
     };
     Ok(report)
+}
+
+/// Writes the workers' configuration file: the run's application, tables and streams, the
+/// user's `--worker-config`, and (with `--chaos`) [`chaos::worker_defaults`] where the
+/// user's file does not set them. Returns its path and the settings it resolves to.
+fn write_worker_config(
+    opts: &LoadtestOptions,
+    run_id: &str,
+    run_dir: &Path,
+    tables: &Path,
+    streams: &[(Kind, String)],
+) -> Result<(PathBuf, crate::config::Settings), LoadtestError> {
+    let bad = |e: String| LoadtestError::Io(format!("the worker config: {e}"));
+    let mut doc: toml::Table = opts
+        .worker_config
+        .parse()
+        .map_err(|e: toml::de::Error| bad(e.to_string()))?;
+    doc.insert("application".into(), format!("loadtest-{run_id}").into());
+    doc.insert("table_root".into(), tables.display().to_string().into());
+    let stream_table: toml::Table = streams
+        .iter()
+        .map(|(k, s)| (k.to_string(), toml::Value::from(s.as_str())))
+        .collect();
+    doc.insert("streams".into(), stream_table.into());
+    if opts.chaos.is_some() {
+        for (section, key, value) in chaos::worker_defaults() {
+            let table = doc
+                .entry(section)
+                .or_insert_with(|| toml::Table::new().into());
+            if let Some(t) = table.as_table_mut() {
+                t.entry(key).or_insert(value);
+            }
+        }
+    }
+    let text = toml::to_string(&doc).map_err(|e| bad(e.to_string()))?;
+    let path = run_dir.join("worker.toml");
+    std::fs::write(&path, &text).map_err(io("writing the worker config"))?;
+    let settings = crate::config::FileConfig::parse(&text, &path)
+        .and_then(|f| crate::config::Settings::resolve(f, Default::default()))
+        .map_err(|e| bad(e.to_string()))?;
+    Ok((path, settings))
 }
 
 /// A worker that keeps up commits the last records within one flush age (plus the poll
@@ -353,30 +418,6 @@ async fn committed_rows(root: &TableRoot, open: &mut HashMap<&'static str, Delta
         }
     }
     total
-}
-
-/// Peak RSS and CPU seconds of a live process, from `/proc` (Linux).
-fn read_usage(pid: u32) -> Option<WorkerUsage> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hwm_kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start at field 3 (state);
-    // utime and stime are fields 14 and 15, in clock ticks (USER_HZ = 100 on Linux).
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(WorkerUsage {
-        pid,
-        peak_rss_mib: hwm_kib / 1024.0,
-        cpu_seconds: ticks / 100.0,
-    })
 }
 
 struct Analysis {
@@ -498,6 +539,14 @@ pub fn to_text(r: &LoadtestReport) -> String {
         s.push_str(&format!(
             "  worker pid {}: peak RSS {:.1} MiB, CPU {:.2} s\n",
             u.pid, u.peak_rss_mib, u.cpu_seconds
+        ));
+    }
+    if let Some(c) = &r.chaos {
+        s.push_str(&format!(
+            "  chaos      {} workers killed with SIGKILL (each replaced), {} shards split; closed shards not read to their end: {}\n",
+            c.kills,
+            c.splits,
+            r.unfinished_closed_shards.len()
         ));
     }
     s.push_str(&format!(

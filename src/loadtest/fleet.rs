@@ -1,0 +1,144 @@
+//! The load test's worker processes: started, measured from outside (`/proc`), killed with
+//! SIGKILL and replaced (chaos), and stopped with SIGTERM at the end.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{io, LoadtestError, WorkerUsage};
+
+/// A running `pinstream run` process.
+struct Worker {
+    pid: u32,
+    child: tokio::process::Child,
+}
+
+/// Worker processes sharing one configuration.
+pub(super) struct Fleet {
+    exe: PathBuf,
+    config: PathBuf,
+    env: Vec<(String, String)>,
+    logs: PathBuf,
+    started: usize,
+    live: Vec<Worker>,
+    /// The last reading of every worker ever started, killed ones included.
+    usage: BTreeMap<u32, WorkerUsage>,
+}
+
+impl Fleet {
+    /// Starts `n` workers with `config`; their logs go to `logs/worker-<i>.log`.
+    pub(super) fn start(
+        n: usize,
+        config: &Path,
+        env: Vec<(String, String)>,
+        logs: &Path,
+    ) -> Result<Fleet, LoadtestError> {
+        let mut fleet = Fleet {
+            exe: std::env::current_exe().map_err(io("locating the pinstream binary"))?,
+            config: config.to_owned(),
+            env,
+            logs: logs.to_owned(),
+            started: 0,
+            live: Vec::new(),
+            usage: BTreeMap::new(),
+        };
+        for _ in 0..n.max(1) {
+            fleet.start_one()?;
+        }
+        Ok(fleet)
+    }
+
+    /// Starts one more worker; returns its pid.
+    pub(super) fn start_one(&mut self) -> Result<u32, LoadtestError> {
+        let i = self.started;
+        let log = std::fs::File::create(self.logs.join(format!("worker-{i}.log")))
+            .map_err(io("creating a worker log"))?;
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--worker-id")
+            .arg(format!("loadtest-worker-{i}"))
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        let child = cmd.spawn().map_err(io("starting a worker"))?;
+        let pid = child.id().unwrap_or_default();
+        self.started += 1;
+        self.live.push(Worker { pid, child });
+        Ok(pid)
+    }
+
+    pub(super) fn pids(&self) -> Vec<u32> {
+        self.live.iter().map(|w| w.pid).collect()
+    }
+
+    /// Kills a randomly chosen live worker with SIGKILL (no flush, no release) and waits
+    /// for it to be gone; returns its pid.
+    pub(super) async fn kill_one_at_random(&mut self) -> Option<u32> {
+        use rand::Rng as _;
+        if self.live.is_empty() {
+            return None;
+        }
+        self.sample_usage();
+        let i = rand::rng().random_range(0..self.live.len());
+        let mut w = self.live.swap_remove(i);
+        let _ = w.child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(10), w.child.wait()).await;
+        Some(w.pid)
+    }
+
+    /// Reads every live worker's peak RSS and CPU time.
+    pub(super) fn sample_usage(&mut self) {
+        for w in &self.live {
+            if let Some(u) = read_usage(w.pid) {
+                self.usage.insert(w.pid, u);
+            }
+        }
+    }
+
+    /// Every worker's last reading, killed ones included.
+    pub(super) fn usage(&self) -> Vec<WorkerUsage> {
+        self.usage.values().cloned().collect()
+    }
+
+    /// SIGTERM to every live worker (they flush, checkpoint and release), then waits up to
+    /// a minute for each.
+    pub(super) async fn stop(mut self) {
+        self.sample_usage();
+        for w in &self.live {
+            let _ = tokio::process::Command::new("kill")
+                .args(["-TERM", &w.pid.to_string()])
+                .status()
+                .await;
+        }
+        for w in &mut self.live {
+            let _ = tokio::time::timeout(Duration::from_secs(60), w.child.wait()).await;
+        }
+    }
+}
+
+/// Peak RSS and CPU seconds of a live process, from `/proc` (Linux).
+pub(super) fn read_usage(pid: u32) -> Option<WorkerUsage> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let hwm_kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at field 3 (state);
+    // utime and stime are fields 14 and 15, in clock ticks (USER_HZ = 100 on Linux).
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(WorkerUsage {
+        pid,
+        peak_rss_mib: hwm_kib / 1024.0,
+        cpu_seconds: ticks / 100.0,
+    })
+}
