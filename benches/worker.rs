@@ -17,8 +17,8 @@
 //! default `reader.max_records`) into one record batch per answer, and a flush writes all
 //! of a batch's chunks into one Parquet file.
 //!
-//! Records are the real samples in `../shared/data` (cycled to 100,000, with distinct
-//! sequence numbers), or synthetic ones with 1 % dirty when that folder is missing.
+//! Records are the real samples in `tests/data` (cycled to 100,000, with distinct
+//! sequence numbers).
 //! Run: `cargo bench --bench worker` (one group: `cargo bench --bench worker -- decode`).
 
 use std::hint::black_box;
@@ -31,7 +31,6 @@ use pinstream::clean::{
     clean_into, parse_object, Kind, PinKeys, RecordMeta, RejectsColumns, TableColumns,
 };
 use pinstream::config::TableRoot;
-use pinstream::producer::generator::Generator;
 use pinstream::sink::delta::{self, ShardCommit};
 
 const N: usize = 100_000;
@@ -39,22 +38,13 @@ const N: usize = 100_000;
 const CHUNK: usize = 10_000;
 const SHARD: &str = "shardId-000000000000";
 
-/// `N` records of `kind`: the real samples cycled, else synthetic.
+/// `N` records of `kind`: the real samples (`tests/data/`) cycled.
 fn records(kind: Kind) -> Vec<Vec<u8>> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("../shared/data/{kind}.ndjson"));
-    let sample: Vec<Vec<u8>> = match std::fs::read_to_string(path) {
-        Ok(text) => text.lines().map(|l| l.as_bytes().to_vec()).collect(),
-        Err(_) => {
-            let mut g = Generator::new(1, 0.01);
-            (0..10_000)
-                .map(|_| {
-                    let (_, triple) = g.next_triple();
-                    triple.into_iter().find(|(k, _)| *k == kind).unwrap().1
-                })
-                .collect()
-        }
-    };
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/{kind}.ndjson"));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("the sample records {}: {e}", path.display()));
+    let sample: Vec<Vec<u8>> = text.lines().map(|l| l.as_bytes().to_vec()).collect();
     sample.iter().cycle().take(N).cloned().collect()
 }
 

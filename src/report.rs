@@ -1,5 +1,5 @@
 //! `pinstream report NAME`: the analysts' questions (tasks 4 to 11 of the original
-//! project, `shared/data/questions.md`) as SQL over the tables.
+//! project, `docs/queries.md`) as SQL over the tables.
 //!
 //! Definitions, the same in every report:
 //! - **Duplicates.** A record ingested twice (the same `ind` sent twice into a stream) is

@@ -1,6 +1,6 @@
 //! Cleaning: pure, synchronous streaming operators that turn one decoded record (JSON
 //! bytes plus where it came from) into a row of the cleaned table or a row of the rejects
-//! table, never both and never neither. Implements `shared/spec/cleaning.md`.
+//! table, never both and never neither. Implements `docs/cleaning.md`.
 //!
 //! Must not know about Kinesis clients, Delta or DynamoDB: callers hand in bytes and a
 //! [`RecordMeta`], and take Arrow record batches out.

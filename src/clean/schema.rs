@@ -1,5 +1,5 @@
 //! Arrow schemas of the cleaned tables and of the rejects tables: column names, order,
-//! types and nullability exactly as `shared/spec/cleaning.md` lists them, followed by the
+//! types and nullability exactly as `docs/cleaning.md` lists them, followed by the
 //! `_` ingestion metadata columns. The Delta tables are created from these schemas.
 
 use std::sync::{Arc, LazyLock};

@@ -1,4 +1,4 @@
-//! Value conversions of the cleaning contract (`shared/spec/cleaning.md`), one function per
+//! Value conversions of the cleaning contract (`docs/cleaning.md`), one function per
 //! rule. Pure: JSON value in, typed value or a [`ValueError`] out. Knows nothing of streams,
 //! Arrow or Delta.
 

@@ -1,5 +1,5 @@
 //! Synthetic Pinterest records: pin/geo/user triples sharing an `ind`, with the value
-//! formats and dirty-value rates measured in `shared/data/value_distributions.md`, seeded
+//! formats and dirty-value rates measured on the real records in `tests/data/`, seeded
 //! and reproducible. An optional dirty rate adds malformed records for the rejects path.
 
 use rand::rngs::StdRng;
@@ -443,13 +443,13 @@ mod tests {
     }
 
     /// The generator's formats and placeholder rates match the real sample within 2.5
-    /// percentage points (the real records are read from `../shared/data`).
+    /// percentage points (the real records are read from `tests/data/`).
     #[test]
     fn distributions_match_the_real_records() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
         let read = |f: &str| -> Vec<Vec<u8>> {
             std::fs::read_to_string(path.join(f))
-                .expect("shared/data beside the checkout")
+                .expect("the sample records in tests/data")
                 .lines()
                 .map(|l| l.as_bytes().to_vec())
                 .collect()

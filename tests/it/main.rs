@@ -20,5 +20,6 @@ mod rejects;
 mod reports;
 mod s3;
 mod scaling;
+mod standalone;
 mod support;
 mod telemetry;

@@ -221,7 +221,7 @@ async fn the_real_sample_records_replay_and_clean_without_rejects() {
     let name = support::unique("real");
     let settings = support::settings(&name, dir.path(), "");
     support::create_streams(&aws, &settings, 2).await;
-    let data = support::shared_data();
+    let data = support::sample_data();
     let files = Kind::ALL
         .iter()
         .map(|k| (*k, data.join(format!("{k}.ndjson"))))

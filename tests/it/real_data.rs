@@ -1,4 +1,4 @@
-//! The real sample records in `../shared/data/` through the cleaning operators: zero
+//! The real sample records in `tests/data/` through the cleaning operators: zero
 //! rejects, and values checked against hand-computed expectations.
 
 use deltalake::arrow::array::{Array, AsArray, RecordBatch};
@@ -8,8 +8,8 @@ use pinstream::clean::{clean_into, Kind, RecordMeta, RejectsColumns, TableColumn
 use crate::support;
 
 fn clean_file(kind: Kind) -> (RecordBatch, usize) {
-    let text = std::fs::read_to_string(support::shared_data().join(format!("{kind}.ndjson")))
-        .expect("shared/data beside the checkout");
+    let text = std::fs::read_to_string(support::sample_data().join(format!("{kind}.ndjson")))
+        .expect("the sample records in tests/data");
     let mut rows = TableColumns::new(kind);
     let mut rejects = RejectsColumns::default();
     for (i, line) in text.lines().enumerate() {

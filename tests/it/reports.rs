@@ -1,7 +1,7 @@
 //! Downstream: the real records are ingested (the pin file a second time in part, so the
 //! tables hold duplicate `ind`s), then every report is compared with an independent
 //! computation of the same question in plain Python over the raw NDJSON (`reports.py`),
-//! and with the reference numbers published in `shared/data/questions.md`. `pinstream
+//! and with the reference numbers in `docs/queries.md`. `pinstream
 //! query` is driven as a user would: output formats, time travel, a bad query's exit code.
 
 use std::collections::BTreeMap;
@@ -23,7 +23,7 @@ async fn replay(
 ) -> u64 {
     let files = kinds
         .iter()
-        .map(|k| (*k, support::shared_data().join(format!("{k}.ndjson"))))
+        .map(|k| (*k, support::sample_data().join(format!("{k}.ndjson"))))
         .collect();
     let opts = ProduceOptions {
         source: Source::Replay {
@@ -78,7 +78,7 @@ async fn reports_match_an_independent_computation_and_query_works_as_a_cli() {
     assert_eq!(summary.rows["pin"], 1000, "the duplicates landed as rows");
 
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/reports.py");
-    let python = support::run_python(&[script, support::shared_data()]);
+    let python = support::run_python(&[script, support::sample_data()]);
     let expected: BTreeMap<String, Vec<Vec<String>>> = serde_json::from_str(&python).unwrap();
 
     let ctx = query::session(&settings.table_root, None).await.unwrap();
@@ -111,7 +111,7 @@ async fn reports_match_an_independent_computation_and_query_works_as_a_cli() {
         );
         got.insert(r.name, rows);
     }
-    // The numbers questions.md publishes for the same records and definitions.
+    // The reference numbers of docs/queries.md for the same records and definitions.
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     assert_eq!(got["top-country"], [s(&["Anguilla", "15000000"])]);
     assert_eq!(

@@ -263,9 +263,9 @@ pub fn i64_column(batches: &[RecordBatch], name: &str) -> Vec<i64> {
     v
 }
 
-/// `../shared/data` beside the checkout.
-pub fn shared_data() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data")
+/// The real sample records (`tests/data/`).
+pub fn sample_data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data")
 }
 
 /// The project's Python (a venv made by `infra/local/start.sh`).
