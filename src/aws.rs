@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use aws_config::{BehaviorVersion, SdkConfig};
-use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 
 /// The clients one process needs, built once at start.
 #[derive(Clone, Debug)]
@@ -73,7 +73,37 @@ pub fn s3_storage_options() -> HashMap<String, String> {
     opts
 }
 
-/// A failed AWS call. `code` is the service's error code when it answered.
+/// The innermost cause of an error, first line only (the SDK's outer layers say only
+/// "dispatch failure" or "service error"; debug dumps never reach the user).
+fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = err;
+    while let Some(next) = e.source() {
+        e = next;
+    }
+    let text = e.to_string();
+    text.lines().next().unwrap_or_default().trim().to_owned()
+}
+
+/// The likely fix for a service error code, in a few words.
+fn fix_for_code(service: &str, op: &str, code: &str) -> Option<String> {
+    Some(match code {
+        "ResourceNotFoundException" if service == "Kinesis" => {
+            "check the stream names (`streams.<kind>` / `--stream`) and the region, or create the streams".into()
+        }
+        "AccessDeniedException" | "AccessDenied" => {
+            format!("the credentials in use may not call {service} {op}: grant it to the role or user")
+        }
+        "UnrecognizedClientException" | "InvalidSignatureException" | "InvalidClientTokenId" => {
+            "the credentials are not valid for this account or region: check AWS_PROFILE / the access keys".into()
+        }
+        "ExpiredTokenException" | "ExpiredToken" => "the session token has expired: renew the credentials".into(),
+        _ => return None,
+    })
+}
+
+/// A failed AWS call, in one line: the service's error code and message and the likely
+/// fix (or, with no answer, what went wrong on the way). `code` is the service's error
+/// code when it answered.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{service} {op} failed: {message}")]
 pub struct ServiceError {
@@ -87,20 +117,47 @@ impl ServiceError {
     pub fn from_sdk<E, R>(service: &'static str, op: &'static str, err: SdkError<E, R>) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
+        R: std::fmt::Debug + 'static,
     {
+        let code = err.code().map(str::to_owned);
+        let message = match &err {
+            SdkError::ServiceError(_) => {
+                let text = err.message().unwrap_or("no message");
+                let c = code.as_deref().unwrap_or("error");
+                match fix_for_code(service, op, c) {
+                    Some(fix) => format!("{c}: {text}; {fix}"),
+                    None => format!("{c}: {text}"),
+                }
+            }
+            SdkError::DispatchFailure(d) => {
+                let cause = innermost(&err);
+                if cause.contains("no credentials") || cause.contains("credential provider") {
+                    "no AWS credentials found (tried the environment, profiles, web identity, ECS and instance metadata): set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; for the local stack run `eval \"$(infra/local/start.sh)\"`".to_owned()
+                } else if d.is_timeout() {
+                    format!("no answer from the {service} endpoint (timed out): check the endpoint (AWS_ENDPOINT_URL*) and the network")
+                } else if d.is_io() {
+                    format!("cannot reach the {service} endpoint ({cause}): check the region and AWS_ENDPOINT_URL*, or start the local stack (`eval \"$(infra/local/start.sh)\"`)")
+                } else {
+                    cause
+                }
+            }
+            SdkError::TimeoutError(_) => format!(
+                "no answer from the {service} endpoint (timed out): check the endpoint and the network"
+            ),
+            _ => innermost(&err),
+        };
         ServiceError {
             service,
             op,
-            code: err.code().map(str::to_owned),
-            message: DisplayErrorContext(&err).to_string(),
+            code,
+            message,
         }
     }
 
     pub fn kinesis<E, R>(op: &'static str, err: SdkError<E, R>) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
+        R: std::fmt::Debug + 'static,
     {
         Self::from_sdk("Kinesis", op, err)
     }
@@ -108,7 +165,7 @@ impl ServiceError {
     pub fn dynamodb<E, R>(op: &'static str, err: SdkError<E, R>) -> Self
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
+        R: std::fmt::Debug + 'static,
     {
         Self::from_sdk("DynamoDB", op, err)
     }

@@ -51,7 +51,7 @@ fn cond<E, R>(
 ) -> LeaseError
 where
     E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + 'static,
 {
     let e = ServiceError::dynamodb(op, err);
     if e.code_is("ConditionalCheckFailedException") {

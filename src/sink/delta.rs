@@ -170,8 +170,15 @@ async fn try_open(
     url: &url::Url,
     opts: &HashMap<String, String>,
 ) -> Result<Option<DeltaTable>, DeltaTableError> {
-    let builder = DeltaTableBuilder::from_url(url.clone())?.with_storage_options(opts.clone());
-    match builder.load().await {
+    let mut table = DeltaTableBuilder::from_url(url.clone())?
+        .with_storage_options(opts.clone())
+        .build()?;
+    // Look before loading: loading a location with no log makes delta-rs's kernel log an
+    // ERROR line for what is only a table not created yet.
+    if !table.verify_deltatable_existence().await? {
+        return Ok(None);
+    }
+    match table.load().await.map(|()| table) {
         Ok(t) => Ok(Some(t)),
         Err(DeltaTableError::NotATable(_)) => Ok(None),
         Err(e) => Err(e),

@@ -162,3 +162,69 @@ async fn maintain_checkpoints_every_table_and_vacuum_respects_retention() {
         "a vacuum below the tables' 7-day minimum is refused"
     );
 }
+
+/// A successful drain run, its logs piped: no ERROR line (delta-rs used to log one for every
+/// table opened before it existed) and no colour codes (only a terminal gets them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successful_run_logs_no_error_and_no_colour_codes_when_piped() {
+    let aws = crate::support::aws().await;
+    let dir = crate::support::tempdir();
+    let name = crate::support::unique("quiet");
+    let root = dir.path().join("tables");
+    let settings = crate::support::settings(&name, &root, "");
+    crate::support::create_streams(&aws, &settings, 1).await;
+    let opts = crate::support::produce_options(&settings, 91, 0.05, 50);
+    pinstream::producer::produce(aws.kinesis.clone(), opts, Default::default())
+        .await
+        .unwrap();
+    let mut cmd = pinstream();
+    cmd.args([
+        "run",
+        "--available-now",
+        "--app",
+        &settings.application,
+        "--table-root",
+    ])
+    .arg(&root);
+    for (k, s) in &settings.streams {
+        cmd.args(["--stream", &format!("{k}={s}")]);
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("committed"), "the info lines are there: {err}");
+    assert!(
+        !err.contains("ERROR"),
+        "a successful run logs no ERROR line:\n{err}"
+    );
+    assert!(
+        !err.contains('\u{1b}'),
+        "no colour codes when piped:\n{err}"
+    );
+}
+
+/// Without AWS credentials the worker says so in one line with the fix, not an SDK dump.
+#[test]
+fn missing_credentials_are_one_line_with_the_fix() {
+    let dir = crate::support::tempdir();
+    let out = pinstream()
+        .args(["run", "--table-root"])
+        .arg(dir.path())
+        .env_clear()
+        .env("HOME", dir.path())
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {err}");
+    assert!(
+        lines[0].contains("no AWS credentials found") && lines[0].contains("AWS_PROFILE"),
+        "{err}"
+    );
+    for dump in ["DispatchFailure", "SdkBody", "ConnectorError", "{"] {
+        assert!(!err.contains(dump), "no SDK debug dump ({dump}): {err}");
+    }
+}
