@@ -32,6 +32,9 @@
 //!   failed entries only, pacing).
 //! - [`stack`], [`demo`] and [`loadtest`]: the local emulators, the one-command demo, and
 //!   the load test that measures worker processes from outside.
+//! - [`instrumentation`]: every metric in one list (type, labels, unit, meaning), which
+//!   the Prometheus recorder and the docs follow; [`telemetry`]: the `/metrics`,
+//!   `/healthz` and `/readyz` endpoints.
 //! - [`cli`]: command-line definitions; `main.rs` parses, dispatches and maps errors to
 //!   exit codes.
 //!
@@ -47,6 +50,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod fault;
+pub mod instrumentation;
 pub mod kinesis;
 pub mod kpl;
 pub mod lease;

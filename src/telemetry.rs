@@ -85,15 +85,25 @@ impl Health {
     }
 }
 
-/// Installs the Prometheus recorder for the `metrics` facade (once per process).
+/// Installs the Prometheus recorder for the `metrics` facade (once per process), with each
+/// histogram's buckets in its own unit and every metric's help text
+/// ([`crate::instrumentation::METRICS`]).
 pub fn install_recorder() -> Result<PrometheusHandle, String> {
-    PrometheusBuilder::new()
-        .set_buckets(&[
-            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-        ])
-        .map_err(|e| e.to_string())?
-        .install_recorder()
-        .map_err(|e| e.to_string())
+    use crate::instrumentation::{Kind, METRICS};
+    let mut builder = PrometheusBuilder::new();
+    for m in METRICS {
+        if let Kind::Histogram(unit) = m.kind {
+            builder = builder
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Full(m.name.to_owned()),
+                    unit.buckets(),
+                )
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let handle = builder.install_recorder().map_err(|e| e.to_string())?;
+    crate::instrumentation::describe_all();
+    Ok(handle)
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `stop`.

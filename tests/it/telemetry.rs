@@ -111,6 +111,16 @@ async fn metrics_health_and_readiness_are_served_during_a_run() {
         scrape.contains("reason=\""),
         "rejects are labelled by reason"
     );
+    // Histograms have buckets in their own unit: rows per flush up to a million, not the
+    // seconds-sized buckets every histogram once had.
+    assert!(
+        scrape.contains("pinstream_flush_rows_bucket") && scrape.contains("le=\"200000\""),
+        "row-sized buckets for pinstream_flush_rows"
+    );
+    assert!(
+        scrape.contains("# HELP pinstream_records_written_total Cleaned rows committed."),
+        "help text from the metric list"
+    );
     assert_eq!(get(&addr, "/nope").map(|(c, _)| c), Some(404));
 
     Command::new("kill")
