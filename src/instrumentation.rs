@@ -358,7 +358,7 @@ mod tests {
         let (mut args, mut current) = (Vec::new(), String::new());
         for c in text.chars() {
             if in_string {
-                in_string = !(c == '"' && !escaped);
+                in_string = c != '"' || escaped;
                 escaped = c == '\\' && !escaped;
                 current.push(c);
                 continue;
