@@ -7,7 +7,7 @@
 //!   cleaning itself);
 //! - `arrow_build`: the builders' `finish` alone;
 //! - `parquet_encode`: those batches to one Parquet file in memory, with the sink's writer
-//!   settings (`sink::delta::writer_properties`);
+//!   settings (`delta::writer_properties`);
 //! - `worker_path`: all of it from raw bytes (decode + clean + build + encode), the
 //!   figure the per-core target is about;
 //! - `full_flush`: decode + clean + build, then one Delta append (Parquet file written
@@ -31,7 +31,7 @@ use pinstream::clean::{
     clean_into, parse_object, Kind, PinKeys, RecordMeta, RejectsColumns, TableColumns,
 };
 use pinstream::config::TableRoot;
-use pinstream::sink::delta::{self, ShardCommit};
+use pinstream::delta::{self, ShardCommit};
 
 const N: usize = 100_000;
 /// Records per GetRecords answer: the default `reader.max_records`.

@@ -19,13 +19,20 @@
 //! - [`clean`]: pure, synchronous operators for pin, geo and user: JSON bytes in, Arrow
 //!   rows of the cleaned table or of its rejects table out. Knows nothing of Kinesis,
 //!   Delta or DynamoDB.
-//! - [`sink`]: per-table micro-batch buffers flushed by age, rows or bytes into ONE Delta
-//!   commit per table carrying a `txn` per shard ([`sink::delta`]), then a conditional
-//!   checkpoint per shard.
+//! - [`delta`]: Delta tables: open or create, fenced appends (ONE commit per flush with a
+//!   `txn` per shard, landing at exactly one version), txn versions and positions for
+//!   recovery, the Parquet settings. Used by the sink, maintenance, recovery and queries;
+//!   depends on none of them.
+//! - [`sink`]: per-table micro-batch buffers flushed by age, rows or bytes (or memory
+//!   pressure) through [`delta`], then a conditional checkpoint per shard.
 //! - [`maintenance`]: Delta log checkpoints, log cleanup and vacuum (after commits and
 //!   `pinstream maintain`).
-//! - [`worker`]: the coordinator loop (sync shards, renew, take, recover, release) and a
-//!   reader task per held lease, wiring the layers above; graceful shutdown.
+//! - [`worker`]: [`worker::run`] wires the layers above: the coordinator loop
+//!   (`worker/coordinator.rs`: take, release, react to readers and sinks that end), where a
+//!   taken shard resumes (`worker/recovery.rs`), shards into leases (`worker/sync.rs`), and
+//!   one reader task per held lease (`worker/shard.rs`); graceful shutdown.
+//! - [`backoff`] and [`progress`]: the retry delays readers and sinks share, and the live
+//!   counters a run publishes.
 //! - [`query`] and [`report`]: SQL (DataFusion) over the tables, and the analysts'
 //!   questions as named reports.
 //! - [`producer`]: synthetic or replayed load into the streams (PutRecords, retries of
@@ -45,9 +52,11 @@
 #![forbid(unsafe_code)]
 
 pub mod aws;
+pub mod backoff;
 pub mod clean;
 pub mod cli;
 pub mod config;
+pub mod delta;
 pub mod demo;
 pub mod fault;
 pub mod instrumentation;
@@ -57,6 +66,7 @@ pub mod lease;
 pub mod loadtest;
 pub mod maintenance;
 pub mod producer;
+pub mod progress;
 pub mod query;
 pub mod report;
 pub mod sink;

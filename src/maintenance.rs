@@ -29,7 +29,7 @@ use std::collections::BTreeSet;
 
 use crate::clean::{self, Kind};
 use crate::config::{MaintenancePolicy, Settings};
-use crate::sink::delta::{self, DeltaError};
+use crate::delta::{self, DeltaError};
 
 /// What a maintenance pass did to one table.
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -144,7 +144,7 @@ pub async fn rewrite_small_files(
     let mut inputs = Vec::new();
     for bin in &bins {
         let mut writer = RecordBatchWriter::for_table(table)?
-            .with_writer_properties(crate::sink::delta::writer_properties());
+            .with_writer_properties(crate::delta::writer_properties());
         for f in bin {
             let bytes = store
                 .get_opts(&f.object_store_path(), Default::default())

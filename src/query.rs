@@ -14,7 +14,7 @@ use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 
 use crate::clean::Kind;
 use crate::config::TableRoot;
-use crate::sink::delta;
+use crate::delta;
 
 /// Which state of the tables to read.
 #[derive(Debug, Clone, PartialEq)]

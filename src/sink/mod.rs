@@ -7,7 +7,6 @@
 //! Rows of a shard whose lease was lost are dropped, never committed.
 
 pub mod budget;
-pub mod delta;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,11 +18,12 @@ use deltalake::DeltaTable;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::backoff::backoff;
 use crate::clean::Kind;
 use crate::config::FlushPolicy;
+use crate::delta::{self, Appended, ShardCommit};
 use crate::fault::FaultPoint;
 use crate::lease::{Checkpoint, HeldLease, LeaseError};
-use delta::{Appended, ShardCommit};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -117,7 +117,7 @@ pub struct TableSink {
     pub table: DeltaTable,
     pub rejects_table: DeltaTable,
     pub policy: FlushPolicy,
-    pub progress: Arc<crate::worker::RunProgress>,
+    pub progress: Arc<crate::progress::RunProgress>,
     /// Crash tests only: abort at a chosen point of a flush.
     pub fault: Option<crate::fault::Fault>,
     pub maintenance: crate::config::MaintenancePolicy,
@@ -660,23 +660,9 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// Exponential backoff with a cap: 200 ms, 400 ms, ... up to 25.6 s.
-pub fn backoff(failures: u32) -> Duration {
-    let ms = 200u64.saturating_mul(1u64 << failures.min(8).saturating_sub(1));
-    Duration::from_millis(ms.min(30_000))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_then_caps() {
-        assert_eq!(backoff(1), Duration::from_millis(200));
-        assert_eq!(backoff(2), Duration::from_millis(400));
-        assert_eq!(backoff(5), Duration::from_millis(3200));
-        assert_eq!(backoff(50), Duration::from_millis(25_600));
-    }
 
     #[test]
     fn a_batch_is_due_one_flush_age_after_its_oldest_arrival_within_bounds() {

@@ -9,13 +9,14 @@ use tokio::sync::mpsc;
 
 use super::Shared;
 use crate::aws::ServiceError;
+use crate::backoff::backoff;
 use crate::clean::{self, Kind, RecordMeta, Reject, RejectReason, RejectsColumns, TableColumns};
 use crate::config::ReaderPolicy;
 use crate::fault::FaultPoint;
 use crate::kinesis::{self, ShardPresence, ShardReader, StartAt};
 use crate::kpl::{self, Decoded};
 use crate::lease::HeldLease;
-use crate::sink::{backoff, Chunk, SinkMsg};
+use crate::sink::{Chunk, SinkMsg};
 
 /// Why a shard task ended.
 #[derive(Debug)]

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use pinstream::clean::Kind;
+use pinstream::delta;
 use pinstream::producer::generator::Generator;
 use pinstream::producer::{self, ProduceOptions};
-use pinstream::sink::delta;
 use tokio_util::sync::CancellationToken;
 
 use crate::support;

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use pinstream::clean::Kind;
+use pinstream::delta::{self, Appended};
 use pinstream::maintenance::{self, CompactOptions};
 use pinstream::producer::generator::Generator;
-use pinstream::sink::delta::{self, Appended};
 
 use crate::support;
 

@@ -116,7 +116,7 @@ async fn two_workers_commit_concurrently_to_s3_tables_without_loss_or_duplicates
         [[per_stream.to_string(), per_stream.to_string()]]
     );
     let mut pin =
-        pinstream::sink::delta::open_or_create(&settings.table_root, "pin", &Kind::Pin.schema())
+        pinstream::delta::open_or_create(&settings.table_root, "pin", &Kind::Pin.schema())
             .await
             .unwrap();
     let opts = pinstream::maintenance::CompactOptions {

@@ -11,8 +11,8 @@ use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use pinstream::aws::AwsClients;
 use pinstream::clean::{clean_into, Kind, RecordMeta, RejectsColumns, TableColumns};
 use pinstream::config::{FileConfig, Overrides, Settings};
+use pinstream::delta::{self, Appended, ShardCommit};
 use pinstream::producer::generator::Generator;
-use pinstream::sink::delta::{self, Appended, ShardCommit};
 
 /// Clients for the emulators. Panics with the fix when the stack is not up.
 pub async fn aws() -> AwsClients {

@@ -1,6 +1,8 @@
 //! Delta tables: open or create a table from its Arrow schema, append a micro-batch as
-//! ONE commit carrying a `txn` per shard and each shard's position in the commit
-//! metadata, and read back a shard's txn version and position for recovery.
+//! ONE fenced commit carrying a `txn` per shard and each shard's position in the commit
+//! metadata, commit any actions at exactly one version (`commit_next`, also used by
+//! compaction), and read back a shard's txn version and position for recovery. Knows
+//! nothing of leases, sinks or cleaning.
 //!
 //! Local disk and S3 (conditional-put commits; unsafe renames are never enabled).
 
@@ -93,7 +95,8 @@ const COMMIT_ATTEMPTS: usize = 100;
 /// Key of pinstream's entry in the Delta commit info.
 const COMMIT_INFO_KEY: &str = "pinstream";
 
-/// The URL delta-rs should open for `table` under `root`.
+/// The URL delta-rs should open for `table` under `root`. Local paths are made absolute
+/// against the current directory; nothing is created.
 pub fn table_url(root: &TableRoot, table: &str) -> Result<url::Url, DeltaError> {
     let loc = root.table_url(table);
     let err = |message: String| DeltaError::Location {
@@ -103,13 +106,24 @@ pub fn table_url(root: &TableRoot, table: &str) -> Result<url::Url, DeltaError> 
     };
     match root {
         TableRoot::Local(_) => {
-            let path = std::path::Path::new(&loc);
-            std::fs::create_dir_all(path).map_err(|e| err(e.to_string()))?;
-            let abs = std::fs::canonicalize(path).map_err(|e| err(e.to_string()))?;
-            url::Url::from_directory_path(&abs).map_err(|()| err("not an absolute path".into()))
+            let path = std::path::absolute(&loc).map_err(|e| err(e.to_string()))?;
+            url::Url::from_directory_path(&path).map_err(|()| err("not an absolute path".into()))
         }
         TableRoot::S3(_) => url::Url::parse(&loc).map_err(|e| err(e.to_string())),
     }
+}
+
+/// Creates a local table's directory (delta-rs writes into it); nothing to do on S3.
+fn create_local_dir(root: &TableRoot, table: &str) -> Result<(), DeltaError> {
+    if let TableRoot::Local(_) = root {
+        let loc = root.table_url(table);
+        std::fs::create_dir_all(&loc).map_err(|e| DeltaError::Location {
+            table: table.into(),
+            location: loc.clone(),
+            message: e.to_string(),
+        })?;
+    }
+    Ok(())
 }
 
 pub(crate) fn storage_options(root: &TableRoot) -> HashMap<String, String> {
@@ -131,6 +145,7 @@ pub async fn open_or_create(
     table: &str,
     schema: &SchemaRef,
 ) -> Result<DeltaTable, DeltaError> {
+    create_local_dir(root, table)?;
     let url = table_url(root, table)?;
     let opts = storage_options(root);
     let de = |source| DeltaError::Delta {
