@@ -28,6 +28,7 @@ pub fn to_json(leases: &[Lease]) -> Value {
                     "records_per_second": l.records_per_second,
                     "parent_shard_ids": l.parent_shard_ids,
                     "counter": l.counter,
+                    "last_error": l.last_error,
                 })
             })
             .collect(),
@@ -91,6 +92,11 @@ pub fn to_text(leases: &[Lease]) -> String {
     }
     let owners: std::collections::BTreeSet<&str> =
         leases.iter().filter_map(|l| l.owner.as_deref()).collect();
+    for l in leases {
+        if let Some(e) = &l.last_error {
+            out.push_str(&format!("\nerror  {}:{}: {e}", l.stream, l.shard_id));
+        }
+    }
     out.push_str(&format!(
         "\n{} leases, {} owned by {} workers",
         leases.len(),

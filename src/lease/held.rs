@@ -80,6 +80,8 @@ pub struct HeldLease {
     /// Cancelled when the lease is lost or given up: the keeper hands it back and ends.
     done: CancellationToken,
     lost: AtomicBool,
+    /// Why the lease was given up, when it was for an error (recorded on the lease).
+    error: Mutex<Option<String>>,
     versions: Mutex<CommitVersions>,
     /// Records read from the shard so far (the keeper derives records/s from it).
     records: AtomicU64,
@@ -110,6 +112,7 @@ impl HeldLease {
             token: readers.child_token(),
             done: CancellationToken::new(),
             lost: AtomicBool::new(false),
+            error: Mutex::new(None),
             versions: Mutex::new(CommitVersions {
                 batch_version: lease.batch_version,
                 ..CommitVersions::default()
@@ -157,6 +160,13 @@ impl HeldLease {
         self.lost.store(true, Ordering::SeqCst);
         self.token.cancel();
         self.done.cancel();
+    }
+
+    /// Gives the lease up because its shard cannot go on here (`why` is recorded on the
+    /// lease, for `pinstream status`, until the next checkpoint).
+    pub fn give_up_with_error(&self, why: &str) {
+        *self.error.lock().unwrap_or_else(PoisonError::into_inner) = Some(why.to_owned());
+        self.give_up();
     }
 
     /// The commit versions (a copy).
@@ -317,7 +327,17 @@ impl Keeper {
     /// took it, the conditional write changes nothing.
     async fn release(&self) {
         let s = &self.settings;
-        match s.table.release(&self.lease.key, &s.me, self.counter).await {
+        let error = self
+            .lease
+            .error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match s
+            .table
+            .release(&self.lease.key, &s.me, self.counter, error.as_deref())
+            .await
+        {
             Ok(()) => {
                 metrics::counter!("pinstream_leases_released_total").increment(1);
                 tracing::info!(lease = %self.lease.key, "lease released");

@@ -91,6 +91,9 @@ pub struct Lease {
     pub owner_switches_since_checkpoint: i64,
     pub millis_behind_latest: Option<i64>,
     pub records_per_second: Option<f64>,
+    /// Why the last holder gave the lease up with an error (a reader that failed, a shard
+    /// that could not be resumed); cleared by the next checkpoint.
+    pub last_error: Option<String>,
 }
 
 impl Lease {
@@ -270,6 +273,7 @@ mod tests {
             owner_switches_since_checkpoint: 0,
             millis_behind_latest: None,
             records_per_second: None,
+            last_error: None,
         }
     }
 

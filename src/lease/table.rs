@@ -423,6 +423,8 @@ impl LeaseTable {
                 .expression_attribute_values(":rs", s(&r.sequence))
                 .expression_attribute_values(":rss", n(r.sub_sequence));
         }
+        // A position committed: whatever error the lease recorded is over.
+        set.push_str(" REMOVE last_error");
         req.update_expression(set)
             .send()
             .await
@@ -447,10 +449,24 @@ impl LeaseTable {
         Ok(())
     }
 
-    /// Gives a lease up so another worker can take it on its next cycle.
-    pub async fn release(&self, key: &str, me: &str, counter: u64) -> Result<(), LeaseError> {
-        self.update_held(key, me, counter)
-            .update_expression("REMOVE #owner SET #counter = :next")
+    /// Gives a lease up so another worker can take it on its next cycle; `error` (why the
+    /// shard could not go on) is recorded on the lease for `pinstream status`.
+    pub async fn release(
+        &self,
+        key: &str,
+        me: &str,
+        counter: u64,
+        error: Option<&str>,
+    ) -> Result<(), LeaseError> {
+        let mut req = self.update_held(key, me, counter);
+        let expr = match error {
+            Some(e) => {
+                req = req.expression_attribute_values(":err", s(e));
+                "REMOVE #owner SET #counter = :next, last_error = :err"
+            }
+            None => "REMOVE #owner SET #counter = :next",
+        };
+        req.update_expression(expr)
             .send()
             .await
             .map_err(|e| cond("UpdateItem", key, e))?;
@@ -505,6 +521,7 @@ impl Lease {
             },
             parent_shard_ids: parents,
             stream_created: get_n("stream_created")?,
+            last_error: get_s("last_error"),
             txn_app_id: get_s("txn_app_id"),
             owner_switches_since_checkpoint: get_n("owner_switches_since_checkpoint")?.unwrap_or(0),
             millis_behind_latest: get_n("millis_behind_latest")?,

@@ -290,9 +290,17 @@ mod tests {
     fn backoff_is_jittered_under_a_growing_cap() {
         for attempt in 1..20 {
             let cap = 50u64.saturating_mul(1 << attempt.min(10)).min(5_000);
-            for _ in 0..20 {
-                assert!(jittered_backoff(attempt) <= Duration::from_millis(cap));
-            }
+            let waits: Vec<Duration> = (0..400).map(|_| jittered_backoff(attempt)).collect();
+            assert!(waits.iter().all(|w| *w <= Duration::from_millis(cap)));
+            // Full jitter: uniform in [0, cap], so the mean is near cap / 2 (400 draws: well
+            // within a third to two thirds), and the waits are spread, not one value.
+            let mean = waits.iter().sum::<Duration>() / waits.len() as u32;
+            assert!(
+                mean >= Duration::from_millis(cap / 3)
+                    && mean <= Duration::from_millis(cap * 2 / 3),
+                "attempt {attempt}: mean {mean:?} for a cap of {cap} ms"
+            );
+            assert!(waits.iter().any(|w| *w > Duration::from_millis(cap / 2)));
         }
     }
 }

@@ -320,7 +320,7 @@ impl Coordinator {
                 let wait = self.retry_after_failure(&lease.key);
                 tracing::error!(lease = %lease.key, error = %e, retry_in = ?wait, "cannot resume this shard; releasing the lease and retrying later");
                 metrics::counter!("pinstream_lease_recovery_failures_total").increment(1);
-                handle.give_up();
+                handle.give_up_with_error(&e.to_string());
             }
         }
     }
@@ -444,7 +444,7 @@ impl Coordinator {
                 tracing::error!(lease = %key, error = %why, retry_in = ?wait, "shard reader failed; releasing its lease");
                 metrics::counter!("pinstream_shard_reader_failures_total").increment(1);
                 if let Some(h) = self.held.remove(&key) {
-                    h.give_up();
+                    h.give_up_with_error(&why);
                 }
             }
         }

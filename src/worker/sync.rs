@@ -212,6 +212,7 @@ mod tests {
             owner_switches_since_checkpoint: 0,
             millis_behind_latest: None,
             records_per_second: None,
+            last_error: None,
         }
     }
 

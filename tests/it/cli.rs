@@ -157,9 +157,15 @@ async fn maintain_checkpoints_every_table_and_vacuum_respects_retention() {
         .args(["maintain", "--vacuum", "1h", "--table-root", &root_s])
         .output()
         .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a vacuum below the tables' 7-day minimum is refused: {err}"
+    );
     assert!(
-        !out.status.success(),
-        "a vacuum below the tables' 7-day minimum is refused"
+        err.to_lowercase().contains("retention"),
+        "the refusal names the retention, not a flag error: {err}"
     );
 }
 

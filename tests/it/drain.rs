@@ -65,21 +65,7 @@ async fn a_reshard_during_a_drain_run_is_drained_too() {
         },
     )
     .await;
-    aws.kinesis
-        .split_shard()
-        .stream_name(&pin)
-        .shard_to_split(&shard)
-        .new_starting_hash_key("170141183460469231731687303715884105728")
-        .send()
-        .await
-        .unwrap();
-    support::wait_for("pin split", Duration::from_secs(30), || async {
-        let s = pinstream::kinesis::list_shards(&aws.kinesis, &pin)
-            .await
-            .ok()?;
-        (s.iter().filter(|s| !s.closed).count() == 2).then_some(())
-    })
-    .await;
+    support::split_shard(&aws, &pin, &shard).await;
     let report = produce_pin(62).await.unwrap();
     assert_eq!(report.failed, 0);
     assert!(

@@ -84,7 +84,10 @@ async fn conditional_writes_fence_every_lease_change() {
         )
         .await
         .unwrap();
-    table.release(&lease.key, winner, counter).await.unwrap();
+    table
+        .release(&lease.key, winner, counter, None)
+        .await
+        .unwrap();
     let after = table.scan().await.unwrap().remove(0);
     assert_eq!(after.owner, None);
     assert_eq!(after.checkpoint, Checkpoint::Sequence("123".into()));
@@ -104,7 +107,7 @@ async fn conditional_writes_fence_every_lease_change() {
     );
     assert!(
         matches!(
-            table.release(&lease.key, winner, counter + 1).await,
+            table.release(&lease.key, winner, counter + 1, None).await,
             Err(LeaseError::Lost(_))
         ),
         "release needs ownership"

@@ -16,7 +16,9 @@ const CONFIG: &str = "[flush]\nmax_batch_age = \"1s\"\n[lease]\nfailover_time = 
 
 /// One worker with `fault` over fresh streams of one shard with `per_stream` records each
 /// (5 % malformed): every record must land exactly once, and the fault must have happened.
-async fn one_worker_recovers_from(fault: &str) {
+/// With `shows`, the lease records an error containing it (for `pinstream status`) until the
+/// shard is read again.
+async fn one_worker_recovers_from(fault: &str, shows: Option<&str>) {
     let aws = support::aws().await;
     let dir = support::tempdir();
     let name = support::unique("live");
@@ -34,11 +36,31 @@ async fn one_worker_recovers_from(fault: &str) {
         ..support::run_options(false)
     };
     let (stop, running) = support::spawn_worker(&settings, &aws, run);
+    let leases = pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
+    if let Some(shown) = shows {
+        // Between the failure and the retake (one failover time later), the lease says why.
+        support::wait_for(
+            "the failure recorded on the lease",
+            Duration::from_secs(30),
+            || async {
+                let all = leases.scan().await.ok()?;
+                all.iter()
+                    .any(|l| l.last_error.as_deref().is_some_and(|e| e.contains(shown)))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
     support::wait_all_landed(&root, per_stream as usize, "after the fault").await;
     stop.cancel();
     running.await.unwrap().unwrap();
     assert!(fault.hits() >= 1, "the injected fault must have happened");
     support::assert_exactly_once(&root, per_stream as usize, "after the fault").await;
+    let all = leases.scan().await.unwrap();
+    assert!(
+        all.iter().all(|l| l.last_error.is_none()),
+        "a checkpoint after the retake clears the error: {all:?}"
+    );
 }
 
 /// A reader that fails (here: an injected error after cleaning its first answer) used to
@@ -47,13 +69,13 @@ async fn one_worker_recovers_from(fault: &str) {
 /// `ShardExit::Failed` (times out waiting for the records).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_reader_hands_its_lease_back_and_the_shard_is_read() {
-    one_worker_recovers_from("read:1:fail").await;
+    one_worker_recovers_from("read:1:fail", Some("injected failure")).await;
 }
 
 /// The same for a reader task that panics (a JoinError that names no lease before).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_reader_hands_its_lease_back_and_the_shard_is_read() {
-    one_worker_recovers_from("read:1:panic").await;
+    one_worker_recovers_from("read:1:panic", Some("panicked")).await;
 }
 
 /// A table sink that panics mid-flush: its buffered rows are gone, so its leases are handed
@@ -61,7 +83,7 @@ async fn a_panicking_reader_hands_its_lease_back_and_the_shard_is_read() {
 /// sends fail and that kind is never committed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sink_that_dies_is_restarted_and_its_shards_read_again() {
-    one_worker_recovers_from("before_commit:1:panic").await;
+    one_worker_recovers_from("before_commit:1:panic", None).await;
 }
 
 /// A closed parent whose SHARD_END checkpoint fails once is handed back; the only worker
@@ -87,25 +109,7 @@ async fn a_failed_shard_end_checkpoint_does_not_leave_the_children_unread() {
         .await
         .unwrap()
         .remove(0);
-    aws.kinesis
-        .split_shard()
-        .stream_name(&pin)
-        .shard_to_split(&parent.shard_id)
-        .new_starting_hash_key("170141183460469231731687303715884105728")
-        .send()
-        .await
-        .unwrap();
-    support::wait_for(
-        "pin ACTIVE after the split",
-        Duration::from_secs(30),
-        || async {
-            let s = pinstream::kinesis::list_shards(&aws.kinesis, &pin)
-                .await
-                .ok()?;
-            (s.iter().filter(|s| !s.closed).count() == 2).then_some(())
-        },
-    )
-    .await;
+    support::split_shard(&aws, &pin, &parent.shard_id).await;
     // The second half goes to the children (geo and user: to their only shard).
     let report = produce(42).await.unwrap();
     assert_eq!(report.failed, 0, "{report:?}");
@@ -138,6 +142,36 @@ async fn owned_by(
     )
 }
 
+/// A worker with `fault` over fresh streams of one shard each and no records, with a
+/// failover time of 3 s (renewals every second): its id, stop token, task and lease table.
+async fn idle_worker_with(
+    fault: &str,
+    name: &str,
+) -> (
+    String,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<pinstream::worker::RunSummary, pinstream::worker::WorkerError>>,
+    pinstream::lease::LeaseTable,
+    tempfile::TempDir,
+) {
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let settings = support::settings(
+        &support::unique(name),
+        &dir.path().join("tables"),
+        "[lease]\nfailover_time = \"3s\"\n",
+    );
+    support::create_streams(&aws, &settings, 1).await;
+    let run = RunOptions {
+        fault: Some(Fault::parse(fault).unwrap()),
+        ..support::run_options(false)
+    };
+    let me = run.worker_id.clone();
+    let (stop, running) = support::spawn_worker(&settings, &aws, run);
+    let leases = pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
+    (me, stop, running, leases, dir)
+}
+
 /// Renewals run on their own schedule: while the coordinator spends 8 s working out where
 /// a newly taken shard resumes (an injected stall, as a slow Delta log read would be), the
 /// lease it took before keeps being renewed (failover 3 s: renewed every second). Fails on
@@ -145,22 +179,7 @@ async fn owned_by(
 /// expires for every other worker).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewals_continue_while_the_coordinator_is_busy() {
-    let aws = support::aws().await;
-    let dir = support::tempdir();
-    let name = support::unique("renew");
-    let settings = support::settings(
-        &name,
-        &dir.path().join("tables"),
-        "[lease]\nfailover_time = \"3s\"\n",
-    );
-    support::create_streams(&aws, &settings, 1).await;
-    let run = RunOptions {
-        fault: Some(Fault::parse("recover:2:stall=8s").unwrap()),
-        ..support::run_options(false)
-    };
-    let me = run.worker_id.clone();
-    let (stop, running) = support::spawn_worker(&settings, &aws, run);
-    let leases = pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
+    let (me, stop, running, leases, _dir) = idle_worker_with("recover:2:stall=8s", "renew").await;
     // Two leases taken: the first recovered, the second's recovery stalls.
     let first = support::wait_for("two leases taken", Duration::from_secs(20), || async {
         let mine = owned_by(&leases, &me).await?;
@@ -187,22 +206,7 @@ async fn renewals_continue_while_the_coordinator_is_busy() {
 /// counter never moves again and the worker goes on reading a lease others may take.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_whose_renewals_keep_failing_is_given_up_within_the_failover_time() {
-    let aws = support::aws().await;
-    let dir = support::tempdir();
-    let name = support::unique("renewfail");
-    let settings = support::settings(
-        &name,
-        &dir.path().join("tables"),
-        "[lease]\nfailover_time = \"3s\"\n",
-    );
-    support::create_streams(&aws, &settings, 1).await;
-    let run = RunOptions {
-        fault: Some(Fault::parse("renew:1+:fail").unwrap()),
-        ..support::run_options(false)
-    };
-    let me = run.worker_id.clone();
-    let (stop, running) = support::spawn_worker(&settings, &aws, run);
-    let leases = pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
+    let (me, stop, running, leases, _dir) = idle_worker_with("renew:1+:fail", "renewfail").await;
     let taken = support::wait_for("three leases taken", Duration::from_secs(20), || async {
         let mine = owned_by(&leases, &me).await?;
         (mine.len() == 3).then_some(mine)

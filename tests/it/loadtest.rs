@@ -4,7 +4,9 @@
 //! the same command.
 
 /// Runs `pinstream loadtest` with `args` on its own emulators (the suite's base port +
-/// `offset`) and returns its JSON report; panics with the workers' logs if it fails.
+/// `offset`) and returns its JSON report, after checking with this suite's own reader that
+/// the tables hold exactly `produced` distinct records, none twice (not only the load
+/// test's count); panics with the workers' logs if it fails.
 fn loadtest(args: &[&str], offset: u16) -> serde_json::Value {
     let dir = crate::support::tempdir();
     let base: u16 = std::env::var("PINSTREAM_STACK_PORT_BASE")
@@ -23,7 +25,41 @@ fn loadtest(args: &[&str], offset: u16) -> serde_json::Value {
     if !out.status.success() {
         panic!("loadtest failed: {stderr}\n{}", worker_logs(dir.path()));
     }
-    serde_json::from_slice(&out.stdout).unwrap()
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("loadtest-"))
+        .expect("the run directory")
+        .path();
+    let produced = report["produced"].as_u64().unwrap() as usize;
+    let distinct = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(independent_count(&run.join("tables")));
+    assert_eq!(
+        distinct, produced,
+        "records in the tables, read independently: {report}"
+    );
+    report
+}
+
+/// Distinct records over the six tables, each kind's cleaned and rejects tables together;
+/// panics on a record found twice.
+async fn independent_count(root: &std::path::Path) -> usize {
+    let mut total = 0;
+    for kind in pinstream::clean::Kind::ALL {
+        let mut keys =
+            crate::support::key_counts(&crate::support::read_table(root, kind.name()).await);
+        for (k, n) in crate::support::key_counts(
+            &crate::support::read_table(root, kind.rejects_table()).await,
+        ) {
+            *keys.entry(k).or_insert(0) += n;
+        }
+        let twice = keys.values().filter(|n| **n > 1).count();
+        assert_eq!(twice, 0, "{kind}: records twice");
+        total += keys.len();
+    }
+    total
 }
 
 /// The last 40 lines of every worker log under the run directory.
@@ -123,7 +159,10 @@ fn loadtest_reports_throughput_latency_memory_and_exactly_once() {
     let usage = r["worker_usage"].as_array().unwrap();
     assert_eq!(usage.len(), 2, "{r}");
     for u in usage {
-        assert!(u["peak_rss_mib"].as_f64().unwrap() > 1.0, "{u}");
+        // A worker process (tokio, the AWS SDK, delta-rs) cannot peak below ~20 MiB; under
+        // 512 MiB it keeps the memory budget.
+        let rss = u["peak_rss_mib"].as_f64().unwrap();
+        assert!(rss > 20.0 && rss < 512.0, "{u}");
         assert!(u["cpu_seconds"].as_f64().unwrap() > 0.0, "{u}");
     }
 }

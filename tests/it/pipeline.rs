@@ -98,6 +98,11 @@ async fn available_now_lands_every_record_exactly_once_and_a_rerun_adds_nothing(
     // Cleaned values really are cleaned: the ind of pin rows are the generated indexes.
     let pin = support::read_table(dir.path(), "pin").await;
     let inds: BTreeSet<i64> = support::i64_column(&pin, "ind").into_iter().collect();
+    assert!(
+        inds.len() > 500,
+        "most generated indexes are in the pin table: {}",
+        inds.len()
+    );
     assert!(inds.iter().all(|i| (0..600).contains(i)));
 
     assert!(

@@ -333,15 +333,7 @@ async fn split_and_merge_while_running_keeps_every_record_and_reads_parents_firs
     let shards = pinstream::kinesis::list_shards(&aws.kinesis, &pin)
         .await
         .unwrap();
-    aws.kinesis
-        .split_shard()
-        .stream_name(&pin)
-        .shard_to_split(&shards[0].shard_id)
-        .new_starting_hash_key("170141183460469231731687303715884105728")
-        .send()
-        .await
-        .unwrap();
-    wait_active(&aws, &pin).await;
+    support::split_shard(&aws, &pin, &shards[0].shard_id).await;
     // Merge only once both children have records committed (the parent was finished first).
     let parent = shards[0].shard_id.clone();
     let leases = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);

@@ -347,3 +347,44 @@ pub async fn append_as(
         fenced => panic!("{shard} fenced: {fenced:?}"),
     }
 }
+
+/// Splits `shard` of `stream` in the middle of its hash range and waits (bounded) until
+/// the stream lists two more open shards and is ACTIVE again.
+pub async fn split_shard(aws: &AwsClients, stream: &str, shard: &str) {
+    let before = pinstream::kinesis::list_shards(&aws.kinesis, stream)
+        .await
+        .unwrap();
+    let open_before = before.iter().filter(|s| !s.closed).count();
+    let info = before
+        .iter()
+        .find(|s| s.shard_id == shard)
+        .unwrap_or_else(|| panic!("{stream} has no shard {shard}"));
+    aws.kinesis
+        .split_shard()
+        .stream_name(stream)
+        .shard_to_split(shard)
+        .new_starting_hash_key(info.middle_hash_key().to_string())
+        .send()
+        .await
+        .unwrap();
+    wait_for(
+        &format!("{stream} split"),
+        Duration::from_secs(30),
+        || async {
+            let s = pinstream::kinesis::list_shards(&aws.kinesis, stream)
+                .await
+                .ok()?;
+            let active = aws
+                .kinesis
+                .describe_stream_summary()
+                .stream_name(stream)
+                .send()
+                .await
+                .ok()?
+                .stream_description_summary()
+                .is_some_and(|d| d.stream_status().as_str() == "ACTIVE");
+            (active && s.iter().filter(|s| !s.closed).count() == open_before + 1).then_some(())
+        },
+    )
+    .await;
+}
