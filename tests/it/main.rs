@@ -6,6 +6,7 @@ mod cli;
 mod compaction;
 mod crash;
 mod drain;
+mod fence;
 mod flaky;
 mod health;
 mod infra;
