@@ -257,7 +257,7 @@ fn full_flush(c: &mut Criterion) {
                     last_sub_sequence: 0,
                     shard_end: false,
                 };
-                rt.block_on(delta::append(&mut table, &rows, &[pos]))
+                rt.block_on(delta::append(&mut table, "bench", &rows, &[pos]))
                     .unwrap()
             },
             BatchSize::PerIteration,

@@ -86,6 +86,8 @@ pub enum Appended {
 pub struct StagedAppend {
     adds: Vec<Action>,
     shards: Vec<ShardCommit>,
+    /// Who commits (a worker id), recorded in the commit info.
+    writer: String,
 }
 
 /// How many times a commit goes back to the latest version after losing a race to another
@@ -244,10 +246,11 @@ async fn loaded_txn_versions(
 /// A failed commit means "not committed": the caller keeps the rows and retries.
 pub async fn append(
     table: &mut DeltaTable,
+    writer: &str,
     batches: &[RecordBatch],
     shards: &[ShardCommit],
 ) -> Result<Appended, DeltaTableError> {
-    match stage_append(table, batches, shards).await? {
+    match stage_append(table, writer, batches, shards).await? {
         Ok(staged) => commit_staged(table, staged).await,
         Err(fenced) => Ok(Appended::Fenced(fenced)),
     }
@@ -257,6 +260,7 @@ pub async fn append(
 /// files (not yet part of the table). `Err(lease keys)` when the fence fails already.
 pub async fn stage_append(
     table: &mut DeltaTable,
+    writer: &str,
     batches: &[RecordBatch],
     shards: &[ShardCommit],
 ) -> Result<Result<StagedAppend, Vec<String>>, DeltaTableError> {
@@ -265,15 +269,16 @@ pub async fn stage_append(
     if !fenced.is_empty() {
         return Ok(Err(fenced));
     }
-    let mut writer =
+    let mut files =
         RecordBatchWriter::for_table(table)?.with_writer_properties(writer_properties());
     for b in batches.iter().filter(|b| b.num_rows() > 0) {
-        writer.write(b.clone()).await?;
+        files.write(b.clone()).await?;
     }
-    let adds = writer.flush().await?.into_iter().map(Action::Add).collect();
+    let adds = files.flush().await?.into_iter().map(Action::Add).collect();
     Ok(Ok(StagedAppend {
         adds,
         shards: shards.to_vec(),
+        writer: writer.to_owned(),
     }))
 }
 
@@ -292,7 +297,7 @@ pub async fn commit_staged(
     };
     for _ in 0..COMMIT_ATTEMPTS {
         let version = table.version().unwrap_or(0) as i64 + 1;
-        let props = commit_properties(&staged.shards, version);
+        let props = commit_properties(&staged.writer, &staged.shards, version);
         if let Some(v) = commit_next(table, staged.adds.clone(), props, operation()).await? {
             return Ok(Appended::Committed(v));
         }
@@ -326,9 +331,9 @@ async fn fenced_shards(
         .collect())
 }
 
-/// Commit properties of an append at `version`: a txn per shard set to `version`, and each
-/// shard's position in the commit info.
-fn commit_properties(shards: &[ShardCommit], version: i64) -> CommitProperties {
+/// Commit properties of an append at `version` by `writer`: a txn per shard set to
+/// `version`, and each shard's position and the writer in the commit info.
+fn commit_properties(writer: &str, shards: &[ShardCommit], version: i64) -> CommitProperties {
     let now = chrono::Utc::now().timestamp_millis();
     let txns: Vec<Transaction> = shards
         .iter()
@@ -347,7 +352,10 @@ fn commit_properties(shards: &[ShardCommit], version: i64) -> CommitProperties {
     CommitProperties::default()
         .with_create_checkpoint(false)
         .with_application_transactions(txns)
-        .with_metadata([(COMMIT_INFO_KEY.to_owned(), json!({ "shards": positions }))])
+        .with_metadata([(
+            COMMIT_INFO_KEY.to_owned(),
+            json!({ "writer": writer, "shards": positions }),
+        )])
 }
 
 /// Commits `actions` as exactly the version after the table's loaded snapshot, and loads

@@ -114,6 +114,8 @@ struct ShardBuf {
 pub struct TableSink {
     pub kind: Kind,
     pub application: String,
+    /// This worker's id, recorded in each commit's info.
+    pub writer: String,
     pub table: DeltaTable,
     pub rejects_table: DeltaTable,
     pub policy: FlushPolicy,
@@ -490,7 +492,7 @@ impl TableSink {
             (&mut self.table, self.kind.name())
         };
         let started = Instant::now();
-        let res = delta::append(table, batches, shards).await;
+        let res = delta::append(table, &self.writer, batches, shards).await;
         metrics::histogram!("pinstream_delta_commit_duration_seconds", "table" => name)
             .record(started.elapsed().as_secs_f64());
         match res {

@@ -116,6 +116,7 @@ impl Coordinator {
         let sink = TableSink {
             kind,
             application: settings.application.clone(),
+            writer: self.opts.worker_id.clone(),
             table,
             rejects_table,
             policy: settings.flush.clone(),

@@ -80,6 +80,7 @@ async fn a_worker_whose_shard_was_committed_by_another_writer_commits_nothing_fo
     };
     let committed = delta::append(
         &mut table,
+        "other",
         &[support::pin_batch(&mut g, "other", 1, 3)],
         &[other],
     )

@@ -286,6 +286,7 @@ async fn two_writers_of_one_shard_commit_once() {
     let shard = [support::shard_commit("shardId-c", expected)];
     let staged_a = delta::stage_append(
         &mut a,
+        "a",
         &[support::pin_batch(&mut g, "shardId-c", 2, 3)],
         &shard,
     )
@@ -294,6 +295,7 @@ async fn two_writers_of_one_shard_commit_once() {
     .unwrap_or_else(|f| panic!("fenced early: {f:?}"));
     let staged_b = delta::stage_append(
         &mut b,
+        "b",
         &[support::pin_batch(&mut g, "shardId-c", 3, 3)],
         &shard,
     )
@@ -316,6 +318,7 @@ async fn two_writers_of_one_shard_commit_once() {
     // A writer that is behind is fenced before it writes any file.
     let stale = delta::append(
         &mut b,
+        "b",
         &[support::pin_batch(&mut g, "shardId-c", 4, 3)],
         &shard,
     )

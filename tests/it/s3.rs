@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt as _;
 use pinstream::clean::Kind;
 use pinstream::producer::{self, ProduceOptions};
 use pinstream::worker::{self, RunOptions, RunProgress};
@@ -56,12 +57,14 @@ async fn two_workers_commit_concurrently_to_s3_tables_without_loss_or_duplicates
 
     let progress = Arc::new(RunProgress::default());
     let mut workers = Vec::new();
+    let mut ids = std::collections::BTreeSet::new();
     for _ in 0..2 {
         let stop = CancellationToken::new();
         let run = RunOptions {
             progress: progress.clone(),
             ..support::run_options(false)
         };
+        ids.insert(run.worker_id.clone());
         workers.push((
             stop.clone(),
             tokio::spawn(worker::run(settings.clone(), aws.clone(), run, stop)),
@@ -89,6 +92,23 @@ async fn two_workers_commit_concurrently_to_s3_tables_without_loss_or_duplicates
         commits += summary.commits;
     }
     assert!(commits >= 2);
+    // Both wrote to the same table: each commit records its writer.
+    let pin = pinstream::delta::open_or_create(&settings.table_root, "pin", &Kind::Pin.schema())
+        .await
+        .unwrap();
+    let writers: std::collections::BTreeSet<String> = pin
+        .history(None)
+        .filter_map(|c| async move {
+            c.ok()?
+                .info
+                .get("pinstream")?
+                .get("writer")?
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+        .await;
+    assert_eq!(writers, ids, "both workers committed to the pin table");
     for kind in Kind::ALL {
         let out = support::run_python(&[
             "-c",

@@ -336,7 +336,7 @@ pub async fn append_as(
     shard: &str,
     last: &mut i64,
 ) -> u64 {
-    match delta::append(table, &[batch], &[shard_commit(shard, *last)])
+    match delta::append(table, "test", &[batch], &[shard_commit(shard, *last)])
         .await
         .unwrap()
     {
