@@ -122,7 +122,7 @@ pub struct ProduceArgs {
     #[arg(long)]
     pub count: Option<u64>,
     /// Target records per second over all streams (steady pacing). Default: flat out.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::config::parse_rate)]
     pub rate: Option<f64>,
     /// Stop after this long, e.g. 30s or 5m.
     #[arg(long, value_parser = humantime::parse_duration)]
@@ -131,7 +131,7 @@ pub struct ProduceArgs {
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     /// Share of synthetic records replaced by malformed ones (0 to 1).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, value_parser = crate::config::parse_share)]
     pub dirty_rate: f64,
     /// Replay NDJSON files instead of generating, as KIND=FILE; repeatable.
     #[arg(long = "from", value_name = "KIND=FILE", value_parser = parse_from)]
@@ -144,7 +144,7 @@ pub struct ProduceArgs {
     pub partition_key: Option<String>,
     /// Pack up to N user records into one KPL aggregated record (readable by pinstream and
     /// by the Kinesis Client Library).
-    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "100")]
+    #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "100", value_parser = crate::config::parse_at_least_one)]
     pub aggregate: Option<usize>,
     /// PutRecords calls in flight per stream.
     #[arg(long, default_value_t = 4)]
@@ -227,7 +227,7 @@ pub struct LoadtestArgs {
     #[arg(long, default_value_t = 2)]
     pub shards: i32,
     /// Records per second over all three streams [default: flat out].
-    #[arg(long)]
+    #[arg(long, value_parser = crate::config::parse_rate)]
     pub rate: Option<f64>,
     /// How long the producer runs.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
@@ -236,7 +236,7 @@ pub struct LoadtestArgs {
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
     /// Share of malformed records.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = crate::config::parse_share)]
     pub dirty_rate: f64,
     /// Where the run's tables, worker logs and the emulators' state go.
     #[arg(long, default_value = "pinstream-data")]
@@ -273,7 +273,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 2)]
     pub shards: i32,
     /// Share of malformed records, to show the rejects tables.
-    #[arg(long, default_value_t = 0.01)]
+    #[arg(long, default_value_t = 0.01, value_parser = crate::config::parse_share)]
     pub dirty_rate: f64,
     /// Where the demo's tables and the emulators' state go.
     #[arg(long, default_value = "pinstream-data")]

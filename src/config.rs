@@ -287,6 +287,35 @@ fn duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, C
     }
 }
 
+/// A share between 0 and 1, as `--dirty-rate` takes it (every command that has the flag
+/// refuses the same values, with the same message).
+pub fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a share: give a number from 0 to 1, e.g. 0.01"
+        )),
+    }
+}
+
+/// Records per second, above zero, as `--rate` takes it.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a rate: give records per second above zero, e.g. 1000"
+        )),
+    }
+}
+
+/// A count of at least one, as `--aggregate` takes it.
+pub fn parse_at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(v) if v >= 1 => Ok(v),
+        _ => Err(format!("`{s}` is not a count of at least 1, e.g. 100")),
+    }
+}
+
 /// A duration that may be zero (`"0s"`).
 fn duration_or_zero(
     key: &str,

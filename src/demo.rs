@@ -47,15 +47,26 @@ pub enum DemoError {
     },
     #[error("interrupted")]
     Interrupted,
+    #[error("cannot create the data directory {path}: {source}; choose a writable directory with --data-dir")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl DemoError {
+    /// Fixable by the user as the message says (bad flags, an unwritable directory).
+    pub fn is_user_error(&self) -> bool {
+        matches!(self, DemoError::Config(_) | DemoError::DataDir { .. })
+    }
 }
 
 pub async fn run(opts: DemoOptions, interrupt: CancellationToken) -> Result<(), DemoError> {
     let run_id = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
     let run_dir = opts.data_dir.join(format!("demo-{run_id}"));
-    std::fs::create_dir_all(&run_dir).map_err(|e| crate::config::ConfigError::Invalid {
-        key: "--data-dir".into(),
-        message: format!("{}: {e}", run_dir.display()),
-        fix: "choose a writable directory".into(),
+    std::fs::create_dir_all(&run_dir).map_err(|source| DemoError::DataDir {
+        path: run_dir.clone(),
+        source,
     })?;
     println!("pinstream demo: starting the local stack (kinesalite, dynalite)...");
     let stack =

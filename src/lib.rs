@@ -51,6 +51,8 @@
 
 #![forbid(unsafe_code)]
 
+pub use error::{Error, ErrorKind};
+
 pub mod aws;
 pub mod backoff;
 pub mod clean;
@@ -58,6 +60,7 @@ pub mod cli;
 pub mod config;
 pub mod delta;
 pub mod demo;
+pub mod error;
 pub mod fault;
 pub mod instrumentation;
 pub mod kinesis;

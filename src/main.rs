@@ -6,14 +6,13 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
 
 use pinstream::aws::AwsClients;
 use pinstream::cli::{Cli, Command, LogFormat, PipelineArgs, ReportFormat};
 use pinstream::config::{ConfigError, FileConfig, Overrides, Settings};
-use pinstream::{demo, kinesis, producer, worker};
+use pinstream::{demo, kinesis, producer, worker, Error};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -41,15 +40,8 @@ fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            let user_query_error = e
-                .downcast_ref::<pinstream::query::QueryError>()
-                .is_some_and(|q| q.is_user_error());
-            if e.downcast_ref::<ConfigError>().is_some() || user_query_error {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
-            }
+            eprintln!("error: {e}");
+            ExitCode::from(e.kind().exit_code())
         }
     }
 }
@@ -115,7 +107,7 @@ fn settings(p: PipelineArgs) -> Result<Settings, ConfigError> {
     )
 }
 
-async fn dispatch(command: Command) -> anyhow::Result<()> {
+async fn dispatch(command: Command) -> Result<(), Error> {
     let shutdown = shutdown_on_signals();
     match command {
         Command::Run(args) => {
@@ -123,9 +115,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let aws = AwsClients::from_env().await;
             let health = match args.metrics_addr {
                 Some(addr) => {
-                    let handle = pinstream::telemetry::install_recorder()
-                        .map_err(anyhow::Error::msg)
-                        .context("metrics recorder")?;
+                    let handle =
+                        pinstream::telemetry::install_recorder().map_err(Error::Metrics)?;
                     // Ready while the lease table answered within 3 renewal periods and commits
                     // have not been failing for longer than two minutes.
                     let health = std::sync::Arc::new(pinstream::telemetry::Health::new(
@@ -134,7 +125,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                     ));
                     pinstream::telemetry::serve(addr, handle, health.clone(), shutdown.clone())
                         .await
-                        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+                        .map_err(|source| Error::Serve { addr, source })?;
                     Some(health)
                 }
                 None => None,
@@ -147,9 +138,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 fault: args.fault,
                 health,
             };
-            let summary = worker::run(settings, aws, opts, shutdown)
-                .await
-                .context("worker failed")?;
+            let summary = worker::run(settings, aws, opts, shutdown).await?;
             let rows: Vec<String> = summary
                 .rows
                 .iter()
@@ -166,30 +155,6 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
         }
         Command::Produce(args) => {
             let settings = settings(args.pipeline)?;
-            if !(0.0..=1.0).contains(&args.dirty_rate) {
-                return Err(ConfigError::Invalid {
-                    key: "--dirty-rate".into(),
-                    message: format!("{}", args.dirty_rate),
-                    fix: "use a share between 0 and 1".into(),
-                }
-                .into());
-            }
-            if args.rate.is_some_and(|r| r.is_nan() || r <= 0.0) {
-                return Err(ConfigError::Invalid {
-                    key: "--rate".into(),
-                    message: "must be above zero".into(),
-                    fix: "give records per second, e.g. --rate 1000".into(),
-                }
-                .into());
-            }
-            if args.aggregate.is_some_and(|n| n == 0) {
-                return Err(ConfigError::Invalid {
-                    key: "--aggregate".into(),
-                    message: "0 records per aggregate".into(),
-                    fix: "give at least 1, e.g. --aggregate 100".into(),
-                }
-                .into());
-            }
             let aws = AwsClients::from_env().await;
             if let Some(shards) = args.create_streams {
                 for stream in settings.streams.values() {
@@ -232,7 +197,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 }
             }
             if report.failed > 0 {
-                anyhow::bail!("{} records could not be sent", report.failed);
+                return Err(Error::Unsent(report.failed));
             }
             Ok(())
         }
@@ -241,9 +206,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let aws = AwsClients::from_env().await;
             let table =
                 pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
-            let leases = pinstream::status::leases(&table)
-                .await
-                .context("reading the lease table")?;
+            let leases = pinstream::status::leases(&table).await?;
             if args.json {
                 println!(
                     "{}",

@@ -234,3 +234,34 @@ fn missing_credentials_are_one_line_with_the_fix() {
         assert!(!err.contains(dump), "no SDK debug dump ({dump}): {err}");
     }
 }
+
+/// Every command that takes `--dirty-rate` refuses the same out-of-range values the same way
+/// (demo and loadtest once clamped them silently), and `--rate` must be above zero.
+#[test]
+fn flag_values_are_checked_the_same_way_by_every_command() {
+    for cmd in ["produce", "demo", "loadtest"] {
+        let out = pinstream()
+            .args([cmd, "--dirty-rate", "5"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--dirty-rate") && err.contains("from 0 to 1"),
+            "{cmd}: {err}"
+        );
+    }
+    for cmd in ["produce", "loadtest"] {
+        let out = pinstream().args([cmd, "--rate", "0"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{cmd}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("above zero"),
+            "{cmd}"
+        );
+    }
+    let out = pinstream()
+        .args(["produce", "--aggregate", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
