@@ -189,11 +189,11 @@ pub struct MaintainArgs {
 #[derive(Debug, Args)]
 pub struct OutputArgs {
     /// Output format.
-    #[arg(long, value_enum, default_value_t = crate::query::Format::Table)]
-    pub format: crate::query::Format,
+    #[arg(long, value_enum, default_value_t = crate::read::query::Format::Table)]
+    pub format: crate::read::query::Format,
     /// Read the tables as of a version (e.g. 12) or an RFC 3339 time (e.g. 2026-11-21T10:00:00Z).
-    #[arg(long, value_name = "VERSION_OR_TIME", value_parser = crate::query::AsOf::parse)]
-    pub as_of: Option<crate::query::AsOf>,
+    #[arg(long, value_name = "VERSION_OR_TIME", value_parser = crate::read::query::AsOf::parse)]
+    pub as_of: Option<crate::read::query::AsOf>,
 }
 
 #[derive(Debug, Args)]

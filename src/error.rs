@@ -33,15 +33,15 @@ pub enum Error {
     #[error("worker failed: {0}")]
     Worker(#[from] crate::worker::WorkerError),
     #[error(transparent)]
-    Query(#[from] crate::query::QueryError),
+    Query(#[from] crate::read::query::QueryError),
     #[error(transparent)]
     Produce(#[from] crate::producer::ProduceError),
     #[error("{0} records could not be sent")]
     Unsent(u64),
     #[error(transparent)]
-    Loadtest(#[from] crate::loadtest::LoadtestError),
+    Loadtest(#[from] crate::local::loadtest::LoadtestError),
     #[error(transparent)]
-    Demo(#[from] crate::demo::DemoError),
+    Demo(#[from] crate::local::demo::DemoError),
     #[error(transparent)]
     Delta(#[from] DeltaError),
     #[error("reading the lease table: {0}")]

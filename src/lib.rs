@@ -33,12 +33,14 @@
 //!   one reader task per held lease (`worker/shard.rs`); graceful shutdown.
 //! - [`backoff`] and [`progress`]: the retry delays readers and sinks share, and the live
 //!   counters a run publishes.
-//! - [`query`] and [`report`]: SQL (DataFusion) over the tables, and the analysts'
-//!   questions as named reports.
+//! - [`read`]: the read side: SQL (DataFusion) over the tables, the analysts' questions
+//!   as named reports, the lease table's status. Writes nothing.
 //! - [`producer`]: synthetic or replayed load into the streams (PutRecords, retries of
 //!   failed entries only, pacing).
-//! - [`stack`], [`demo`] and [`loadtest`]: the local emulators, the one-command demo, and
-//!   the load test that measures worker processes from outside.
+//! - [`local`]: the commands on this machine's emulators: the stack itself, the
+//!   one-command demo, and the load test that measures worker processes from outside
+//!   (and kills them, with `--chaos`).
+//! - [`error`]: the crate's one error type; its kind is the exit code.
 //! - [`instrumentation`]: every metric in one list (type, labels, unit, meaning), which
 //!   the Prometheus recorder and the docs follow; [`telemetry`]: the `/metrics`,
 //!   `/healthz` and `/readyz` endpoints.
@@ -59,21 +61,17 @@ pub mod clean;
 pub mod cli;
 pub mod config;
 pub mod delta;
-pub mod demo;
 pub mod error;
 pub mod fault;
 pub mod instrumentation;
 pub mod kinesis;
 pub mod kpl;
 pub mod lease;
-pub mod loadtest;
+pub mod local;
 pub mod maintenance;
 pub mod producer;
 pub mod progress;
-pub mod query;
-pub mod report;
+pub mod read;
 pub mod sink;
-pub mod stack;
-pub mod status;
 pub mod telemetry;
 pub mod worker;

@@ -12,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use pinstream::aws::AwsClients;
 use pinstream::cli::{Cli, Command, LogFormat, PipelineArgs, ReportFormat};
 use pinstream::config::{ConfigError, FileConfig, Overrides, Settings};
-use pinstream::{demo, kinesis, producer, worker, Error};
+use pinstream::local::demo;
+use pinstream::{kinesis, producer, worker, Error};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -206,14 +207,14 @@ async fn dispatch(command: Command) -> Result<(), Error> {
             let aws = AwsClients::from_env().await;
             let table =
                 pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
-            let leases = pinstream::status::leases(&table).await?;
+            let leases = pinstream::read::status::leases(&table).await?;
             if args.json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&pinstream::status::to_json(&leases))?
+                    serde_json::to_string_pretty(&pinstream::read::status::to_json(&leases))?
                 );
             } else {
-                println!("{}", pinstream::status::to_text(&leases));
+                println!("{}", pinstream::read::status::to_text(&leases));
             }
             Ok(())
         }
@@ -232,22 +233,32 @@ async fn dispatch(command: Command) -> Result<(), Error> {
         Command::Query(args) => {
             let settings = settings(args.pipeline)?;
             let ctx =
-                pinstream::query::session(&settings.table_root, args.output.as_of.as_ref()).await?;
-            let batches = pinstream::query::run(&ctx, &args.sql).await?;
-            pinstream::query::write(&batches, args.output.format, &mut std::io::stdout().lock())?;
+                pinstream::read::query::session(&settings.table_root, args.output.as_of.as_ref())
+                    .await?;
+            let batches = pinstream::read::query::run(&ctx, &args.sql).await?;
+            pinstream::read::query::write(
+                &batches,
+                args.output.format,
+                &mut std::io::stdout().lock(),
+            )?;
             Ok(())
         }
         Command::Report(args) => {
             if args.list {
-                print!("{}", pinstream::report::list());
+                print!("{}", pinstream::read::report::list());
                 return Ok(());
             }
-            let report = pinstream::report::find(args.name.as_deref().unwrap_or_default())?;
+            let report = pinstream::read::report::find(args.name.as_deref().unwrap_or_default())?;
             let settings = settings(args.pipeline)?;
             let ctx =
-                pinstream::query::session(&settings.table_root, args.output.as_of.as_ref()).await?;
-            let batches = pinstream::report::run(&ctx, report).await?;
-            pinstream::query::write(&batches, args.output.format, &mut std::io::stdout().lock())?;
+                pinstream::read::query::session(&settings.table_root, args.output.as_of.as_ref())
+                    .await?;
+            let batches = pinstream::read::report::run(&ctx, report).await?;
+            pinstream::read::query::write(
+                &batches,
+                args.output.format,
+                &mut std::io::stdout().lock(),
+            )?;
             Ok(())
         }
         Command::Loadtest(args) => {
@@ -263,7 +274,7 @@ async fn dispatch(command: Command) -> Result<(), Error> {
                 }
                 None => String::new(),
             };
-            let opts = pinstream::loadtest::LoadtestOptions {
+            let opts = pinstream::local::loadtest::LoadtestOptions {
                 shards: args.shards,
                 rate: args.rate,
                 duration: args.duration,
@@ -272,21 +283,21 @@ async fn dispatch(command: Command) -> Result<(), Error> {
                 data_dir: args.data_dir,
                 drain_timeout: args.drain_timeout,
                 worker_config,
-                chaos: args.chaos.then_some(pinstream::loadtest::Chaos {
+                chaos: args.chaos.then_some(pinstream::local::loadtest::Chaos {
                     kill_every: args.kill_every,
                     split: args.split,
                 }),
             };
-            let report = pinstream::loadtest::run(opts, shutdown).await?;
+            let report = pinstream::local::loadtest::run(opts, shutdown).await?;
             match args.report {
                 ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                ReportFormat::Text => print!("{}", pinstream::loadtest::to_text(&report)),
+                ReportFormat::Text => print!("{}", pinstream::local::loadtest::to_text(&report)),
             }
             if report.missing > 0
                 || report.duplicates > 0
                 || !report.unfinished_closed_shards.is_empty()
             {
-                return Err(pinstream::loadtest::LoadtestError::NotExactlyOnce {
+                return Err(pinstream::local::loadtest::LoadtestError::NotExactlyOnce {
                     missing: report.missing,
                     duplicates: report.duplicates,
                     unfinished: report.unfinished_closed_shards,

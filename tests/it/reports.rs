@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use pinstream::clean::Kind;
 use pinstream::producer::{self, ProduceOptions, Source};
-use pinstream::{query, report, worker};
+use pinstream::read::{query, report};
+use pinstream::worker;
 use tokio_util::sync::CancellationToken;
 
 use crate::support;

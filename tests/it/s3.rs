@@ -122,17 +122,17 @@ async fn two_workers_commit_concurrently_to_s3_tables_without_loss_or_duplicates
         );
     }
     // `pinstream query` reads the same tables from S3, and compaction works there too.
-    let ctx = pinstream::query::session(&settings.table_root, None)
+    let ctx = pinstream::read::query::session(&settings.table_root, None)
         .await
         .unwrap();
-    let rows = pinstream::query::run(
+    let rows = pinstream::read::query::run(
         &ctx,
         "SELECT COUNT(*), COUNT(DISTINCT _shard_id || '/' || _sequence_number) FROM geo",
     )
     .await
     .unwrap();
     assert_eq!(
-        pinstream::query::rows_as_strings(&rows).unwrap(),
+        pinstream::read::query::rows_as_strings(&rows).unwrap(),
         [[per_stream.to_string(), per_stream.to_string()]]
     );
     let mut pin =

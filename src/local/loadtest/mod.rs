@@ -19,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clean::Kind;
 use crate::config::TableRoot;
+use crate::local::stack::LocalStack;
 use crate::producer::{self, ProduceOptions, Source};
-use crate::query;
-use crate::stack::LocalStack;
+use crate::read::query;
 
 mod chaos;
 mod fleet;
@@ -95,7 +95,7 @@ pub struct LoadtestReport {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadtestError {
     #[error(transparent)]
-    Stack(#[from] crate::stack::StackError),
+    Stack(#[from] crate::local::stack::StackError),
     #[error(transparent)]
     Kinesis(#[from] crate::aws::ServiceError),
     #[error(transparent)]

@@ -13,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clean::Kind;
 use crate::config::{FileConfig, Overrides, Settings};
+use crate::local::stack::LocalStack;
 use crate::producer::{self, ProduceOptions, Source};
-use crate::stack::LocalStack;
 use crate::worker::{self, RunOptions, RunProgress};
 
 #[derive(Debug, Clone)]
@@ -30,7 +30,7 @@ pub struct DemoOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
     #[error(transparent)]
-    Stack(#[from] crate::stack::StackError),
+    Stack(#[from] crate::local::stack::StackError),
     #[error(transparent)]
     Kinesis(#[from] crate::aws::ServiceError),
     #[error(transparent)]
@@ -220,7 +220,7 @@ async fn run_on_stack(
         "  Delta tables: {}/{{pin,geo,user,pin_rejects,geo_rejects,user_rejects}}",
         abs.display()
     );
-    let python = crate::stack::locate()
+    let python = crate::local::stack::locate()
         .ok()
         .map(|d| d.join(".venv/bin/python"))
         .filter(|p| p.is_file())

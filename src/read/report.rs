@@ -19,7 +19,7 @@
 
 use deltalake::arrow::array::RecordBatch;
 
-use crate::query::{self, QueryError};
+use crate::read::query::{self, QueryError};
 
 /// One analysts' question and its SQL.
 #[derive(Debug, Clone, Copy)]
