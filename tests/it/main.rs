@@ -22,5 +22,6 @@ mod reports;
 mod s3;
 mod scaling;
 mod standalone;
+mod supply_chain;
 mod support;
 mod telemetry;
