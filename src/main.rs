@@ -10,7 +10,10 @@ use clap::Parser as _;
 use tokio_util::sync::CancellationToken;
 
 use pinstream::aws::AwsClients;
-use pinstream::cli::{Cli, Command, LogFormat, PipelineArgs, ReportFormat};
+use pinstream::cli::{
+    Cli, Command, DemoArgs, LoadtestArgs, LogFormat, MaintainArgs, PipelineArgs, ProduceArgs,
+    QueryArgs, ReportArgs, ReportFormat, RunArgs, StatusArgs,
+};
 use pinstream::config::{ConfigError, FileConfig, Overrides, Settings};
 use pinstream::local::demo;
 use pinstream::{kinesis, producer, worker, Error};
@@ -108,214 +111,215 @@ fn settings(p: PipelineArgs) -> Result<Settings, ConfigError> {
     )
 }
 
+/// Runs one command; signals stop it gracefully.
 async fn dispatch(command: Command) -> Result<(), Error> {
     let shutdown = shutdown_on_signals();
     match command {
-        Command::Run(args) => {
-            let settings = settings(args.pipeline)?;
-            let aws = AwsClients::from_env().await;
-            let health = match args.metrics_addr {
-                Some(addr) => {
-                    let handle =
-                        pinstream::telemetry::install_recorder().map_err(Error::Metrics)?;
-                    // Ready while the lease table answered within 3 renewal periods and commits
-                    // have not been failing for longer than two minutes.
-                    let health = std::sync::Arc::new(pinstream::telemetry::Health::new(
-                        settings.lease.failover_time,
-                        Duration::from_secs(120),
-                    ));
-                    pinstream::telemetry::serve(addr, handle, health.clone(), shutdown.clone())
-                        .await
-                        .map_err(|source| Error::Serve { addr, source })?;
-                    Some(health)
-                }
-                None => None,
-            };
-            let opts = worker::RunOptions {
-                available_now: args.available_now,
-                worker_id: args.worker_id.unwrap_or_else(worker::default_worker_id),
-                shutdown_deadline: args.shutdown_timeout,
-                progress: Default::default(),
-                fault: args.fault,
-                health,
-            };
-            let summary = worker::run(settings, aws, opts, shutdown).await?;
-            let rows: Vec<String> = summary
-                .rows
-                .iter()
-                .map(|(t, n)| format!("{t}={n}"))
-                .collect();
-            tracing::info!(
-                records_read = summary.records_read,
-                committed = %rows.join(" "),
-                commits = summary.commits,
-                seconds = summary.elapsed.as_secs_f64(),
-                "run finished"
-            );
-            Ok(())
+        Command::Run(args) => run_command(args, shutdown).await,
+        Command::Produce(args) => produce_command(args, shutdown).await,
+        Command::Status(args) => status_command(args).await,
+        Command::Maintain(args) => maintain_command(args).await,
+        Command::Query(args) => query_command(args).await,
+        Command::Report(args) => report_command(args).await,
+        Command::Loadtest(args) => loadtest_command(args, shutdown).await,
+        Command::Demo(args) => demo_command(args, shutdown).await,
+    }
+}
+
+async fn run_command(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error> {
+    let settings = settings(args.pipeline)?;
+    let aws = AwsClients::from_env().await;
+    let health = match args.metrics_addr {
+        Some(addr) => {
+            let handle = pinstream::telemetry::install_recorder().map_err(Error::Metrics)?;
+            // Ready while the lease table answered within 3 renewal periods and commits
+            // have not been failing for longer than two minutes.
+            let health = std::sync::Arc::new(pinstream::telemetry::Health::new(
+                settings.lease.failover_time,
+                Duration::from_secs(120),
+            ));
+            pinstream::telemetry::serve(addr, handle, health.clone(), shutdown.clone())
+                .await
+                .map_err(|source| Error::Serve { addr, source })?;
+            Some(health)
         }
-        Command::Produce(args) => {
-            let settings = settings(args.pipeline)?;
-            let aws = AwsClients::from_env().await;
-            if let Some(shards) = args.create_streams {
-                for stream in settings.streams.values() {
-                    kinesis::ensure_stream(&aws.kinesis, stream, shards, Duration::from_secs(60))
-                        .await?;
-                }
-            }
-            let source = if args.from.is_empty() {
-                producer::Source::Synthetic {
-                    seed: args.seed,
-                    dirty_rate: args.dirty_rate,
-                }
-            } else {
-                producer::Source::Replay {
-                    files: args.from,
-                    looping: args.looping,
-                }
-            };
-            let opts = producer::ProduceOptions {
-                streams: settings.streams.clone(),
-                source,
-                rate: args.rate,
-                count: args.count,
-                duration: args.duration,
-                partition_key: args.partition_key,
-                in_flight: args.in_flight,
-                progress_every: Some(Duration::from_secs(5)),
-                aggregate: args.aggregate,
-            };
-            let report = producer::produce(aws.kinesis.clone(), opts, shutdown).await?;
-            match args.report {
-                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                ReportFormat::Text => {
-                    let l = &report.put_records_latency;
-                    println!(
-                        "sent {} records in {:.1}s ({:.0} rec/s): {} failed, {} throttled, {} retried, {} PutRecords calls (latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms); per stream: {:?}",
-                        report.sent, report.elapsed_seconds, report.records_per_second, report.failed, report.throttled, report.retries, report.calls,
-                        l.p50_ms, l.p95_ms, l.p99_ms, report.per_stream
-                    )
-                }
-            }
-            if report.failed > 0 {
-                return Err(Error::Unsent(report.failed));
-            }
-            Ok(())
-        }
-        Command::Status(args) => {
-            let settings = settings(args.pipeline)?;
-            let aws = AwsClients::from_env().await;
-            let table =
-                pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
-            let leases = pinstream::read::status::leases(&table).await?;
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&pinstream::read::status::to_json(&leases))?
-                );
-            } else {
-                println!("{}", pinstream::read::status::to_text(&leases));
-            }
-            Ok(())
-        }
-        Command::Maintain(args) => {
-            let settings = settings(args.pipeline)?;
-            let reports = pinstream::maintenance::run(&settings, args.vacuum).await?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&reports)?);
-            } else {
-                for r in reports {
-                    println!("{:<14} version {:>6}  checkpointed  {} old log files removed  {} data files vacuumed", r.table, r.version, r.logs_removed, r.files_vacuumed);
-                }
-            }
-            Ok(())
-        }
-        Command::Query(args) => {
-            let settings = settings(args.pipeline)?;
-            let ctx =
-                pinstream::read::query::session(&settings.table_root, args.output.as_of.as_ref())
-                    .await?;
-            let batches = pinstream::read::query::run(&ctx, &args.sql).await?;
-            pinstream::read::query::write(
-                &batches,
-                args.output.format,
-                &mut std::io::stdout().lock(),
-            )?;
-            Ok(())
-        }
-        Command::Report(args) => {
-            if args.list {
-                print!("{}", pinstream::read::report::list());
-                return Ok(());
-            }
-            let report = pinstream::read::report::find(args.name.as_deref().unwrap_or_default())?;
-            let settings = settings(args.pipeline)?;
-            let ctx =
-                pinstream::read::query::session(&settings.table_root, args.output.as_of.as_ref())
-                    .await?;
-            let batches = pinstream::read::report::run(&ctx, report).await?;
-            pinstream::read::query::write(
-                &batches,
-                args.output.format,
-                &mut std::io::stdout().lock(),
-            )?;
-            Ok(())
-        }
-        Command::Loadtest(args) => {
-            let worker_config = match &args.worker_config {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-                        path: path.clone(),
-                        source: e,
-                    })?;
-                    // Refuse bad keys now, not in every worker.
-                    FileConfig::parse(&text, path)?;
-                    text
-                }
-                None => String::new(),
-            };
-            let opts = pinstream::local::loadtest::LoadtestOptions {
-                shards: args.shards,
-                rate: args.rate,
-                duration: args.duration,
-                workers: args.workers,
-                dirty_rate: args.dirty_rate,
-                data_dir: args.data_dir,
-                drain_timeout: args.drain_timeout,
-                worker_config,
-                chaos: args.chaos.then_some(pinstream::local::loadtest::Chaos {
-                    kill_every: args.kill_every,
-                    split: args.split,
-                }),
-            };
-            let report = pinstream::local::loadtest::run(opts, shutdown).await?;
-            match args.report {
-                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                ReportFormat::Text => print!("{}", pinstream::local::loadtest::to_text(&report)),
-            }
-            if report.missing > 0
-                || report.duplicates > 0
-                || !report.unfinished_closed_shards.is_empty()
-            {
-                return Err(pinstream::local::loadtest::LoadtestError::NotExactlyOnce {
-                    missing: report.missing,
-                    duplicates: report.duplicates,
-                    unfinished: report.unfinished_closed_shards,
-                }
-                .into());
-            }
-            Ok(())
-        }
-        Command::Demo(args) => {
-            let opts = demo::DemoOptions {
-                records: args.records,
-                shards: args.shards,
-                dirty_rate: args.dirty_rate,
-                data_dir: args.data_dir,
-                timeout: args.timeout,
-            };
-            demo::run(opts, shutdown).await?;
-            Ok(())
+        None => None,
+    };
+    let opts = worker::RunOptions {
+        available_now: args.available_now,
+        worker_id: args.worker_id.unwrap_or_else(worker::default_worker_id),
+        shutdown_deadline: args.shutdown_timeout,
+        progress: Default::default(),
+        fault: args.fault,
+        health,
+    };
+    let summary = worker::run(settings, aws, opts, shutdown).await?;
+    let rows: Vec<String> = summary
+        .rows
+        .iter()
+        .map(|(t, n)| format!("{t}={n}"))
+        .collect();
+    tracing::info!(
+        records_read = summary.records_read,
+        committed = %rows.join(" "),
+        commits = summary.commits,
+        seconds = summary.elapsed.as_secs_f64(),
+        "run finished"
+    );
+    Ok(())
+}
+
+async fn produce_command(args: ProduceArgs, shutdown: CancellationToken) -> Result<(), Error> {
+    let settings = settings(args.pipeline)?;
+    let aws = AwsClients::from_env().await;
+    if let Some(shards) = args.create_streams {
+        for stream in settings.streams.values() {
+            kinesis::ensure_stream(&aws.kinesis, stream, shards, Duration::from_secs(60)).await?;
         }
     }
+    let source = if args.from.is_empty() {
+        producer::Source::Synthetic {
+            seed: args.seed,
+            dirty_rate: args.dirty_rate,
+        }
+    } else {
+        producer::Source::Replay {
+            files: args.from,
+            looping: args.looping,
+        }
+    };
+    let opts = producer::ProduceOptions {
+        streams: settings.streams.clone(),
+        source,
+        rate: args.rate,
+        count: args.count,
+        duration: args.duration,
+        partition_key: args.partition_key,
+        in_flight: args.in_flight,
+        progress_every: Some(Duration::from_secs(5)),
+        aggregate: args.aggregate,
+    };
+    let report = producer::produce(aws.kinesis.clone(), opts, shutdown).await?;
+    match args.report {
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        ReportFormat::Text => {
+            let l = &report.put_records_latency;
+            println!(
+                "sent {} records in {:.1}s ({:.0} rec/s): {} failed, {} throttled, {} retried, {} PutRecords calls (latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms); per stream: {:?}",
+                report.sent, report.elapsed_seconds, report.records_per_second, report.failed, report.throttled, report.retries, report.calls,
+                l.p50_ms, l.p95_ms, l.p99_ms, report.per_stream
+            )
+        }
+    }
+    if report.failed > 0 {
+        return Err(Error::Unsent(report.failed));
+    }
+    Ok(())
+}
+
+async fn status_command(args: StatusArgs) -> Result<(), Error> {
+    let settings = settings(args.pipeline)?;
+    let aws = AwsClients::from_env().await;
+    let table = pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
+    let leases = pinstream::read::status::leases(&table).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&pinstream::read::status::to_json(&leases))?
+        );
+    } else {
+        println!("{}", pinstream::read::status::to_text(&leases));
+    }
+    Ok(())
+}
+
+async fn maintain_command(args: MaintainArgs) -> Result<(), Error> {
+    let settings = settings(args.pipeline)?;
+    let reports = pinstream::maintenance::run(&settings, args.vacuum).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for r in reports {
+            println!("{:<14} version {:>6}  checkpointed  {} old log files removed  {} data files vacuumed", r.table, r.version, r.logs_removed, r.files_vacuumed);
+        }
+    }
+    Ok(())
+}
+
+async fn query_command(args: QueryArgs) -> Result<(), Error> {
+    let settings = settings(args.pipeline)?;
+    let ctx =
+        pinstream::read::query::session(&settings.table_root, args.output.as_of.as_ref()).await?;
+    let batches = pinstream::read::query::run(&ctx, &args.sql).await?;
+    pinstream::read::query::write(&batches, args.output.format, &mut std::io::stdout().lock())?;
+    Ok(())
+}
+
+async fn report_command(args: ReportArgs) -> Result<(), Error> {
+    if args.list {
+        print!("{}", pinstream::read::report::list());
+        return Ok(());
+    }
+    let report = pinstream::read::report::find(args.name.as_deref().unwrap_or_default())?;
+    let settings = settings(args.pipeline)?;
+    let ctx =
+        pinstream::read::query::session(&settings.table_root, args.output.as_of.as_ref()).await?;
+    let batches = pinstream::read::report::run(&ctx, report).await?;
+    pinstream::read::query::write(&batches, args.output.format, &mut std::io::stdout().lock())?;
+    Ok(())
+}
+
+async fn loadtest_command(args: LoadtestArgs, shutdown: CancellationToken) -> Result<(), Error> {
+    let worker_config = match &args.worker_config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+                path: path.clone(),
+                source: e,
+            })?;
+            // Refuse bad keys now, not in every worker.
+            FileConfig::parse(&text, path)?;
+            text
+        }
+        None => String::new(),
+    };
+    let opts = pinstream::local::loadtest::LoadtestOptions {
+        shards: args.shards,
+        rate: args.rate,
+        duration: args.duration,
+        workers: args.workers,
+        dirty_rate: args.dirty_rate,
+        data_dir: args.data_dir,
+        drain_timeout: args.drain_timeout,
+        worker_config,
+        chaos: args.chaos.then_some(pinstream::local::loadtest::Chaos {
+            kill_every: args.kill_every,
+            split: args.split,
+        }),
+    };
+    let report = pinstream::local::loadtest::run(opts, shutdown).await?;
+    match args.report {
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        ReportFormat::Text => print!("{}", pinstream::local::loadtest::to_text(&report)),
+    }
+    if report.missing > 0 || report.duplicates > 0 || !report.unfinished_closed_shards.is_empty() {
+        return Err(pinstream::local::loadtest::LoadtestError::NotExactlyOnce {
+            missing: report.missing,
+            duplicates: report.duplicates,
+            unfinished: report.unfinished_closed_shards,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+async fn demo_command(args: DemoArgs, shutdown: CancellationToken) -> Result<(), Error> {
+    let opts = demo::DemoOptions {
+        records: args.records,
+        shards: args.shards,
+        dirty_rate: args.dirty_rate,
+        data_dir: args.data_dir,
+        timeout: args.timeout,
+    };
+    demo::run(opts, shutdown).await?;
+    Ok(())
 }
