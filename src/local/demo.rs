@@ -11,9 +11,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::clean::Kind;
 use crate::config::{FileConfig, Overrides, Settings};
-use crate::local::stack::LocalStack;
+use crate::local::session::Session;
 use crate::producer::{self, ProduceOptions, Source};
 use crate::worker::{self, RunOptions, RunProgress};
 
@@ -47,50 +46,38 @@ pub enum DemoError {
     },
     #[error("interrupted")]
     Interrupted,
-    #[error("cannot create the data directory {path}: {source}; choose a writable directory with --data-dir")]
-    DataDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Session(#[from] super::session::SessionError),
 }
 
 impl DemoError {
     /// Fixable by the user as the message says (bad flags, an unwritable directory).
     pub fn is_user_error(&self) -> bool {
-        matches!(self, DemoError::Config(_) | DemoError::DataDir { .. })
+        matches!(
+            self,
+            DemoError::Config(_) | DemoError::Session(super::session::SessionError::RunDir { .. })
+        )
     }
 }
 
 pub async fn run(opts: DemoOptions, interrupt: CancellationToken) -> Result<(), DemoError> {
-    let run_id = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
-    let run_dir = opts.data_dir.join(format!("demo-{run_id}"));
-    std::fs::create_dir_all(&run_dir).map_err(|source| DemoError::DataDir {
-        path: run_dir.clone(),
-        source,
-    })?;
-    println!("pinstream demo: starting the local stack (kinesalite, dynalite)...");
-    let stack =
-        LocalStack::start(&["kinesalite", "dynalite"], &opts.data_dir.join("stack")).await?;
-    let res = run_on_stack(&opts, &stack, &run_id, &run_dir, interrupt).await;
-    stack.stop().await;
+    let session = Session::start("demo", &opts.data_dir).await?;
+    let res = run_in(&opts, &session, interrupt).await;
+    session.stop().await;
     res
 }
 
-async fn run_on_stack(
+async fn run_in(
     opts: &DemoOptions,
-    stack: &LocalStack,
-    run_id: &str,
-    run_dir: &std::path::Path,
+    session: &Session,
     interrupt: CancellationToken,
 ) -> Result<(), DemoError> {
+    let (stack, run_id) = (&session.stack, &session.run_id);
     let aws = stack.aws().await?;
-    let tables = run_dir.join("tables");
+    let tables = session.tables();
     let overrides = Overrides {
         application: Some(format!("pinstream-demo-{run_id}")),
-        streams: Kind::ALL
-            .iter()
-            .map(|k| (*k, format!("demo-{run_id}-{k}")))
-            .collect(),
+        streams: session.streams(),
         lease_table: None,
         table_root: Some(tables.to_string_lossy().into_owned()),
     };

@@ -265,3 +265,48 @@ fn flag_values_are_checked_the_same_way_by_every_command() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The first README command, as a new user runs it (small): the demo starts its own
+/// emulators (here on a port range of their own), lands every record, prints the summary,
+/// logs no ERROR and stops what it started.
+#[test]
+fn the_demo_lands_every_record_and_prints_the_summary() {
+    let dir = crate::support::tempdir();
+    let base: u16 = std::env::var("PINSTREAM_STACK_PORT_BASE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(14566);
+    let out = pinstream()
+        .args(["demo", "--records", "200", "--data-dir"])
+        .arg(dir.path())
+        .env("PINSTREAM_STACK_PORT_BASE", (base + 30).to_string())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("records produced 600, landed 600"),
+        "every record landed: {stdout}"
+    );
+    for table in [
+        "pin",
+        "geo",
+        "user",
+        "pin_rejects",
+        "geo_rejects",
+        "user_rejects",
+    ] {
+        assert!(
+            stdout.contains(&format!("  {table} ")),
+            "{table} in the summary: {stdout}"
+        );
+    }
+    assert!(!stderr.contains("ERROR"), "no ERROR line: {stderr}");
+    assert!(
+        stderr.contains("local-stack: stopped kinesalite"),
+        "{stderr}"
+    );
+}

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clean::Kind;
 use crate::config::TableRoot;
-use crate::local::stack::LocalStack;
+use crate::local::session::Session;
 use crate::producer::{self, ProduceOptions, Source};
 use crate::read::query;
 
@@ -95,7 +95,7 @@ pub struct LoadtestReport {
 #[derive(Debug, thiserror::Error)]
 pub enum LoadtestError {
     #[error(transparent)]
-    Stack(#[from] crate::local::stack::StackError),
+    Session(#[from] super::session::SessionError),
     #[error(transparent)]
     Kinesis(#[from] crate::aws::ServiceError),
     #[error(transparent)]
@@ -126,30 +126,24 @@ pub async fn run(
     opts: LoadtestOptions,
     interrupt: CancellationToken,
 ) -> Result<LoadtestReport, LoadtestError> {
-    let run_id = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
-    let run_dir = opts.data_dir.join(format!("loadtest-{run_id}"));
-    std::fs::create_dir_all(&run_dir).map_err(io("creating the run directory"))?;
-    eprintln!("loadtest: starting the local stack (kinesalite, dynalite)...");
-    let stack =
-        LocalStack::start(&["kinesalite", "dynalite"], &opts.data_dir.join("stack")).await?;
-    let res = run_on_stack(&opts, &stack, &run_id, &run_dir, interrupt).await;
-    stack.stop().await;
+    let session = Session::start("loadtest", &opts.data_dir).await?;
+    let res = run_in(&opts, &session, interrupt).await;
+    session.stop().await;
     res
 }
 
-async fn run_on_stack(
+async fn run_in(
     opts: &LoadtestOptions,
-    stack: &LocalStack,
-    run_id: &str,
-    run_dir: &Path,
+    session: &Session,
     interrupt: CancellationToken,
 ) -> Result<LoadtestReport, LoadtestError> {
-    let aws = stack.aws().await?;
-    let tables = run_dir.join("tables");
-    let streams: Vec<(Kind, String)> = Kind::ALL
-        .iter()
-        .map(|k| (*k, format!("loadtest-{run_id}-{k}")))
-        .collect();
+    let (stack, run_id, run_dir) = (&session.stack, session.run_id.as_str(), &session.run_dir);
+    let aws = stack
+        .aws()
+        .await
+        .map_err(super::session::SessionError::from)?;
+    let tables = session.tables();
+    let streams = session.streams();
     for (_, s) in &streams {
         crate::kinesis::ensure_stream(&aws.kinesis, s, opts.shards, Duration::from_secs(60))
             .await?;
