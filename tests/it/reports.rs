@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support;
 
+/// Replays the sample records of `kinds` (`count` per stream, or all).
 async fn replay(
     aws: &pinstream::aws::AwsClients,
     settings: &pinstream::config::Settings,
@@ -26,9 +27,27 @@ async fn replay(
         .iter()
         .map(|k| (*k, support::sample_data().join(format!("{k}.ndjson"))))
         .collect();
+    replay_counted(aws, settings, files, count).await
+}
+
+/// Replays whole NDJSON files.
+async fn replay_files(
+    aws: &pinstream::aws::AwsClients,
+    settings: &pinstream::config::Settings,
+    files: Vec<(Kind, std::path::PathBuf)>,
+) -> u64 {
+    replay_counted(aws, settings, files, None).await
+}
+
+async fn replay_counted(
+    aws: &pinstream::aws::AwsClients,
+    settings: &pinstream::config::Settings,
+    files: Vec<(Kind, std::path::PathBuf)>,
+    count: Option<u64>,
+) -> u64 {
     let opts = ProduceOptions {
         source: Source::Replay {
-            files,
+            files: files.into_iter().collect(),
             looping: false,
         },
         count,
@@ -70,9 +89,26 @@ async fn reports_match_an_independent_computation_and_query_works_as_a_cli() {
         }
     };
     run(settings.clone()).await;
-    // The first 1000 pins again: duplicates of `ind` the reports must count once.
+    let between_runs = chrono::Utc::now();
+    // The first 1000 pins again, arriving later and with other values (a copy edited
+    // upstream): duplicates of `ind` the reports must count once, keeping the row that
+    // arrived first. A rule that kept the last row would put these values in the answers.
+    let late = dir.path().join("pin-late-copy.ndjson");
+    let text = std::fs::read_to_string(support::sample_data().join("pin.ndjson")).unwrap();
+    let copies: Vec<String> = text
+        .lines()
+        .take(1000)
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["category"] = "zz-late-copy".into();
+            v["follower_count"] = "999M".into();
+            v["poster_name"] = "Late Copy".into();
+            v.to_string()
+        })
+        .collect();
+    std::fs::write(&late, copies.join("\n") + "\n").unwrap();
     assert_eq!(
-        replay(&aws, &settings, &[Kind::Pin], Some(1000)).await,
+        replay_files(&aws, &settings, vec![(Kind::Pin, late)]).await,
         1000
     );
     let summary = run(settings.clone()).await;
@@ -212,6 +248,11 @@ async fn reports_match_an_independent_computation_and_query_works_as_a_cli() {
         count_at(&chrono::Utc::now().to_rfc3339()),
         4675,
         "as of now: everything"
+    );
+    assert_eq!(
+        count_at(&between_runs.to_rfc3339()),
+        3675,
+        "as of a time between the two runs: the first run's rows only"
     );
 
     // A bad query: DataFusion's message, exit code 2, no panic.
