@@ -172,9 +172,7 @@ pub(super) async fn read_shard(
             return ShardExit::ShardEnd;
         }
         if n == 0 {
-            // Caught up only on Kinesis's word: an answer without MillisBehindLatest (such as
-            // the empty one after renewing an expired iterator) says nothing.
-            if drain && millis_behind == Some(0) {
+            if drain && caught_up(n, millis_behind) {
                 return ShardExit::CaughtUp;
             }
             tokio::select! {
@@ -183,6 +181,13 @@ pub(super) async fn read_shard(
             }
         }
     }
+}
+
+/// Whether an answer of `records` records says the reader has caught up with the shard:
+/// none returned and Kinesis says it is 0 ms behind. An answer without MillisBehindLatest
+/// (such as the empty one after an expired iterator is renewed) says nothing.
+fn caught_up(records: usize, millis_behind: Option<i64>) -> bool {
+    records == 0 && millis_behind == Some(0)
 }
 
 /// How many GetRecords / GetShardIterator failures in a row that retrying cannot help
@@ -308,6 +313,17 @@ fn build_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_an_empty_answer_at_zero_lag_is_caught_up() {
+        assert!(caught_up(0, Some(0)));
+        assert!(
+            !caught_up(0, None),
+            "an expired iterator's empty answer says nothing"
+        );
+        assert!(!caught_up(0, Some(1500)), "records are still arriving");
+        assert!(!caught_up(3, Some(0)), "records were returned");
+    }
 
     #[test]
     fn positions_compare_as_numbers_then_sub_sequence() {

@@ -36,12 +36,6 @@ async fn metrics_health_and_readiness_are_served_during_a_run() {
     let name = support::unique("metrics");
     let settings = support::settings(&name, &dir.path().join("tables"), "");
     support::create_streams(&aws, &settings, 1).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
     let cfg = dir.path().join("w.toml");
     let streams: String = settings
         .streams
@@ -56,11 +50,28 @@ async fn metrics_health_and_readiness_are_served_during_a_run() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_pinstream"))
         .args(["--log-format", "json", "run", "--config"])
         .arg(&cfg)
-        .args(["--metrics-addr", &addr])
+        // Port 0: the worker binds a free port and logs the address it got (no port picked
+        // here, freed, and raced for by the time the worker binds it).
+        .args(["--metrics-addr", "127.0.0.1:0"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("w.log")).unwrap())
         .spawn()
         .unwrap();
+    let log_path = dir.path().join("w.log");
+    let addr: String = support::wait_for(
+        "the metrics address in the log",
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            async move {
+                text.lines()
+                    .filter(|l| l.contains("serving /metrics"))
+                    .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .and_then(|v| v["addr"].as_str().map(str::to_owned))
+            }
+        },
+    )
+    .await;
 
     let a = addr.clone();
     support::wait_for("/healthz", Duration::from_secs(30), || {
