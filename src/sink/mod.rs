@@ -280,7 +280,7 @@ impl TableSink {
         buf: &mut BTreeMap<String, ShardBuf>,
         totals: &SinkTotals,
     ) -> Result<(), SinkError> {
-        let mut planned = shards_to_commit(buf).await;
+        let mut planned = shards_to_commit(buf);
         if planned.is_empty() {
             return Ok(());
         }
@@ -341,7 +341,7 @@ impl TableSink {
                 fenced.push(key.clone());
             }
         }
-        drop_fenced(buf, planned, &fenced).await;
+        drop_fenced(buf, planned, &fenced);
         Ok(())
     }
 
@@ -364,11 +364,7 @@ impl TableSink {
             if keys.is_empty() {
                 return Ok(false);
             }
-            let mut shards = Vec::with_capacity(keys.len());
-            for key in &keys {
-                let expected = buf[key].lease.versions().rejects_version;
-                shards.push(self.shard_commit(&buf[key], expected));
-            }
+            let shards = self.shard_commits(buf, &keys, true);
             let batches: Vec<RecordBatch> = keys
                 .iter()
                 .flat_map(|k| buf[k].rejects.iter().cloned())
@@ -377,7 +373,7 @@ impl TableSink {
             match self.append(true, &batches, &shards).await? {
                 Appended::Fenced(fenced) => {
                     tracing::warn!(leases = ?fenced, "another writer committed rejects for these shards; dropping our rows");
-                    drop_fenced(buf, planned, &fenced).await;
+                    drop_fenced(buf, planned, &fenced);
                 }
                 Appended::Committed(version) => {
                     for shard in &shards {
@@ -414,11 +410,7 @@ impl TableSink {
         planned: &mut Vec<String>,
     ) -> Result<Option<(i64, usize)>, SinkError> {
         while !planned.is_empty() {
-            let mut shards = Vec::with_capacity(planned.len());
-            for key in planned.iter() {
-                let expected = buf[key].lease.versions().batch_version;
-                shards.push(self.shard_commit(&buf[key], expected));
-            }
+            let shards = self.shard_commits(buf, planned, false);
             let batches: Vec<RecordBatch> = planned
                 .iter()
                 .flat_map(|k| buf[k].rows.iter().cloned())
@@ -432,11 +424,32 @@ impl TableSink {
                 }
                 Appended::Fenced(fenced) => {
                     tracing::warn!(leases = ?fenced, "another writer committed for these shards; dropping our rows");
-                    drop_fenced(buf, planned, &fenced).await;
+                    drop_fenced(buf, planned, &fenced);
                 }
             }
         }
         Ok(None)
+    }
+
+    /// The parts of the shards `keys` in a commit to the rejects (`rejects`) or the cleaned
+    /// table, each fenced on the shard's txn version in that table.
+    fn shard_commits(
+        &self,
+        buf: &BTreeMap<String, ShardBuf>,
+        keys: &[String],
+        rejects: bool,
+    ) -> Vec<ShardCommit> {
+        keys.iter()
+            .map(|k| {
+                let v = buf[k].lease.versions();
+                let expected = if rejects {
+                    v.rejects_version
+                } else {
+                    v.batch_version
+                };
+                self.shard_commit(&buf[k], expected)
+            })
+            .collect()
     }
 
     /// A shard's part in a commit: its fence and where its buffered rows end.
@@ -550,7 +563,7 @@ impl TableSink {
 
 /// The buffered shards that have something to commit, by lease key; drops the rows of
 /// shards whose lease was lost and forgets shards with nothing read.
-async fn shards_to_commit(buf: &mut BTreeMap<String, ShardBuf>) -> Vec<String> {
+fn shards_to_commit(buf: &mut BTreeMap<String, ShardBuf>) -> Vec<String> {
     let keys: Vec<String> = buf.keys().cloned().collect();
     let mut planned = Vec::new();
     for key in keys {
@@ -568,11 +581,7 @@ async fn shards_to_commit(buf: &mut BTreeMap<String, ShardBuf>) -> Vec<String> {
 
 /// Marks the leases of `fenced` shards lost (someone else committed for them), drops their
 /// rows and takes them out of the plan.
-async fn drop_fenced(
-    buf: &mut BTreeMap<String, ShardBuf>,
-    planned: &mut Vec<String>,
-    fenced: &[String],
-) {
+fn drop_fenced(buf: &mut BTreeMap<String, ShardBuf>, planned: &mut Vec<String>, fenced: &[String]) {
     for key in fenced {
         if let Some(sb) = buf.get(key) {
             sb.lease.mark_lost("another writer committed for the shard");
