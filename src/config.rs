@@ -526,6 +526,16 @@ impl Settings {
                 Duration::from_secs(7 * 86_400),
             )?,
         };
+        if maintenance.vacuum_retention < Duration::from_secs(7 * 86_400) {
+            return Err(invalid(
+                "maintenance.vacuum_retention",
+                format!(
+                    "{} is below the tables' 7-day minimum (readers and time travel within it would break)",
+                    humantime::format_duration(maintenance.vacuum_retention)
+                ),
+                "use 7d or more",
+            ));
+        }
         Ok(Settings {
             application,
             streams,
@@ -616,6 +626,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("table_root"), "{e}");
+        let e = resolve("[reader]\nmax_records = 20000\n", Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("reader.max_records") && e.contains("1 to 10000"),
+            "{e}"
+        );
+        let e = resolve(
+            "[maintenance]\nvacuum_retention = \"1d\"\n",
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("maintenance.vacuum_retention") && e.contains("7d or more"),
+            "{e}"
+        );
+        assert!(resolve(
+            "[maintenance]\nvacuum_retention = \"8d\"\n",
+            Overrides::default()
+        )
+        .is_ok());
         assert!(Settings::parse_stream_flag("pins=x").is_err());
         assert_eq!(
             Settings::parse_stream_flag("geo=g1").unwrap(),
