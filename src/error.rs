@@ -55,6 +55,8 @@ pub enum Error {
         addr: std::net::SocketAddr,
         source: std::io::Error,
     },
+    #[error("did not stop within --shutdown-timeout ({0:?}) after the signal; the leases it still held expire for the other workers after failover_time")]
+    ShutdownTimeout(std::time::Duration),
     #[error("writing the output: {0}")]
     Output(#[from] std::io::Error),
     #[error("writing the report: {0}")]

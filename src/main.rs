@@ -153,7 +153,19 @@ async fn run_command(args: RunArgs, shutdown: CancellationToken) -> Result<(), E
         fault: args.fault,
         health,
     };
-    let summary = worker::run(settings, aws, opts, shutdown).await?;
+    let deadline = args.shutdown_timeout;
+    let run = worker::run(settings, aws, opts, shutdown.clone());
+    tokio::pin!(run);
+    // Whatever the worker is doing when the signal comes (a slow recovery, a hung call), the
+    // process is gone within the shutdown timeout (plus a few seconds for the releases);
+    // leases it still holds then expire for the others after failover_time.
+    let summary = tokio::select! {
+        r = &mut run => r?,
+        _ = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(deadline + Duration::from_secs(5)).await;
+        } => return Err(Error::ShutdownTimeout(deadline)),
+    };
     let rows: Vec<String> = summary
         .rows
         .iter()

@@ -21,6 +21,7 @@ mod rejects;
 mod reports;
 mod s3;
 mod scaling;
+mod signals;
 mod standalone;
 mod supply_chain;
 mod support;
