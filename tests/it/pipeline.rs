@@ -491,3 +491,65 @@ async fn a_backlog_on_one_stream_does_not_make_the_others_commit_at_every_call_f
         "geo committed {geo_commits} times in {catch_up:?} while pin caught up ({pin_commits} commits)"
     );
 }
+
+/// While records flow, each lease shows its shard's lag and records/s (written by the
+/// lease's keeper at renewal), and `pinstream status --json` reports them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_lag_and_records_per_second_while_records_flow() {
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let settings = support::settings(
+        &support::unique("status"),
+        dir.path(),
+        "[lease]\nfailover_time = \"3s\"\n[reader]\nidle_poll_interval = \"100ms\"\n",
+    );
+    support::create_streams(&aws, &settings, 1).await;
+    let opts = pinstream::producer::ProduceOptions {
+        rate: Some(300.0),
+        duration: Some(Duration::from_secs(15)),
+        ..support::produce_options(&settings, 97, 0.0, u64::MAX)
+    };
+    let client = aws.kinesis.clone();
+    let producing = tokio::spawn(async move {
+        pinstream::producer::produce(client, opts, CancellationToken::new()).await
+    });
+    let (stop, running) = support::spawn_worker(&settings, &aws, options(false));
+    let leases = pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
+    // 300 rec/s over three streams: about 100 rec/s a shard.
+    support::wait_for(
+        "records/s and lag on every lease",
+        Duration::from_secs(30),
+        || async {
+            let all = leases.scan().await.ok()?;
+            (all.len() == 3
+                && all.iter().all(|l| {
+                    l.records_per_second.is_some_and(|r| r > 20.0)
+                        && l.millis_behind_latest.is_some()
+                }))
+            .then_some(())
+        },
+    )
+    .await;
+    let out = support::pinstream()
+        .args(["status", "--json", "--app", &settings.application])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = json.as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(
+        rows.iter().any(
+            |r| r["records_per_second"].as_f64().is_some_and(|x| x > 0.0)
+                && r["millis_behind_latest"].is_i64()
+        ),
+        "{json}"
+    );
+    producing.abort();
+    stop.cancel();
+    running.await.unwrap().unwrap();
+}
