@@ -152,6 +152,14 @@ impl Feed {
         }
     }
 
+    /// The kinds this feed yields records of (of the configured streams).
+    fn kinds(&self, streams: &BTreeMap<Kind, String>) -> usize {
+        match self {
+            Feed::Synthetic(..) => streams.len(),
+            Feed::Replay { lines, .. } => lines.iter().filter(|(_, v)| !v.is_empty()).count(),
+        }
+    }
+
     fn next(&mut self) -> Option<Item> {
         match self {
             Feed::Synthetic(g, pending) => {
@@ -242,6 +250,7 @@ pub async fn produce(
     cancel: CancellationToken,
 ) -> Result<ProduceReport, ProduceError> {
     let mut feed = Feed::new(&opts.source, &opts.streams)?;
+    let feeding = feed.kinds(&opts.streams);
     let stats = Arc::new(Stats::default());
     let started = Instant::now();
     let deadline = opts.duration.map(|d| started + d);
@@ -282,7 +291,9 @@ pub async fn produce(
         };
         let n = per_stream.entry(item.kind).or_default();
         if opts.count.is_some_and(|c| *n >= c) {
-            if per_stream.len() == opts.streams.len()
+            // Done when every stream the feed yields for has its count (a replay of only
+            // the pin file never yields geo or user records: with --loop it would go on).
+            if per_stream.len() >= feeding
                 && per_stream
                     .values()
                     .all(|v| opts.count.is_some_and(|c| *v >= c))

@@ -295,3 +295,87 @@ async fn python_boto3_and_aws_kinesis_agg_read_the_aggregated_records() {
         );
     }
 }
+
+/// `pinstream produce` as a user runs it: `--from FILE --loop` starts the file over (5,000
+/// records from a file of 3,675, each sample record there once or twice), `--report json`
+/// prints the report as JSON, and an interrupt (SIGINT) of an endless run stops it cleanly
+/// with the totals so far.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_produce_command_loops_replays_reports_json_and_prints_totals_on_interrupt() {
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let settings = support::settings(&support::unique("producecli"), dir.path(), "");
+    support::create_streams(&aws, &settings, 1).await;
+    let pin = settings.streams[&Kind::Pin].clone();
+    let sample = support::sample_data().join("pin.ndjson");
+    let out = support::pinstream()
+        .args(["produce", "--stream", &format!("pin={pin}"), "--from"])
+        .arg(format!("pin={}", sample.display()))
+        .args(["--loop", "--count", "5000", "--report", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["sent"], 5000, "{report}");
+    let records = read_back(&aws, &pin).await;
+    assert_eq!(records.values().sum::<usize>(), 5000);
+    assert_eq!(
+        records.len(),
+        3675,
+        "every sample record, the first 1,325 twice"
+    );
+    assert!(records.values().all(|n| *n == 1 || *n == 2));
+
+    // Endless (no --count or --duration), interrupted once records are flowing.
+    let geo = settings.streams[&Kind::Geo].clone();
+    let mut cmd = support::pinstream();
+    cmd.args(["produce", "--rate", "200"]);
+    for (k, s) in &settings.streams {
+        cmd.args(["--stream", &format!("{k}={s}")]);
+    }
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    support::wait_for("records flowing", Duration::from_secs(30), || async {
+        (!read_back(&aws, &geo).await.is_empty()).then_some(())
+    })
+    .await;
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let status = support::wait_exit(
+        &mut child,
+        "produce stops on SIGINT",
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(status.code(), Some(0));
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut text).unwrap();
+    let sent: u64 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("totals printed: {text}"));
+    assert!(text.starts_with("sent ") && sent > 0, "{text}");
+    let mut held = read_back(&aws, &geo).await.values().sum::<usize>() as u64;
+    for kind in [Kind::Pin, Kind::User] {
+        held += read_back(&aws, &settings.streams[&kind])
+            .await
+            .values()
+            .sum::<usize>() as u64;
+    }
+    assert_eq!(
+        held,
+        sent + 5000,
+        "the totals are what the streams hold (besides the 5,000 looped pins)"
+    );
+}
