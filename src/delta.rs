@@ -45,7 +45,7 @@ pub enum DeltaError {
 /// Where a shard's rows stand in a table: the txn version and the last record committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardPosition {
-    /// `<application>/<stream>/<shard_id>`
+    /// The shard's txn app id (see `lease::Lease::app_id`).
     pub app_id: String,
     /// The lease key the position belongs to.
     pub lease_key: String,
@@ -61,7 +61,7 @@ pub struct ShardPosition {
 /// fence) and where its rows end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardCommit {
-    /// `<application>/<stream>/<shard_id>`
+    /// The shard's txn app id (see `lease::Lease::app_id`).
     pub app_id: String,
     pub lease_key: String,
     /// The shard's txn version as this writer last read or wrote it (0: none yet). If the

@@ -121,6 +121,31 @@ impl Lease {
     }
 }
 
+#[cfg(test)]
+impl Lease {
+    /// A lease as sync creates it for a shard, owned by nobody, at `checkpoint` (unit tests).
+    pub(crate) fn for_test(stream: &str, shard: &str, checkpoint: Checkpoint) -> Lease {
+        Lease {
+            key: Lease::key_of(stream, shard),
+            stream: stream.into(),
+            shard_id: shard.into(),
+            owner: None,
+            counter: 0,
+            checkpoint,
+            sub_sequence: 0,
+            batch_version: 0,
+            rejects: None,
+            parent_shard_ids: vec![],
+            stream_created: None,
+            txn_app_id: None,
+            owner_switches_since_checkpoint: 0,
+            millis_behind_latest: None,
+            records_per_second: None,
+            last_error: None,
+        }
+    }
+}
+
 /// Remembers, per lease, the counter last seen and when (on this worker's monotonic
 /// clock) it last changed. A lease whose counter has not moved for `failover_time` is
 /// expired. No wall clocks are compared across machines.
@@ -258,22 +283,9 @@ mod tests {
 
     fn lease(shard: &str, owner: Option<&str>, counter: u64) -> Lease {
         Lease {
-            key: Lease::key_of("pin", shard),
-            stream: "pin".into(),
-            shard_id: shard.into(),
             owner: owner.map(str::to_owned),
             counter,
-            checkpoint: Checkpoint::TrimHorizon,
-            sub_sequence: 0,
-            batch_version: 0,
-            rejects: None,
-            parent_shard_ids: vec![],
-            stream_created: None,
-            txn_app_id: None,
-            owner_switches_since_checkpoint: 0,
-            millis_behind_latest: None,
-            records_per_second: None,
-            last_error: None,
+            ..Lease::for_test("pin", shard, Checkpoint::TrimHorizon)
         }
     }
 

@@ -298,15 +298,7 @@ impl TableSink {
             return Ok(());
         };
         self.fault_at(FaultPoint::AfterCommit)?;
-        totals
-            .rows_committed
-            .fetch_add(good_rows as u64, Ordering::Relaxed);
-        totals.commits.fetch_add(1, Ordering::Relaxed);
-        self.progress
-            .rows_committed
-            .fetch_add(good_rows as u64, Ordering::Relaxed);
-        metrics::counter!("pinstream_records_written_total", "table" => self.kind.name())
-            .increment(good_rows as u64);
+        self.count_committed(totals, false, good_rows);
         metrics::histogram!("pinstream_flush_rows", "table" => self.kind.name())
             .record(good_rows as f64);
         self.checkpoint_all(buf, &planned, version).await;
@@ -387,14 +379,7 @@ impl TableSink {
                                 Some((shard.last_sequence.clone(), shard.last_sub_sequence));
                         });
                     }
-                    totals
-                        .rejects_committed
-                        .fetch_add(rows as u64, Ordering::Relaxed);
-                    totals.commits.fetch_add(1, Ordering::Relaxed);
-                    self.progress
-                        .rows_committed
-                        .fetch_add(rows as u64, Ordering::Relaxed);
-                    metrics::counter!("pinstream_records_rejected_written_total", "table" => self.kind.rejects_table()).increment(rows as u64);
+                    self.count_committed(totals, true, rows);
                     return Ok(true);
                 }
             }
@@ -429,6 +414,22 @@ impl TableSink {
             }
         }
         Ok(None)
+    }
+
+    /// Counts one commit of `rows` rows to the rejects (`rejects`) or the cleaned table:
+    /// the sink's totals, the run's progress and the written-rows metric.
+    fn count_committed(&self, totals: &SinkTotals, rejects: bool, rows: usize) {
+        let n = rows as u64;
+        totals.commits.fetch_add(1, Ordering::Relaxed);
+        self.progress.rows_committed.fetch_add(n, Ordering::Relaxed);
+        if rejects {
+            totals.rejects_committed.fetch_add(n, Ordering::Relaxed);
+            metrics::counter!("pinstream_records_rejected_written_total", "table" => self.kind.rejects_table()).increment(n);
+        } else {
+            totals.rows_committed.fetch_add(n, Ordering::Relaxed);
+            metrics::counter!("pinstream_records_written_total", "table" => self.kind.name())
+                .increment(n);
+        }
     }
 
     /// The parts of the shards `keys` in a commit to the rejects (`rejects`) or the cleaned

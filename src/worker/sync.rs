@@ -197,22 +197,8 @@ mod tests {
 
     fn finished(stream: &str, shard: &str, counter: u64) -> Lease {
         Lease {
-            key: Lease::key_of(stream, shard),
-            stream: stream.into(),
-            shard_id: shard.into(),
-            owner: None,
             counter,
-            checkpoint: Checkpoint::ShardEnd,
-            sub_sequence: 0,
-            batch_version: 0,
-            rejects: None,
-            parent_shard_ids: vec![],
-            stream_created: None,
-            txn_app_id: None,
-            owner_switches_since_checkpoint: 0,
-            millis_behind_latest: None,
-            records_per_second: None,
-            last_error: None,
+            ..Lease::for_test(stream, shard, Checkpoint::ShardEnd)
         }
     }
 
