@@ -83,6 +83,7 @@ pub struct FlushConfig {
     pub max_batch_rows: Option<usize>,
     pub max_batch_bytes: Option<usize>,
     pub max_buffered_bytes: Option<usize>,
+    pub failing_commits_unready_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -213,6 +214,8 @@ pub struct FlushPolicy {
     /// Worker-wide memory budget: bytes of cleaned Arrow data held between the readers and
     /// the commits, all tables together.
     pub max_buffered_bytes: usize,
+    /// Commits may fail (and be retried) for this long before `/readyz` answers 503.
+    pub failing_commits_unready_after: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -450,6 +453,11 @@ impl Settings {
                 "flush.max_buffered_bytes",
                 file.flush.max_buffered_bytes,
                 128 << 20,
+            )?,
+            failing_commits_unready_after: duration_or_zero(
+                "flush.failing_commits_unready_after",
+                file.flush.failing_commits_unready_after.as_deref(),
+                Duration::from_secs(120),
             )?,
         };
         let lease = LeasePolicy {

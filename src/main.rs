@@ -133,10 +133,10 @@ async fn run_command(args: RunArgs, shutdown: CancellationToken) -> Result<(), E
         Some(addr) => {
             let handle = pinstream::telemetry::install_recorder().map_err(Error::Metrics)?;
             // Ready while the lease table answered within 3 renewal periods and commits
-            // have not been failing for longer than two minutes.
+            // have not been failing for longer than the configured time.
             let health = std::sync::Arc::new(pinstream::telemetry::Health::new(
                 settings.lease.failover_time,
-                Duration::from_secs(120),
+                settings.flush.failing_commits_unready_after,
             ));
             pinstream::telemetry::serve(addr, handle, health.clone(), shutdown.clone())
                 .await

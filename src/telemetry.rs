@@ -1,15 +1,17 @@
 //! The operator-facing HTTP endpoint on `--metrics-addr`: `/metrics` (Prometheus text from
 //! the `metrics` facade), `/healthz` (the process is up) and `/readyz` (it can reach its
-//! lease table and its commits are not failing). A deliberately tiny HTTP/1.1 responder:
-//! one request per connection, GET only.
+//! lease table and its commits are not failing), served with axum.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -106,66 +108,58 @@ pub fn install_recorder() -> Result<PrometheusHandle, String> {
     Ok(handle)
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `stop`.
+/// The operator routes: `/metrics`, `/healthz`, `/readyz` (GET only; other methods 405).
+pub fn routes(handle: PrometheusHandle, health: Arc<Health>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let body = handle.render();
+                async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let answer = match health.ready() {
+                    Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
+                    Err(why) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {why}\n"),
+                    ),
+                };
+                async move { answer }
+            }),
+        )
+}
+
+/// Binds `addr` and serves `router` on it until `stop` (in-flight requests finish); returns
+/// the bound address (port 0 picks a free one).
+pub async fn serve_router(
+    addr: SocketAddr,
+    router: Router,
+    stop: CancellationToken,
+) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<std::io::Result<()>>)> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    Ok((local, task))
+}
+
+/// Serves the operator routes on `addr` until `stop`.
 pub async fn serve(
     addr: SocketAddr,
     handle: PrometheusHandle,
     health: Arc<Health>,
     stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
+    let (local, _task) = serve_router(addr, routes(handle, health), stop).await?;
     tracing::info!(addr = %local, "serving /metrics, /healthz, /readyz");
-    tokio::spawn(async move {
-        loop {
-            let conn = tokio::select! {
-                _ = stop.cancelled() => return,
-                c = listener.accept() => c,
-            };
-            let Ok((mut sock, _)) = conn else { continue };
-            let (handle, health) = (handle.clone(), health.clone());
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut n = 0;
-                // Read the request head (bounded; we need only the request line).
-                while n < buf.len() {
-                    match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf[n..]))
-                        .await
-                    {
-                        Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
-                        Ok(Ok(k)) => n += k,
-                    }
-                    if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-                let head = String::from_utf8_lossy(&buf[..n]);
-                let mut parts = head.split_whitespace();
-                let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                let (status, ctype, body) = match (method, path) {
-                    ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", handle.render()),
-                    ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
-                    ("GET", "/readyz") => match health.ready() {
-                        Ok(()) => ("200 OK", "text/plain", "ready\n".to_owned()),
-                        Err(why) => (
-                            "503 Service Unavailable",
-                            "text/plain",
-                            format!("not ready: {why}\n"),
-                        ),
-                    },
-                    ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-                    _ => (
-                        "405 Method Not Allowed",
-                        "text/plain",
-                        "GET only\n".to_owned(),
-                    ),
-                };
-                let resp = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-                let _ = sock.write_all(resp.as_bytes()).await;
-                let _ = sock.shutdown().await;
-            });
-        }
-    });
     Ok(local)
 }
 

@@ -13,7 +13,11 @@ use crate::support;
 fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let code = text.split_whitespace().nth(1)?.parse().ok()?;
@@ -29,13 +33,24 @@ fn sample(scrape: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_health_and_readiness_are_served_during_a_run() {
-    let aws = support::aws().await;
+/// A worker process with `--metrics-addr 127.0.0.1:0` on fresh streams (one shard each),
+/// with `extra_toml` appended to its config and `args` after `run`; returns the child, the
+/// address it logged, its settings and its directory (log in `w.log`).
+async fn spawn_served_worker(
+    aws: &pinstream::aws::AwsClients,
+    prefix: &str,
+    extra_toml: &str,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    String,
+    pinstream::config::Settings,
+    tempfile::TempDir,
+) {
     let dir = support::tempdir();
-    let name = support::unique("metrics");
+    let name = support::unique(prefix);
     let settings = support::settings(&name, &dir.path().join("tables"), "");
-    support::create_streams(&aws, &settings, 1).await;
+    support::create_streams(aws, &settings, 1).await;
     let cfg = dir.path().join("w.toml");
     let streams: String = settings
         .streams
@@ -44,15 +59,16 @@ async fn metrics_health_and_readiness_are_served_during_a_run() {
         .collect();
     std::fs::write(
         &cfg,
-        format!("application = \"{name}\"\ntable_root = \"{}\"\n[flush]\nmax_batch_age = \"300ms\"\n[lease]\nfailover_time = \"3s\"\n[reader]\nidle_poll_interval = \"100ms\"\n[streams]\n{streams}", dir.path().join("tables").display()),
+        format!("application = \"{name}\"\ntable_root = \"{}\"\n[flush]\nmax_batch_age = \"300ms\"\n{extra_toml}[lease]\nfailover_time = \"3s\"\n[reader]\nidle_poll_interval = \"100ms\"\n[streams]\n{streams}", dir.path().join("tables").display()),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pinstream"))
+    let child = Command::new(env!("CARGO_BIN_EXE_pinstream"))
         .args(["--log-format", "json", "run", "--config"])
         .arg(&cfg)
         // Port 0: the worker binds a free port and logs the address it got (no port picked
         // here, freed, and raced for by the time the worker binds it).
         .args(["--metrics-addr", "127.0.0.1:0"])
+        .args(args)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("w.log")).unwrap())
         .spawn()
@@ -72,6 +88,13 @@ async fn metrics_health_and_readiness_are_served_during_a_run() {
         },
     )
     .await;
+    (child, addr, settings, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_readiness_are_served_during_a_run() {
+    let aws = support::aws().await;
+    let (mut child, addr, settings, dir) = spawn_served_worker(&aws, "metrics", "", &[]).await;
 
     let a = addr.clone();
     support::wait_for("/healthz", Duration::from_secs(30), || {
@@ -152,4 +175,46 @@ async fn metrics_health_and_readiness_are_served_during_a_run() {
         !log.contains("first_name"),
         "no record payloads in info logs"
     );
+}
+
+/// A worker whose Delta commits keep failing turns `/readyz` to 503, naming the failure,
+/// once they have failed for `flush.failing_commits_unready_after`; it was ready before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_turns_503_while_commits_keep_failing() {
+    let aws = support::aws().await;
+    let (mut child, addr, settings, _dir) = spawn_served_worker(
+        &aws,
+        "unready",
+        "failing_commits_unready_after = \"1s\"\n",
+        &["--fault", "before_commit:1+:fail"],
+    )
+    .await;
+    let a = addr.clone();
+    support::wait_for(
+        "/readyz 200 before any commit",
+        Duration::from_secs(30),
+        || {
+            let r = get(&a, "/readyz");
+            async move { r.filter(|(c, _)| *c == 200) }
+        },
+    )
+    .await;
+    let opts = support::produce_options(&settings, 2, 0.0, 100);
+    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
+        .await
+        .unwrap();
+    let a = addr.clone();
+    let body = support::wait_for("/readyz 503", Duration::from_secs(60), || {
+        let r = get(&a, "/readyz");
+        async move { r.filter(|(c, _)| *c == 503).map(|(_, b)| b) }
+    })
+    .await;
+    assert!(
+        body.contains("Delta commits have been failing"),
+        "the reason is named: {body}"
+    );
+    // Still alive: failing commits are retried, not fatal.
+    assert_eq!(get(&addr, "/healthz").map(|(c, _)| c), Some(200));
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
