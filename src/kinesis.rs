@@ -245,7 +245,8 @@ impl ShardReader {
     }
 
     /// Fetches the next records. Throttling and other retryable errors are returned to the
-    /// caller, who backs off; an expired iterator is renewed here transparently.
+    /// caller at once (the SDK does not retry GetRecords), who counts them and backs off; an
+    /// expired iterator is renewed here transparently.
     pub async fn next(&mut self) -> Result<Fetched, ServiceError> {
         let iterator = match self.iterator.take() {
             Some(it) => it,
@@ -256,6 +257,13 @@ impl ShardReader {
             .get_records()
             .shard_iterator(&iterator)
             .limit(self.max_records)
+            .customize()
+            // The reader owns the backoff (and counts every throttled call), as the KCL does:
+            // SDK retries on top would hide throttles and multiply the calls.
+            .config_override(
+                aws_sdk_kinesis::config::Builder::default()
+                    .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled()),
+            )
             .send()
             .await;
         let out = match res {

@@ -4,10 +4,15 @@
 //! response, at their positions, as `ProvisionedThroughputExceededException` or
 //! `InternalFailure`. Every other call passes through untouched. Each distinct record fails
 //! at most once, so a correct producer ends with every record in the stream exactly once.
+//!
+//! In its GetRecords mode it instead answers every GetRecords call with
+//! `ProvisionedThroughputExceededException` for a while after the first one, and records
+//! when each call came.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,6 +28,10 @@ struct State {
     entries: AtomicU64,
     throttled: AtomicU64,
     internal: AtomicU64,
+    /// GetRecords mode: throttle every GetRecords call this long after the first.
+    throttle_get_records_for: Option<Duration>,
+    /// Each GetRecords call: when it came, its shard iterator, whether it was throttled.
+    get_records_calls: Mutex<Vec<GetRecordsCall>>,
 }
 
 pub struct FlakyKinesis {
@@ -41,16 +50,37 @@ impl FlakyKinesis {
     /// Listens on a free loopback port and forwards to `upstream` (`http://host:port`),
     /// failing one PutRecords entry in `every`.
     pub async fn start(upstream: &str, every: u64) -> Self {
+        Self::start_with(
+            upstream,
+            State {
+                every,
+                ..State::default()
+            },
+        )
+        .await
+    }
+
+    /// Listens on a free loopback port and forwards to `upstream`, answering every
+    /// GetRecords call as throttled for `window` after the first one.
+    pub async fn throttling_get_records(upstream: &str, window: Duration) -> Self {
+        Self::start_with(
+            upstream,
+            State {
+                throttle_get_records_for: Some(window),
+                ..State::default()
+            },
+        )
+        .await
+    }
+
+    async fn start_with(upstream: &str, state: State) -> Self {
         let upstream = upstream
             .trim_start_matches("http://")
             .trim_end_matches('/')
             .to_owned();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let state = Arc::new(State {
-            every,
-            ..State::default()
-        });
+        let state = Arc::new(state);
         let s = state.clone();
         let task = tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
@@ -73,14 +103,54 @@ impl FlakyKinesis {
             s.entries.load(Ordering::Relaxed),
         )
     }
+
+    /// Every GetRecords call so far, in order.
+    pub fn get_records_calls(&self) -> Vec<GetRecordsCall> {
+        self.state.get_records_calls.lock().unwrap().clone()
+    }
+}
+
+/// One GetRecords call the proxy saw.
+#[derive(Debug, Clone)]
+pub struct GetRecordsCall {
+    pub at: Instant,
+    /// The call's shard iterator: a reader retrying a throttled call sends the same one.
+    pub iterator: String,
+    pub throttled: bool,
+}
+
+/// In GetRecords mode: whether this GetRecords call is to be throttled (and noted).
+fn throttle_this_get_records(state: &State, body: &[u8]) -> bool {
+    let Some(window) = state.throttle_get_records_for else {
+        return false;
+    };
+    let iterator = serde_json::from_slice::<Value>(body).unwrap_or_default()["ShardIterator"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mut calls = state.get_records_calls.lock().unwrap();
+    let at = Instant::now();
+    let throttled = calls.first().is_none_or(|first| at < first.at + window);
+    calls.push(GetRecordsCall {
+        at,
+        iterator,
+        throttled,
+    });
+    throttled
 }
 
 async fn serve(mut client: TcpStream, upstream: &str, state: &State) -> std::io::Result<()> {
     let mut up = TcpStream::connect(upstream).await?;
     let (mut from_client, mut from_up) = (Vec::new(), Vec::new());
     while let Some((head, body)) = read_message(&mut client, &mut from_client).await? {
-        let put_records = header(&head, "x-amz-target").is_some_and(|t| t.ends_with(".PutRecords"));
-        if !put_records {
+        let target = header(&head, "x-amz-target").unwrap_or_default();
+        if target.ends_with(".GetRecords") && throttle_this_get_records(state, &body) {
+            let body = br#"{"__type":"ProvisionedThroughputExceededException","message":"Rate exceeded for shard (injected by the test proxy)"}"#;
+            let head = "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nx-amzn-RequestId: flaky-proxy\r\nConnection: keep-alive";
+            write_message(&mut client, head, body).await?;
+            continue;
+        }
+        if !target.ends_with(".PutRecords") || state.every == 0 {
             write_message(&mut up, &head, &body).await?;
             let Some((h, b)) = read_message(&mut up, &mut from_up).await? else {
                 return Ok(());

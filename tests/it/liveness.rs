@@ -293,3 +293,56 @@ async fn a_parent_shard_gone_from_the_stream_is_ended_and_its_lease_cleaned_up()
     assert_eq!(all.len(), 3, "the listed shards' leases stay: {all:?}");
     support::assert_exactly_once(&root, per_stream as usize, "behind a vanished parent").await;
 }
+
+/// Throttled GetRecords calls are retried with growing waits, by the reader itself (the
+/// SDK's own retries are off for GetRecords, so each throttle is seen and counted): a
+/// fault proxy throttles every GetRecords call for 5 s, each shard's retries of one iterator
+/// come at least 150 ms, 300 ms, 600 ms, ... apart, and every record still lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_get_records_back_off_and_every_record_still_lands_once() {
+    let aws = support::aws().await;
+    let proxy = crate::flaky::FlakyKinesis::throttling_get_records(
+        &std::env::var("AWS_ENDPOINT_URL_KINESIS").unwrap(),
+        Duration::from_secs(5),
+    )
+    .await;
+    let via_proxy = pinstream::aws::AwsClients::for_emulators(
+        &proxy.url,
+        &std::env::var("AWS_ENDPOINT_URL_DYNAMODB").unwrap(),
+    )
+    .await;
+    let dir = support::tempdir();
+    let root = dir.path().join("tables");
+    let settings = support::settings(&support::unique("throttle"), &root, CONFIG);
+    support::create_streams(&aws, &settings, 1).await;
+    let per_stream = 200u64;
+    let opts = support::produce_options(&settings, 41, 0.0, per_stream);
+    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
+        .await
+        .unwrap();
+    let (stop, running) = support::spawn_worker(&settings, &via_proxy, support::run_options(false));
+    support::wait_all_landed(&root, per_stream as usize, "after the throttling").await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    support::assert_exactly_once(&root, per_stream as usize, "after the throttling").await;
+
+    let calls = proxy.get_records_calls();
+    let mut retries: std::collections::BTreeMap<&str, Vec<std::time::Instant>> = Default::default();
+    for c in calls.iter().filter(|c| c.throttled) {
+        retries.entry(&c.iterator).or_default().push(c.at);
+    }
+    let throttled: usize = retries.values().map(Vec::len).sum();
+    assert!(throttled >= 3, "the proxy throttled calls: {throttled}");
+    for (iterator, at) in &retries {
+        for (k, pair) in at.windows(2).enumerate().take(5) {
+            let gap = pair[1] - pair[0];
+            let least = Duration::from_millis(150 << k);
+            assert!(
+                gap >= least,
+                "retry {} of one iterator came {gap:?} after the previous call (at least {least:?} expected); calls: {:?} ({iterator})",
+                k + 1,
+                at.windows(2).map(|p| p[1] - p[0]).collect::<Vec<_>>()
+            );
+        }
+    }
+}
