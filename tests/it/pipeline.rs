@@ -553,3 +553,47 @@ async fn status_shows_lag_and_records_per_second_while_records_flow() {
     stop.cancel();
     running.await.unwrap().unwrap();
 }
+
+/// While the worker keeps up, a record is visible (its commit made) within
+/// `flush.max_batch_age` plus the commit itself: measured per row from its Kinesis arrival
+/// to the timestamp of the commit that added it, read from the Delta log, not from the
+/// worker's own bookkeeping. The producer trickles for ~5 s, so each table takes several
+/// age-triggered commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_are_visible_within_max_batch_age_plus_the_commit_while_the_worker_keeps_up() {
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let root = dir.path().join("tables");
+    let settings = support::settings(
+        &support::unique("visible"),
+        &root,
+        "[flush]\nmax_batch_age = \"3s\"\n[reader]\nidle_poll_interval = \"100ms\"\n",
+    );
+    support::create_streams(&aws, &settings, 1).await;
+    let (stop, running) = support::spawn_worker(&settings, &aws, options(false));
+    let per_stream = 100;
+    let opts = ProduceOptions {
+        rate: Some(60.0),
+        ..support::produce_options(&settings, 17, 0.0, per_stream)
+    };
+    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
+        .await
+        .unwrap();
+    support::wait_all_landed(&root, per_stream as usize, "the trickle").await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    let a = pinstream::local::loadtest::analyse(&root).unwrap();
+    assert_eq!((a.distinct, a.duplicates), (3 * per_stream, 0), "{a:?}");
+    assert_eq!(a.latencies_ms.len(), 3 * per_stream as usize);
+    for kind in Kind::ALL {
+        assert!(
+            commits(&root, kind.name()) >= 2,
+            "{kind}: the trickle took several age-triggered commits"
+        );
+    }
+    let worst = a.latencies_ms.iter().copied().max().unwrap();
+    assert!(
+        worst <= 3_000 + 2_500,
+        "every row visible within max_batch_age (3 s) + 2.5 s for reading and committing; the slowest took {worst} ms"
+    );
+}
