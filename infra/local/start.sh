@@ -12,7 +12,9 @@
 #
 # Environment: PINSTREAM_STACK_DIR (state: pids, logs, env.sh; default infra/local/run),
 # PINSTREAM_STACK_PORT_BASE (default 14566: kinesalite +0, dynalite +1, moto +2,
-# kinesis-local +3 plain and +4 TLS), PINSTREAM_STACK_TIMEOUT (seconds, default 90).
+# kinesis-local +3 plain and +4 TLS; `auto`: a free range picked at random, kept in the
+# state directory so that a second start reuses it), PINSTREAM_STACK_TIMEOUT (seconds,
+# default 90).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -38,13 +40,36 @@ port_of() {
 
 needs_node=0; needs_python=0
 for s in "${services[@]}"; do
-  port_of "$s" >/dev/null
-  case "$s" in moto) needs_python=1 ;; *) needs_node=1 ;; esac
+  case "$s" in
+    moto) needs_python=1 ;;
+    kinesalite|dynalite|kinesis-local) needs_node=1 ;;
+    *) die "unknown service '$s' (known: ${all[*]})" ;;
+  esac
 done
 
 mkdir -p "$run"
 exec 9>"$run/.lock"
 flock 9  # one installer/starter at a time per state directory
+
+answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# `auto`: the range this state directory already uses, else a random one where nothing
+# answers on any of the five ports.
+if [ "$base" = auto ]; then
+  if [ -f "$run/port-base" ]; then
+    base=$(cat "$run/port-base")
+  else
+    for _ in $(seq 1 50); do
+      base=$((20000 + (RANDOM % 8000) * 5))
+      free=1
+      for off in 0 1 2 3 4; do answers $((base + off)) && free=0; done
+      [ $free = 1 ] && break
+    done
+    [ $free = 1 ] || die "found no free port range for PINSTREAM_STACK_PORT_BASE=auto"
+    echo "$base" >"$run/port-base"
+  fi
+fi
+case "$base" in ''|*[!0-9]*) die "PINSTREAM_STACK_PORT_BASE=$base: a port number or auto" ;; esac
 
 if [ $needs_node = 1 ]; then
   command -v node >/dev/null || die "node not found: install Node.js 18 or newer (Debian: apt-get install nodejs npm)"
@@ -66,7 +91,6 @@ if [ $needs_python = 1 ]; then
   fi
 fi
 
-answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 alive() { [ -f "$run/$1.pid" ] && kill -0 "$(cat "$run/$1.pid")" 2>/dev/null; }
 
 start_one() {

@@ -30,3 +30,5 @@ for s in "${services[@]}"; do
   fi
   rm -f "$f"
 done
+# Nothing of ours runs any more: an `auto` port range is picked afresh next time.
+compgen -G "$run/*.pid" >/dev/null || rm -f "$run/port-base"

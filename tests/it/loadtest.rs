@@ -3,22 +3,18 @@
 //! shards split (`--chaos`). Short runs; the figures in the README come from longer runs of
 //! the same command.
 
-/// Runs `pinstream loadtest` with `args` on its own emulators (the suite's base port +
-/// `offset`) and returns its JSON report, after checking with this suite's own reader that
+/// Runs `pinstream loadtest` with `args` on its own emulators (on a free port range the
+/// stack script picks) and returns its JSON report, after checking with this suite's own reader that
 /// the tables hold exactly `produced` distinct records, none twice (not only the load
 /// test's count); panics with the workers' logs if it fails.
-fn loadtest(args: &[&str], offset: u16) -> serde_json::Value {
+fn loadtest(args: &[&str]) -> serde_json::Value {
     let dir = crate::support::tempdir();
-    let base: u16 = std::env::var("PINSTREAM_STACK_PORT_BASE")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(14566);
     let out = crate::support::pinstream()
         .arg("loadtest")
         .args(args)
         .args(["--report", "json", "--data-dir"])
         .arg(dir.path())
-        .env("PINSTREAM_STACK_PORT_BASE", (base + offset).to_string())
+        .env("PINSTREAM_STACK_PORT_BASE", "auto")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -90,23 +86,20 @@ fn worker_logs(dir: &std::path::Path) -> String {
 /// every closed shard read to its end.
 #[test]
 fn loadtest_chaos_kills_workers_and_splits_shards_without_losing_or_doubling_a_record() {
-    let r = loadtest(
-        &[
-            "--duration",
-            "16s",
-            "--rate",
-            "300",
-            "--shards",
-            "1",
-            "--workers",
-            "2",
-            "--chaos",
-            "--kill-every",
-            "4s",
-            "--split",
-        ],
-        20,
-    );
+    let r = loadtest(&[
+        "--duration",
+        "16s",
+        "--rate",
+        "300",
+        "--shards",
+        "1",
+        "--workers",
+        "2",
+        "--chaos",
+        "--kill-every",
+        "4s",
+        "--split",
+    ]);
     let produced = r["produced"].as_u64().unwrap();
     assert!(produced >= 3000, "about 300 rec/s for 16 s: {r}");
     assert_eq!(r["committed"].as_u64(), Some(produced), "{r}");
@@ -130,19 +123,16 @@ fn loadtest_reports_throughput_latency_memory_and_exactly_once() {
     // Two workers: one starts first and takes every lease, the other steals its share, so
     // shards move between processes mid-run (this caught a sink that committed rejects
     // from a stale snapshot and stalled for good).
-    let r = loadtest(
-        &[
-            "--duration",
-            "3s",
-            "--rate",
-            "600",
-            "--shards",
-            "1",
-            "--workers",
-            "2",
-        ],
-        10,
-    );
+    let r = loadtest(&[
+        "--duration",
+        "3s",
+        "--rate",
+        "600",
+        "--shards",
+        "1",
+        "--workers",
+        "2",
+    ]);
     let produced = r["produced"].as_u64().unwrap();
     assert!(produced >= 1500, "about 600 rec/s for 3 s: {r}");
     assert_eq!(r["committed"].as_u64(), Some(produced), "{r}");
