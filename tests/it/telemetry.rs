@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use pinstream::clean::Kind;
 use pinstream::producer::{self};
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +25,15 @@ fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((code, text.split_once("\r\n\r\n")?.1.to_owned()))
 }
 
+/// The sum of every sample of `name` (any labels) in a Prometheus scrape.
+fn samples(scrape: &str, name: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The value of the first sample of `name` (any labels) in a Prometheus scrape.
 fn sample(scrape: &str, name: &str) -> Option<f64> {
     scrape
@@ -34,6 +44,7 @@ fn sample(scrape: &str, name: &str) -> Option<f64> {
 }
 
 /// A worker process with `--metrics-addr 127.0.0.1:0` on fresh streams (one shard each),
+/// reading up to 50 records a call (chunks far smaller than any budget below),
 /// with `extra_toml` appended to its config and `args` after `run`; returns the child, the
 /// address it logged, its settings and its directory (log in `w.log`).
 async fn spawn_served_worker(
@@ -59,7 +70,7 @@ async fn spawn_served_worker(
         .collect();
     std::fs::write(
         &cfg,
-        format!("application = \"{name}\"\ntable_root = \"{}\"\n[flush]\nmax_batch_age = \"300ms\"\n{extra_toml}[lease]\nfailover_time = \"3s\"\n[reader]\nidle_poll_interval = \"100ms\"\n[streams]\n{streams}", dir.path().join("tables").display()),
+        format!("application = \"{name}\"\ntable_root = \"{}\"\n[flush]\nmax_batch_age = \"300ms\"\n{extra_toml}[lease]\nfailover_time = \"3s\"\n[reader]\nidle_poll_interval = \"100ms\"\nmax_records = 50\n[streams]\n{streams}", dir.path().join("tables").display()),
     )
     .unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_pinstream"))
@@ -217,4 +228,62 @@ async fn readiness_turns_503_while_commits_keep_failing() {
     assert_eq!(get(&addr, "/healthz").map(|(c, _)| c), Some(200));
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// Under a backlog that keeps the memory budget full, the budget's gauge never shows more
+/// held than the budget (every scrape during the run), the budget did fill (pressure
+/// flushes), and scheduled compaction ran and counted the files it replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_budget_bound_and_scheduled_compaction_show_in_the_metrics() {
+    let aws = support::aws().await;
+    let budget = 262_144.0;
+    let (mut child, addr, settings, dir) = spawn_served_worker(
+        &aws,
+        "budget",
+        "max_buffered_bytes = 262144\n[maintenance]\ncompact_interval = \"1s\"\ncompact_min_age = \"0s\"\ncompact_min_files = 2\n",
+        &[],
+    )
+    .await;
+    let per_stream = 3000;
+    let opts = support::produce_options(&settings, 5, 0.0, per_stream);
+    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
+        .await
+        .unwrap();
+    let root = dir.path().join("tables");
+    let (mut most_held, mut scrapes) = (0.0f64, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let last = loop {
+        let body = get(&addr, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        let used = sample(&body, "pinstream_memory_budget_used_bytes").unwrap_or(0.0);
+        assert!(
+            used <= budget,
+            "{used} bytes reserved, over the {budget}-byte budget"
+        );
+        // What the sinks report holding (measured from their buffers, not the budget's own
+        // count) stays inside the budget too.
+        let buffered = samples(&body, "pinstream_buffer_bytes");
+        assert!(
+            buffered <= budget,
+            "{buffered} bytes buffered, over the budget ({used} reserved)"
+        );
+        (most_held, scrapes) = (most_held.max(used), scrapes + 1);
+        let compacted = sample(&body, "pinstream_compaction_files_removed_total").unwrap_or(0.0);
+        if compacted > 0.0 && support::landed(&root, Kind::Pin).await >= per_stream as usize {
+            break body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out: {compacted} files compacted; {scrapes} scrapes"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(sample(&last, "pinstream_memory_budget_bytes"), Some(budget));
+    assert!(
+        most_held > budget / 4.0 && sample(&last, "pinstream_pressure_flushes_total") > Some(0.0),
+        "the backlog filled the budget: at most {most_held} bytes held over {scrapes} scrapes"
+    );
+    assert!(sample(&last, "pinstream_compactions_total") > Some(0.0));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    support::assert_exactly_once(&root, per_stream as usize, "after compactions").await;
 }
