@@ -334,11 +334,22 @@ async fn maintain_one(
     if let Some(retention) = vacuum {
         report.files_vacuumed = vacuum_one(&mut table, retention).await.map_err(de)?;
     }
-    tracing::info!(table = name, ?report, "maintained");
+    let c = report.compaction.as_ref();
+    tracing::info!(
+        table = name,
+        version = report.version,
+        compacted_files = c.map_or(0, |c| c.files_removed),
+        logs_removed = report.logs_removed,
+        files_vacuumed = report.files_vacuumed,
+        "maintained"
+    );
     Ok(report)
 }
 
-/// Deletes data files removed from the table longer ago than `retention`; returns how many.
+/// Deletes data files that are not in the table and have not been for `retention`: files
+/// removed from it longer ago than that, and files never committed (a compaction whose
+/// commit lost, a writer that died before its commit) older than that, as Spark's VACUUM
+/// does (delta-rs's default "lite" mode would leave those forever). Returns how many.
 pub async fn vacuum_one(
     table: &mut DeltaTable,
     retention: Duration,
@@ -347,6 +358,7 @@ pub async fn vacuum_one(
     let (t, metrics) = table
         .clone()
         .vacuum()
+        .with_mode(deltalake::operations::vacuum::VacuumMode::Full)
         .with_retention_period(retention)
         .await?;
     *table = t;

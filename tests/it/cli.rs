@@ -115,11 +115,27 @@ async fn status_lists_every_lease_as_text_and_json() {
     );
 }
 
+/// `maintain` on tables with data: every table checkpointed; `--vacuum 7d` deletes a data
+/// file the table never committed once it is older than the retention (a lost compaction's
+/// or a dead writer's output), keeps a younger one and every file the table references
+/// however old, and the rows stay; a retention under the tables' minimum is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maintain_checkpoints_every_table_and_vacuum_respects_retention() {
+    use pinstream::clean::Kind;
+    use pinstream::producer::generator::Generator;
     let dir = crate::support::tempdir();
     let root = dir.path().join("tables");
     let root_s = root.to_string_lossy().into_owned();
+    let settings = crate::support::settings("maint", &root, "");
+    let mut table =
+        pinstream::delta::open_or_create(&settings.table_root, "pin", &Kind::Pin.schema())
+            .await
+            .unwrap();
+    let (mut g, mut last) = (Generator::new(3, 0.0), 0);
+    for i in 1..=3 {
+        let batch = crate::support::pin_batch(&mut g, "shardId-v", i, 10);
+        crate::support::append_as(&mut table, batch, "shardId-v", &mut last).await;
+    }
     let out = pinstream()
         .args(["maintain", "--json", "--table-root", &root_s])
         .output()
@@ -144,14 +160,64 @@ async fn maintain_checkpoints_every_table_and_vacuum_respects_retention() {
             "{t} checkpointed"
         );
     }
+    let pin = root.join("pin");
+    let committed: Vec<std::path::PathBuf> = std::fs::read_dir(&pin)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .collect();
+    assert_eq!(committed.len(), 3);
+    let eight_days_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(8 * 86_400);
+    let age = |p: &std::path::Path| {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .unwrap()
+            .set_modified(eight_days_ago)
+            .unwrap()
+    };
+    let (orphan_old, orphan_new) = (
+        pin.join("part-orphan-old.parquet"),
+        pin.join("part-orphan-new.parquet"),
+    );
+    std::fs::copy(&committed[0], &orphan_old).unwrap();
+    std::fs::copy(&committed[0], &orphan_new).unwrap();
+    age(&orphan_old);
+    age(&committed[1]);
     let out = pinstream()
-        .args(["maintain", "--vacuum", "7d", "--table-root", &root_s])
+        .args([
+            "maintain",
+            "--json",
+            "--vacuum",
+            "7d",
+            "--table-root",
+            &root_s,
+        ])
         .output()
         .unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["table"], "pin");
+    assert_eq!(v[0]["files_vacuumed"], 1, "{v}");
+    assert!(
+        !orphan_old.exists(),
+        "an old file the table never committed is deleted"
+    );
+    assert!(
+        orphan_new.exists(),
+        "a younger one stays (it may be a commit in progress)"
+    );
+    assert!(
+        committed.iter().all(|p| p.exists()),
+        "committed files stay, however old"
+    );
+    assert_eq!(
+        crate::support::count(&crate::support::read_table(&root, "pin").await),
+        30
     );
     let out = pinstream()
         .args(["maintain", "--vacuum", "1h", "--table-root", &root_s])
