@@ -39,6 +39,13 @@ pub enum Command {
     /// they share the shards of all three streams. Ctrl-C or SIGTERM stops gracefully
     /// (flush, commit, checkpoint, release leases); a second signal exits at once.
     Run(RunArgs),
+    /// Accept records over HTTP as the original project's producers sent them (the API
+    /// Gateway Kinesis proxy and the Confluent REST Proxy) and put them into the streams.
+    ///
+    /// Answers 200 only once Kinesis stored every record of a request. Serves /metrics,
+    /// /healthz and /readyz on the same address. SIGTERM stops accepting, answers the
+    /// requests in hand and exits.
+    Ingest(IngestArgs),
     /// Put synthetic (or replayed) Pinterest records into the streams.
     ///
     /// Synthetic records come as pin/geo/user triples sharing an `ind`, with the real data's
@@ -111,6 +118,22 @@ pub struct RunArgs {
     /// after_commit, after_checkpoint); `POINT:N:fail` fails that flush instead.
     #[arg(long, hide = true, value_parser = crate::fault::Fault::parse)]
     pub fault: Option<crate::fault::Fault>,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Address to serve on, e.g. 0.0.0.0:8080 (port 0: any free port, logged at start).
+    #[arg(
+        long,
+        default_value = "127.0.0.1:8080",
+        env = "PINSTREAM_INGEST_LISTEN"
+    )]
+    pub listen: std::net::SocketAddr,
+    /// How long answering the requests in hand may take after the signal, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

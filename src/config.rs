@@ -53,6 +53,8 @@ pub struct FileConfig {
     pub reader: ReaderConfig,
     #[serde(default)]
     pub maintenance: MaintenanceConfig,
+    #[serde(default)]
+    pub ingest: IngestConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,6 +68,19 @@ pub struct MaintenanceConfig {
     pub compact_min_files: Option<usize>,
     pub vacuum_interval: Option<String>,
     pub vacuum_retention: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    pub max_request_bytes: Option<usize>,
+    pub max_record_bytes: Option<usize>,
+    pub max_in_flight_bytes: Option<usize>,
+    pub linger: Option<String>,
+    pub api_key_file: Option<String>,
+    pub stream_admin: Option<bool>,
+    #[serde(default)]
+    pub topics: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -257,6 +272,25 @@ pub struct ReaderPolicy {
 }
 
 /// Validated settings of one worker.
+/// `pinstream ingest`: the HTTP entry points in front of the streams.
+#[derive(Debug, Clone)]
+pub struct IngestPolicy {
+    /// Largest request body accepted (413 above).
+    pub max_request_bytes: usize,
+    /// Largest record (its data and partition key), at most Kinesis's 1 MiB (413 above).
+    pub max_record_bytes: usize,
+    /// Request bytes being stored at once, all requests together (429 when full).
+    pub max_in_flight_bytes: usize,
+    /// How long a PutRecords batch waits for records of other requests before it is sent.
+    pub linger: Duration,
+    /// A file holding the API key (else `PINSTREAM_INGEST_API_KEY`, else no key).
+    pub api_key_file: Option<PathBuf>,
+    /// Whether `POST` / `DELETE /streams/{stream}` create and delete streams.
+    pub stream_admin: bool,
+    /// REST Proxy topics mapped to kinds, beyond the rule "the part after the last dot".
+    pub topics: BTreeMap<String, Kind>,
+}
+
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub application: String,
@@ -267,6 +301,7 @@ pub struct Settings {
     pub lease: LeasePolicy,
     pub reader: ReaderPolicy,
     pub maintenance: MaintenancePolicy,
+    pub ingest: IngestPolicy,
 }
 
 pub const DEFAULT_TABLE_ROOT: &str = "pinstream-data/tables";
@@ -384,106 +419,152 @@ fn valid_table_name(s: &str) -> bool {
 }
 
 impl Settings {
+    /// Merges the file and the flags (flags win) and checks every value once, naming the
+    /// key and the fix of the first one that is wrong.
     pub fn resolve(file: FileConfig, flags: Overrides) -> Result<Self, ConfigError> {
-        let application = flags
-            .application
-            .or(file.application)
-            .unwrap_or_else(|| "pinstream".into());
-        if application.is_empty() || application.contains('/') {
-            return Err(invalid(
-                "application",
-                format!("`{application}`"),
-                "use a non-empty name without `/`",
-            ));
-        }
-        let mut streams: BTreeMap<Kind, String> = BTreeMap::new();
-        for kind in Kind::ALL {
-            let from_file = match kind {
-                Kind::Pin => &file.streams.pin,
-                Kind::Geo => &file.streams.geo,
-                Kind::User => &file.streams.user,
-            };
-            streams.insert(
-                kind,
-                from_file.clone().unwrap_or_else(|| kind.name().to_owned()),
-            );
-        }
-        for (kind, name) in flags.streams {
-            streams.insert(kind, name);
-        }
-        for (kind, name) in &streams {
-            if !valid_stream_name(name) {
-                return Err(invalid(
-                    &format!("streams.{kind}"),
-                    format!("`{name}` is not a Kinesis stream name"),
-                    "use 1-128 letters, digits, `_`, `.` or `-`",
-                ));
-            }
-        }
-        let lease_table = flags
-            .lease_table
-            .or(file.lease_table)
-            .unwrap_or_else(|| format!("{application}-leases"));
-        if !valid_table_name(&lease_table) {
-            return Err(invalid(
-                "lease_table",
-                format!("`{lease_table}` is not a DynamoDB table name"),
-                "use 3-255 letters, digits, `_`, `.` or `-`",
-            ));
-        }
+        let application = resolve_application(flags.application.or(file.application))?;
+        let streams = resolve_streams(&file.streams, flags.streams)?;
+        let lease_table = resolve_lease_table(
+            flags
+                .lease_table
+                .or(file.lease_table)
+                .unwrap_or_else(|| format!("{application}-leases")),
+        )?;
         let table_root = TableRoot::parse(
             &flags
                 .table_root
                 .or(file.table_root)
                 .unwrap_or_else(|| DEFAULT_TABLE_ROOT.into()),
         )?;
-        let flush = FlushPolicy {
+        Ok(Settings {
+            application,
+            streams,
+            lease_table,
+            table_root,
+            flush: FlushPolicy::resolve(&file.flush)?,
+            lease: LeasePolicy::resolve(&file.lease)?,
+            reader: ReaderPolicy::resolve(&file.reader)?,
+            maintenance: MaintenancePolicy::resolve(&file.maintenance)?,
+            ingest: IngestPolicy::resolve(&file.ingest)?,
+        })
+    }
+
+    /// Parses `KIND=NAME` of `--stream`.
+    pub fn parse_stream_flag(s: &str) -> Result<(Kind, String), String> {
+        let (kind, name) = s
+            .split_once('=')
+            .ok_or_else(|| format!("`{s}`: expected KIND=NAME, e.g. pin=my-pin-stream"))?;
+        let kind =
+            Kind::parse(kind).ok_or_else(|| format!("`{kind}`: KIND is one of pin, geo, user"))?;
+        Ok((kind, name.to_owned()))
+    }
+}
+
+fn resolve_application(given: Option<String>) -> Result<String, ConfigError> {
+    let application = given.unwrap_or_else(|| "pinstream".into());
+    if application.is_empty() || application.contains('/') {
+        return Err(invalid(
+            "application",
+            format!("`{application}`"),
+            "use a non-empty name without `/`",
+        ));
+    }
+    Ok(application)
+}
+
+/// Each kind's stream: the flag, else the file, else the kind's name.
+fn resolve_streams(
+    file: &StreamsConfig,
+    flags: Vec<(Kind, String)>,
+) -> Result<BTreeMap<Kind, String>, ConfigError> {
+    let mut streams: BTreeMap<Kind, String> = BTreeMap::new();
+    for kind in Kind::ALL {
+        let from_file = match kind {
+            Kind::Pin => &file.pin,
+            Kind::Geo => &file.geo,
+            Kind::User => &file.user,
+        };
+        streams.insert(
+            kind,
+            from_file.clone().unwrap_or_else(|| kind.name().to_owned()),
+        );
+    }
+    streams.extend(flags);
+    for (kind, name) in &streams {
+        if !valid_stream_name(name) {
+            return Err(invalid(
+                &format!("streams.{kind}"),
+                format!("`{name}` is not a Kinesis stream name"),
+                "use 1-128 letters, digits, `_`, `.` or `-`",
+            ));
+        }
+    }
+    Ok(streams)
+}
+
+fn resolve_lease_table(lease_table: String) -> Result<String, ConfigError> {
+    if !valid_table_name(&lease_table) {
+        return Err(invalid(
+            "lease_table",
+            format!("`{lease_table}` is not a DynamoDB table name"),
+            "use 3-255 letters, digits, `_`, `.` or `-`",
+        ));
+    }
+    Ok(lease_table)
+}
+
+impl FlushPolicy {
+    fn resolve(f: &FlushConfig) -> Result<Self, ConfigError> {
+        Ok(FlushPolicy {
             max_batch_age: duration(
                 "flush.max_batch_age",
-                file.flush.max_batch_age.as_deref(),
+                f.max_batch_age.as_deref(),
                 Duration::from_secs(5),
             )?,
-            max_batch_rows: positive("flush.max_batch_rows", file.flush.max_batch_rows, 200_000)?,
-            max_batch_bytes: positive(
-                "flush.max_batch_bytes",
-                file.flush.max_batch_bytes,
-                64 << 20,
-            )?,
+            max_batch_rows: positive("flush.max_batch_rows", f.max_batch_rows, 200_000)?,
+            max_batch_bytes: positive("flush.max_batch_bytes", f.max_batch_bytes, 64 << 20)?,
             max_buffered_bytes: positive(
                 "flush.max_buffered_bytes",
-                file.flush.max_buffered_bytes,
+                f.max_buffered_bytes,
                 128 << 20,
             )?,
             failing_commits_unready_after: duration_or_zero(
                 "flush.failing_commits_unready_after",
-                file.flush.failing_commits_unready_after.as_deref(),
+                f.failing_commits_unready_after.as_deref(),
                 Duration::from_secs(120),
             )?,
-        };
-        let lease = LeasePolicy {
+        })
+    }
+}
+
+impl LeasePolicy {
+    fn resolve(l: &LeaseConfig) -> Result<Self, ConfigError> {
+        Ok(LeasePolicy {
             failover_time: duration(
                 "lease.failover_time",
-                file.lease.failover_time.as_deref(),
+                l.failover_time.as_deref(),
                 Duration::from_secs(10),
             )?,
             shard_sync_interval: duration(
                 "lease.shard_sync_interval",
-                file.lease.shard_sync_interval.as_deref(),
+                l.shard_sync_interval.as_deref(),
                 Duration::from_secs(60),
             )?,
             cleanup_after: duration(
                 "lease.cleanup_after",
-                file.lease.cleanup_after.as_deref(),
+                l.cleanup_after.as_deref(),
                 Duration::from_secs(3600),
             )?,
             initial_position: InitialPosition::parse(
-                file.lease
-                    .initial_position
-                    .as_deref()
-                    .unwrap_or("TRIM_HORIZON"),
+                l.initial_position.as_deref().unwrap_or("TRIM_HORIZON"),
             )?,
-        };
-        let max_records = positive("reader.max_records", file.reader.max_records, 10_000)?;
+        })
+    }
+}
+
+impl ReaderPolicy {
+    fn resolve(r: &ReaderConfig) -> Result<Self, ConfigError> {
+        let max_records = positive("reader.max_records", r.max_records, 10_000)?;
         if max_records > 10_000 {
             return Err(invalid(
                 "reader.max_records",
@@ -491,15 +572,19 @@ impl Settings {
                 "use 1 to 10000",
             ));
         }
-        let reader = ReaderPolicy {
+        Ok(ReaderPolicy {
             max_records,
             idle_poll_interval: duration(
                 "reader.idle_poll_interval",
-                file.reader.idle_poll_interval.as_deref(),
+                r.idle_poll_interval.as_deref(),
                 Duration::from_millis(1000),
             )?,
-        };
-        let m = &file.maintenance;
+        })
+    }
+}
+
+impl MaintenancePolicy {
+    fn resolve(m: &MaintenanceConfig) -> Result<Self, ConfigError> {
         let maintenance = MaintenancePolicy {
             checkpoint_interval: m.checkpoint_interval.unwrap_or(100),
             log_retention: duration(
@@ -544,26 +629,48 @@ impl Settings {
                 "use 7d or more",
             ));
         }
-        Ok(Settings {
-            application,
-            streams,
-            lease_table,
-            table_root,
-            flush,
-            lease,
-            reader,
-            maintenance,
-        })
+        Ok(maintenance)
     }
+}
 
-    /// Parses `KIND=NAME` of `--stream`.
-    pub fn parse_stream_flag(s: &str) -> Result<(Kind, String), String> {
-        let (kind, name) = s
-            .split_once('=')
-            .ok_or_else(|| format!("`{s}`: expected KIND=NAME, e.g. pin=my-pin-stream"))?;
-        let kind =
-            Kind::parse(kind).ok_or_else(|| format!("`{kind}`: KIND is one of pin, geo, user"))?;
-        Ok((kind, name.to_owned()))
+impl IngestPolicy {
+    fn resolve(i: &IngestConfig) -> Result<Self, ConfigError> {
+        let max_record_bytes = positive("ingest.max_record_bytes", i.max_record_bytes, 1 << 20)?;
+        if max_record_bytes > 1 << 20 {
+            return Err(invalid(
+                "ingest.max_record_bytes",
+                format!("{max_record_bytes} is above Kinesis's 1 MiB record limit"),
+                "use 1048576 or less",
+            ));
+        }
+        let mut topics = BTreeMap::new();
+        for (topic, kind) in &i.topics {
+            let k = Kind::parse(kind).ok_or_else(|| {
+                invalid(
+                    &format!("ingest.topics.{topic}"),
+                    format!("`{kind}` is not a kind"),
+                    "map the topic to pin, geo or user",
+                )
+            })?;
+            topics.insert(topic.clone(), k);
+        }
+        Ok(IngestPolicy {
+            max_request_bytes: positive("ingest.max_request_bytes", i.max_request_bytes, 10 << 20)?,
+            max_record_bytes,
+            max_in_flight_bytes: positive(
+                "ingest.max_in_flight_bytes",
+                i.max_in_flight_bytes,
+                64 << 20,
+            )?,
+            linger: duration_or_zero(
+                "ingest.linger",
+                i.linger.as_deref(),
+                Duration::from_millis(20),
+            )?,
+            api_key_file: i.api_key_file.clone().map(PathBuf::from),
+            stream_admin: i.stream_admin.unwrap_or(false),
+            topics,
+        })
     }
 }
 

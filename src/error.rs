@@ -44,6 +44,8 @@ pub enum Error {
     Demo(#[from] crate::local::demo::DemoError),
     #[error(transparent)]
     Delta(#[from] DeltaError),
+    #[error("ingest: {0}")]
+    Ingest(#[from] crate::ingest::IngestError),
     #[error("reading the lease table: {0}")]
     Lease(#[from] LeaseError),
     #[error(transparent)]
@@ -67,6 +69,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Config(_) => ErrorKind::Input,
+            Error::Ingest(crate::ingest::IngestError::ApiKey(_)) => ErrorKind::Input,
             Error::Query(q) if q.is_user_error() => ErrorKind::Input,
             Error::Demo(d) if d.is_user_error() => ErrorKind::Input,
             _ => ErrorKind::Failure,

@@ -279,6 +279,37 @@ pub const METRICS: &[Metric] = &[
         &["stream"],
         "PutRecords entries sent again (producer).",
     ),
+    counter(
+        "pinstream_ingest_requests_total",
+        &["api", "status"],
+        "HTTP requests answered by pinstream ingest, by API (gateway, rest_proxy) and status code.",
+    ),
+    histogram(
+        "pinstream_ingest_request_duration_seconds",
+        Unit::Seconds,
+        &["api"],
+        "Time from a request's arrival to its answer (ingest).",
+    ),
+    counter(
+        "pinstream_ingest_records_total",
+        &["stream"],
+        "Records Kinesis stored for ingest requests.",
+    ),
+    counter(
+        "pinstream_ingest_bytes_total",
+        &["stream"],
+        "Bytes of record data Kinesis stored for ingest requests.",
+    ),
+    counter(
+        "pinstream_ingest_refused_total",
+        &["reason"],
+        "Ingest requests refused, by reason (bad_json, bad_request, too_large, unknown_stream, unknown_topic, media_type, unauthorized, forbidden, busy, draining, not_stored).",
+    ),
+    gauge(
+        "pinstream_ingest_in_flight_bytes",
+        &[],
+        "Request bytes being stored now (ingest); at ingest.max_in_flight_bytes requests get 429.",
+    ),
 ];
 
 /// The listed metric of that name.

@@ -96,6 +96,25 @@ pub async fn stream_created(client: &Client, stream: &str) -> Result<i64, Servic
         })
 }
 
+/// The names of every stream of the account (ListStreams, all pages).
+pub async fn list_stream_names(client: &Client) -> Result<Vec<String>, ServiceError> {
+    let mut names = Vec::new();
+    let mut start: Option<String> = None;
+    loop {
+        let out = client
+            .list_streams()
+            .set_exclusive_start_stream_name(start.take())
+            .send()
+            .await
+            .map_err(|e| ServiceError::kinesis("ListStreams", e))?;
+        names.extend(out.stream_names().iter().cloned());
+        if !out.has_more_streams() || names.is_empty() {
+            return Ok(names);
+        }
+        start = names.last().cloned();
+    }
+}
+
 /// Every shard of the stream, open and closed, with parent links.
 pub async fn list_shards(client: &Client, stream: &str) -> Result<Vec<ShardInfo>, ServiceError> {
     let mut shards = Vec::new();

@@ -63,6 +63,7 @@ pub mod config;
 pub mod delta;
 pub mod error;
 pub mod fault;
+pub mod ingest;
 pub mod instrumentation;
 pub mod kinesis;
 pub mod kpl;

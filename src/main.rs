@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use pinstream::aws::AwsClients;
 use pinstream::cli::{
-    Cli, Command, DemoArgs, LoadtestArgs, LogFormat, MaintainArgs, PipelineArgs, ProduceArgs,
-    QueryArgs, ReportArgs, ReportFormat, RunArgs, StatusArgs,
+    Cli, Command, DemoArgs, IngestArgs, LoadtestArgs, LogFormat, MaintainArgs, PipelineArgs,
+    ProduceArgs, QueryArgs, ReportArgs, ReportFormat, RunArgs, StatusArgs,
 };
 use pinstream::config::{ConfigError, FileConfig, Overrides, Settings};
 use pinstream::local::demo;
@@ -83,7 +83,7 @@ fn shutdown_on_signals() -> CancellationToken {
                 _ = async { match term.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending().await } } => {}
             }
             if first {
-                tracing::info!("stopping gracefully (flush, commit, checkpoint, release); signal again to exit now");
+                tracing::info!("stopping gracefully (a worker commits, checkpoints and releases its leases; ingest answers the requests in hand); signal again to exit now");
                 t.cancel();
                 first = false;
             } else {
@@ -116,6 +116,7 @@ async fn dispatch(command: Command) -> Result<(), Error> {
     let shutdown = shutdown_on_signals();
     match command {
         Command::Run(args) => run_command(args, shutdown).await,
+        Command::Ingest(args) => ingest_command(args, shutdown).await,
         Command::Produce(args) => produce_command(args, shutdown).await,
         Command::Status(args) => status_command(args).await,
         Command::Maintain(args) => maintain_command(args).await,
@@ -178,6 +179,18 @@ async fn run_command(args: RunArgs, shutdown: CancellationToken) -> Result<(), E
         seconds = summary.elapsed.as_secs_f64(),
         "run finished"
     );
+    Ok(())
+}
+
+async fn ingest_command(args: IngestArgs, shutdown: CancellationToken) -> Result<(), Error> {
+    let settings = settings(args.pipeline)?;
+    let aws = AwsClients::from_env().await;
+    let metrics = pinstream::telemetry::install_recorder().map_err(Error::Metrics)?;
+    let opts = pinstream::ingest::IngestOptions {
+        listen: args.listen,
+        shutdown_timeout: args.shutdown_timeout,
+    };
+    pinstream::ingest::serve(&settings, aws.kinesis, metrics, opts, shutdown).await?;
     Ok(())
 }
 

@@ -15,6 +15,17 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// What `/readyz` asks: `Ok(())` when ready, else why not.
+pub trait Readiness: Send + Sync + 'static {
+    fn ready(&self) -> Result<(), String>;
+}
+
+impl Readiness for Health {
+    fn ready(&self) -> Result<(), String> {
+        Health::ready(self)
+    }
+}
+
 /// Readiness signals, written by the worker loop and the sinks.
 #[derive(Debug)]
 pub struct Health {
@@ -109,7 +120,7 @@ pub fn install_recorder() -> Result<PrometheusHandle, String> {
 }
 
 /// The operator routes: `/metrics`, `/healthz`, `/readyz` (GET only; other methods 405).
-pub fn routes(handle: PrometheusHandle, health: Arc<Health>) -> Router {
+pub fn routes(handle: PrometheusHandle, health: Arc<dyn Readiness>) -> Router {
     Router::new()
         .route(
             "/metrics",

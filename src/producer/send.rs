@@ -125,19 +125,40 @@ impl Calls {
     }
 }
 
-fn users(p: &[Pending]) -> u64 {
-    p.iter().map(|p| p.users).sum()
+/// Where Kinesis stored one entry, or why it could not.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EntryOutcome {
+    Stored {
+        sequence_number: String,
+        shard_id: String,
+    },
+    Failed {
+        code: String,
+        message: String,
+    },
+}
+
+impl EntryOutcome {
+    fn failed(code: &str, message: String) -> Self {
+        EntryOutcome::Failed {
+            code: code.to_owned(),
+            message,
+        }
+    }
 }
 
 /// Sends one batch; on a partial failure resends only the failed entries, with exponential
-/// backoff and full jitter, up to [`MAX_ATTEMPTS`] attempts.
+/// backoff and full jitter, up to [`MAX_ATTEMPTS`] attempts. Returns each entry's outcome,
+/// in the order given.
 pub async fn put_with_retries(
     client: &aws_sdk_kinesis::Client,
     stream: &str,
-    mut pending: Vec<Pending>,
+    pending: Vec<Pending>,
     stats: &Stats,
     cancel: &CancellationToken,
-) {
+) -> Vec<EntryOutcome> {
+    let mut outcomes: Vec<Option<EntryOutcome>> = vec![None; pending.len()];
+    let mut pending: Vec<(usize, Pending)> = pending.into_iter().enumerate().collect();
     let mut attempt = 0u32;
     while !pending.is_empty() {
         attempt += 1;
@@ -146,7 +167,7 @@ pub async fn put_with_retries(
         let res = client
             .put_records()
             .stream_name(stream)
-            .set_records(Some(pending.iter().map(|p| p.entry.clone()).collect()))
+            .set_records(Some(pending.iter().map(|(_, p)| p.entry.clone()).collect()))
             .send()
             .await;
         let us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
@@ -154,57 +175,75 @@ pub async fn put_with_retries(
             v.push(us);
         }
         metrics::histogram!("pinstream_put_records_duration_seconds", "stream" => stream.to_owned()).record(f64::from(us) / 1e6);
-        match res {
-            Ok(out) if out.failed_record_count().unwrap_or(0) == 0 => {
-                stats.sent.fetch_add(users(&pending), Ordering::Relaxed);
-                return;
-            }
+        let failure = match res {
             Ok(out) => {
                 let mut failed = Vec::new();
-                for (p, result) in pending.into_iter().zip(out.records()) {
+                for ((i, p), result) in pending.into_iter().zip(out.records()) {
                     match result.error_code() {
                         None => {
                             stats.sent.fetch_add(p.users, Ordering::Relaxed);
+                            outcomes[i] = Some(EntryOutcome::Stored {
+                                sequence_number: result
+                                    .sequence_number()
+                                    .unwrap_or_default()
+                                    .to_owned(),
+                                shard_id: result.shard_id().unwrap_or_default().to_owned(),
+                            });
                         }
                         Some(code) => {
                             if code == "ProvisionedThroughputExceededException" {
                                 stats.throttled.fetch_add(p.users, Ordering::Relaxed);
                                 metrics::counter!("pinstream_put_records_throttles_total", "stream" => stream.to_owned()).increment(1);
                             }
-                            failed.push(p);
+                            outcomes[i] = Some(EntryOutcome::failed(
+                                code,
+                                result.error_message().unwrap_or_default().to_owned(),
+                            ));
+                            failed.push((i, p));
                         }
                     }
                 }
                 pending = failed;
+                None
             }
-            Err(e) => {
-                let e = ServiceError::kinesis("PutRecords", e);
-                if e.is_throttle() {
-                    stats
-                        .throttled
-                        .fetch_add(users(&pending), Ordering::Relaxed);
-                }
-                if !e.is_retryable() {
-                    tracing::error!(%stream, error = %e, records = users(&pending), "PutRecords failed; not retryable");
-                    stats.failed.fetch_add(users(&pending), Ordering::Relaxed);
-                    return;
-                }
-                tracing::debug!(%stream, error = %e, "PutRecords failed; retrying");
+            Err(e) => Some(ServiceError::kinesis("PutRecords", e)),
+        };
+        if let Some(e) = failure {
+            let n = pending.iter().map(|(_, p)| p.users).sum::<u64>();
+            if e.is_throttle() {
+                stats.throttled.fetch_add(n, Ordering::Relaxed);
             }
+            for (i, _) in &pending {
+                outcomes[*i] = Some(EntryOutcome::failed(
+                    e.code.as_deref().unwrap_or("ServiceUnavailable"),
+                    e.message.clone(),
+                ));
+            }
+            if !e.is_retryable() {
+                tracing::error!(%stream, error = %e, records = n, "PutRecords failed; not retryable");
+                stats.failed.fetch_add(n, Ordering::Relaxed);
+                break;
+            }
+            tracing::debug!(%stream, error = %e, "PutRecords failed; retrying");
         }
         if pending.is_empty() {
-            return;
+            break;
         }
+        let n = pending.iter().map(|(_, p)| p.users).sum::<u64>();
         if attempt >= MAX_ATTEMPTS || cancel.is_cancelled() {
-            tracing::warn!(%stream, records = users(&pending), attempts = attempt, "giving up on records after retries");
-            stats.failed.fetch_add(users(&pending), Ordering::Relaxed);
-            return;
+            tracing::warn!(%stream, records = n, attempts = attempt, "giving up on records after retries");
+            stats.failed.fetch_add(n, Ordering::Relaxed);
+            break;
         }
-        stats.retries.fetch_add(users(&pending), Ordering::Relaxed);
+        stats.retries.fetch_add(n, Ordering::Relaxed);
         metrics::counter!("pinstream_put_records_retries_total", "stream" => stream.to_owned())
-            .increment(users(&pending));
+            .increment(n);
         tokio::time::sleep(jittered_backoff(attempt)).await;
     }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| EntryOutcome::failed("InternalFailure", "not sent".into())))
+        .collect()
 }
 
 /// Full jitter: uniform in [0, min(cap, base * 2^attempt)], base 50 ms, cap 5 s.

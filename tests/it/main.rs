@@ -10,6 +10,7 @@ mod fence;
 mod flaky;
 mod health;
 mod infra;
+mod ingest;
 mod leases;
 mod liveness;
 mod loadtest;

@@ -140,13 +140,13 @@ fn the_check_finds_a_path_that_leaves_the_repository() {
     let far = format!("../../../{SIBLING}/data/pin.ndjson");
     assert_eq!(
         outside_paths(&format!("see {far}."), file, root, exists),
-        [far.clone()]
+        std::slice::from_ref(&far)
     );
     // Meant from the repository root (CARGO_MANIFEST_DIR): resolves to nothing from here.
     let near = format!("../{SIBLING}/data");
     assert_eq!(
         outside_paths(&format!(r#"join("{near}")"#), file, root, exists),
-        [near.clone()]
+        std::slice::from_ref(&near)
     );
     assert!(outside_paths(
         "see ../../docs/cleaning.md and ../../README.md",

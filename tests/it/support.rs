@@ -89,6 +89,42 @@ where
     }
 }
 
+/// The `addr` field of the first JSON log line at `log` whose message contains `message`
+/// (a process bound port 0 and said where), waiting up to 30 s for it.
+pub async fn logged_addr(log: &Path, message: &str) -> String {
+    wait_for(
+        &format!("`{message}` with an address in {}", log.display()),
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let message = message.to_owned();
+            async move {
+                text.lines()
+                    .filter(|l| l.contains(&message))
+                    .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .and_then(|v| v["addr"].as_str().map(str::to_owned))
+            }
+        },
+    )
+    .await
+}
+
+/// A minimal HTTP/1.1 GET: the status code and body, `None` if the server does not answer.
+pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let code = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, text.split_once("\r\n\r\n")?.1.to_owned()))
+}
+
 /// Waits (bounded) for a child process to exit.
 pub async fn wait_exit(
     child: &mut std::process::Child,

@@ -1,7 +1,6 @@
 //! A worker process with `--metrics-addr`: the Prometheus endpoint is scraped during a run
 //! and the pipeline's metrics are found moving; `/healthz` and `/readyz` answer.
 
-use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -10,20 +9,6 @@ use pinstream::producer::{self};
 use tokio_util::sync::CancellationToken;
 
 use crate::support;
-
-fn get(addr: &str, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let code = text.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, text.split_once("\r\n\r\n")?.1.to_owned()))
-}
 
 /// The sum of every sample of `name` (any labels) in a Prometheus scrape.
 fn samples(scrape: &str, name: &str) -> f64 {
@@ -84,21 +69,7 @@ async fn spawn_served_worker(
         .stderr(std::fs::File::create(dir.path().join("w.log")).unwrap())
         .spawn()
         .unwrap();
-    let log_path = dir.path().join("w.log");
-    let addr: String = support::wait_for(
-        "the metrics address in the log",
-        Duration::from_secs(30),
-        || {
-            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            async move {
-                text.lines()
-                    .filter(|l| l.contains("serving /metrics"))
-                    .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                    .and_then(|v| v["addr"].as_str().map(str::to_owned))
-            }
-        },
-    )
-    .await;
+    let addr = support::logged_addr(&dir.path().join("w.log"), "serving /metrics").await;
     (child, addr, settings, dir)
 }
 
@@ -109,13 +80,13 @@ async fn metrics_health_and_readiness_are_served_during_a_run() {
 
     let a = addr.clone();
     support::wait_for("/healthz", Duration::from_secs(30), || {
-        let r = get(&a, "/healthz");
+        let r = support::http_get(&a, "/healthz");
         async move { r.filter(|(c, _)| *c == 200) }
     })
     .await;
     let a = addr.clone();
     support::wait_for("/readyz", Duration::from_secs(30), || {
-        let r = get(&a, "/readyz");
+        let r = support::http_get(&a, "/readyz");
         async move { r.filter(|(c, _)| *c == 200) }
     })
     .await;
@@ -140,7 +111,7 @@ async fn metrics_health_and_readiness_are_served_during_a_run() {
         "every metric in the scrape, moving",
         Duration::from_secs(60),
         || {
-            let r = get(&a, "/metrics");
+            let r = support::http_get(&a, "/metrics");
             async move {
                 let (_, body) = r?;
                 let received = sample(&body, "pinstream_records_received_total")?;
@@ -166,7 +137,7 @@ async fn metrics_health_and_readiness_are_served_during_a_run() {
         scrape.contains("# HELP pinstream_records_written_total Cleaned rows committed."),
         "help text from the metric list"
     );
-    assert_eq!(get(&addr, "/nope").map(|(c, _)| c), Some(404));
+    assert_eq!(support::http_get(&addr, "/nope").map(|(c, _)| c), Some(404));
 
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -205,7 +176,7 @@ async fn readiness_turns_503_while_commits_keep_failing() {
         "/readyz 200 before any commit",
         Duration::from_secs(30),
         || {
-            let r = get(&a, "/readyz");
+            let r = support::http_get(&a, "/readyz");
             async move { r.filter(|(c, _)| *c == 200) }
         },
     )
@@ -216,7 +187,7 @@ async fn readiness_turns_503_while_commits_keep_failing() {
         .unwrap();
     let a = addr.clone();
     let body = support::wait_for("/readyz 503", Duration::from_secs(60), || {
-        let r = get(&a, "/readyz");
+        let r = support::http_get(&a, "/readyz");
         async move { r.filter(|(c, _)| *c == 503).map(|(_, b)| b) }
     })
     .await;
@@ -225,7 +196,10 @@ async fn readiness_turns_503_while_commits_keep_failing() {
         "the reason is named: {body}"
     );
     // Still alive: failing commits are retried, not fatal.
-    assert_eq!(get(&addr, "/healthz").map(|(c, _)| c), Some(200));
+    assert_eq!(
+        support::http_get(&addr, "/healthz").map(|(c, _)| c),
+        Some(200)
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -253,7 +227,9 @@ async fn the_memory_budget_bound_and_scheduled_compaction_show_in_the_metrics() 
     let (mut most_held, mut scrapes) = (0.0f64, 0);
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     let last = loop {
-        let body = get(&addr, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        let body = support::http_get(&addr, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
         let used = sample(&body, "pinstream_memory_budget_used_bytes").unwrap_or(0.0);
         assert!(
             used <= budget,
