@@ -62,6 +62,7 @@ async fn three_maintain_commands_at_once_keep_every_row_once() {
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()
+                .map(support::KillOnDrop::new)
                 .unwrap()
         })
         .collect();

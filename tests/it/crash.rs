@@ -53,6 +53,7 @@ async fn crash_then_recover(point: &str) {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
+        .map(support::KillOnDrop::new)
         .unwrap();
     let status =
         support::wait_exit(&mut child, "the injected crash", Duration::from_secs(60)).await;
@@ -184,6 +185,7 @@ async fn run_until_fault(dir: &std::path::Path, config: &std::path::Path, id: &s
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
+        .map(support::KillOnDrop::new)
         .unwrap();
     let status = support::wait_exit(&mut child, fault, Duration::from_secs(60)).await;
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use deltalake::arrow::array::AsArray;
@@ -20,7 +20,11 @@ const API_KEY: &str = "test-key-7c1d";
 
 /// `pinstream ingest` on a free port for `settings`' streams, with the API key; returns
 /// the child and its address.
-async fn spawn_ingest(settings: &Settings, dir: &Path, extra: &[&str]) -> (Child, String) {
+async fn spawn_ingest(
+    settings: &Settings,
+    dir: &Path,
+    extra: &[&str],
+) -> (support::KillOnDrop, String) {
     let log = dir.join("ingest.log");
     let mut cmd = support::pinstream();
     cmd.args(["--log-format", "json", "ingest", "--listen", "127.0.0.1:0"]);
@@ -33,6 +37,7 @@ async fn spawn_ingest(settings: &Settings, dir: &Path, extra: &[&str]) -> (Child
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
+        .map(support::KillOnDrop::new)
         .unwrap();
     let addr = support::logged_addr(&log, "serving ingest").await;
     (child, addr)

@@ -341,6 +341,7 @@ async fn the_produce_command_loops_replays_reports_json_and_prints_totals_on_int
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
+        .map(crate::support::KillOnDrop::new)
         .unwrap();
     support::wait_for("records flowing", Duration::from_secs(30), || async {
         (!read_back(&aws, &geo).await.is_empty()).then_some(())

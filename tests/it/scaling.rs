@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ fn start_in_process(settings: &Settings, aws: &AwsClients) -> InProcess {
 }
 
 /// A worker as a separate `pinstream run` process, so it can be killed with SIGKILL.
-fn start_child(config: &Path, id: &str, log: &Path) -> Child {
+fn start_child(config: &Path, id: &str, log: &Path) -> support::KillOnDrop {
     Command::new(env!("CARGO_BIN_EXE_pinstream"))
         .args(["run", "--config"])
         .arg(config)
@@ -56,6 +56,7 @@ fn start_child(config: &Path, id: &str, log: &Path) -> Child {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
+        .map(support::KillOnDrop::new)
         .expect("start pinstream run")
 }
 

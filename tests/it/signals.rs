@@ -14,7 +14,7 @@ use crate::support;
 async fn stalled_worker(
     name: &str,
     extra: &[&str],
-) -> (Child, std::path::PathBuf, tempfile::TempDir) {
+) -> (support::KillOnDrop, std::path::PathBuf, tempfile::TempDir) {
     let aws = support::aws().await;
     let dir = support::tempdir();
     let settings = support::settings(&support::unique(name), &dir.path().join("tables"), "");
@@ -32,6 +32,7 @@ async fn stalled_worker(
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
+        .map(support::KillOnDrop::new)
         .unwrap();
     let leases = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
     support::wait_for(

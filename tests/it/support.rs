@@ -125,6 +125,46 @@ pub fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((code, text.split_once("\r\n\r\n")?.1.to_owned()))
 }
 
+/// A child process that is killed (and reaped) when dropped, so that a failing test's
+/// workers and servers do not outlive it and load the machine for the tests after it.
+pub struct KillOnDrop(Option<std::process::Child>);
+
+impl KillOnDrop {
+    /// Wraps a spawned child (`cmd.spawn().map(KillOnDrop::new)`).
+    pub fn new(child: std::process::Child) -> Self {
+        KillOnDrop(Some(child))
+    }
+
+    /// Waits for the child's exit and output, as `Child::wait_with_output`.
+    pub fn wait_with_output(mut self) -> std::io::Result<std::process::Output> {
+        self.0.take().expect("a child").wait_with_output()
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("a child")
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_mut().expect("a child")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            if matches!(child.try_wait(), Ok(None)) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
 /// Waits (bounded) for a child process to exit.
 pub async fn wait_exit(
     child: &mut std::process::Child,

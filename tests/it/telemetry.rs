@@ -38,7 +38,7 @@ async fn spawn_served_worker(
     extra_toml: &str,
     args: &[&str],
 ) -> (
-    std::process::Child,
+    support::KillOnDrop,
     String,
     pinstream::config::Settings,
     tempfile::TempDir,
@@ -68,6 +68,7 @@ async fn spawn_served_worker(
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("w.log")).unwrap())
         .spawn()
+        .map(support::KillOnDrop::new)
         .unwrap();
     let addr = support::logged_addr(&dir.path().join("w.log"), "serving /metrics").await;
     (child, addr, settings, dir)

@@ -6,7 +6,7 @@ server must give are checked. The Rust tests read the JSON report this writes.
 
 Two entry points, as in the original project:
   * the API Gateway REST API in front of Kinesis (base URL with its stage, e.g.
-    http://127.0.0.1:8080/test): PUT {gateway}/streams/{stream}/record and .../records;
+    http://127.0.0.1:8080/test): PUT {gateway}/streams/{stream}/record and /records;
   * the Confluent REST Proxy v2: POST {proxy}/topics/{prefix}.{pin|geo|user}.
 
 Keys (the required integer key of each kind: pin `index`, geo `ind`, user `ind`), per kind:
@@ -464,7 +464,7 @@ def checks_plan(args, rows):
     n = args.rows
     for kind in KINDS:
         if args.gateway:
-            # Mostly one row per PUT .../record; some rows in PUT .../records batches of 10.
+            # Mostly one row per PUT /record; some rows in PUT /records batches of 10.
             batched = 10 * max(1, (n * 2 // 5) // 10) if n > 10 else 0
             recs = [good_record(rows, kind, GATEWAY_BASE + i, i) for i in range(n)]
             singles, batch_recs = recs[:n - batched], recs[n - batched:]
