@@ -37,6 +37,9 @@
 //!   as named reports, the lease table's status. Writes nothing.
 //! - [`producer`]: synthetic or replayed load into the streams (PutRecords, retries of
 //!   failed entries only, pacing).
+//! - [`ingest`]: the HTTP entry points of the original project (the API Gateway Kinesis
+//!   proxy and the Confluent REST Proxy) in front of the streams, on axum; records of
+//!   concurrent requests share the producer's PutRecords calls.
 //! - [`local`]: the commands on this machine's emulators: the stack itself, the
 //!   one-command demo, and the load test that measures worker processes from outside
 //!   (and kills them, with `--chaos`).

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{FileConfig, Overrides, Settings};
+use crate::config::{FileConfig, FlushConfig, LeaseConfig, Overrides, Settings};
 use crate::local::session::Session;
 use crate::producer::{self, ProduceOptions, Source};
 use crate::worker::{self, RunOptions, RunProgress};
@@ -72,20 +72,8 @@ async fn run_in(
     session: &Session,
     interrupt: CancellationToken,
 ) -> Result<(), DemoError> {
-    let (stack, run_id) = (&session.stack, &session.run_id);
-    let aws = stack.aws().await?;
-    let tables = session.tables();
-    let overrides = Overrides {
-        application: Some(format!("pinstream-demo-{run_id}")),
-        streams: session.streams(),
-        lease_table: None,
-        table_root: Some(tables.to_string_lossy().into_owned()),
-    };
-    let file = FileConfig::parse(
-        "[flush]\nmax_batch_age = \"1s\"\n[lease]\nfailover_time = \"6s\"\n",
-        std::path::Path::new("<demo defaults>"),
-    )?;
-    let settings = Settings::resolve(file, overrides)?;
+    let aws = session.stack.aws().await?;
+    let settings = demo_settings(session)?;
     for stream in settings.streams.values() {
         crate::kinesis::ensure_stream(&aws.kinesis, stream, opts.shards, Duration::from_secs(30))
             .await?;
@@ -101,7 +89,6 @@ async fn run_in(
         opts.shards,
         settings.lease_table
     );
-
     let started = Instant::now();
     let progress = Arc::new(RunProgress::default());
     let stop_worker = CancellationToken::new();
@@ -118,6 +105,53 @@ async fn run_in(
         },
         stop_worker.clone(),
     ));
+    let report = produce(opts, &settings, &aws, &interrupt).await?;
+    let landed = wait_until_landed(opts, &progress, report.sent, &worker, &interrupt).await;
+    stop_worker.cancel();
+    let summary = match worker.await {
+        Ok(res) => res?,
+        Err(e) => {
+            return Err(crate::worker::WorkerError::Recovery {
+                lease: "-".into(),
+                message: format!("worker task failed: {e}"),
+            }
+            .into())
+        }
+    };
+    landed?;
+    print_summary(&report, &summary, started.elapsed(), &session.tables());
+    Ok(())
+}
+
+/// The demo's settings: the session's streams and tables, a run-specific application,
+/// commits every second and a short failover.
+fn demo_settings(session: &Session) -> Result<Settings, DemoError> {
+    let overrides = Overrides {
+        application: Some(format!("pinstream-demo-{}", session.run_id)),
+        streams: session.streams(),
+        lease_table: None,
+        table_root: Some(session.tables().to_string_lossy().into_owned()),
+    };
+    let file = FileConfig {
+        flush: FlushConfig {
+            max_batch_age: Some("1s".into()),
+            ..FlushConfig::default()
+        },
+        lease: LeaseConfig {
+            failover_time: Some("6s".into()),
+            ..LeaseConfig::default()
+        },
+        ..FileConfig::default()
+    };
+    Ok(Settings::resolve(file, overrides)?)
+}
+
+async fn produce(
+    opts: &DemoOptions,
+    settings: &Settings,
+    aws: &crate::aws::AwsClients,
+    interrupt: &CancellationToken,
+) -> Result<producer::ProduceReport, DemoError> {
     let produce_opts = ProduceOptions {
         streams: settings.streams.clone(),
         source: Source::Synthetic {
@@ -145,39 +179,43 @@ async fn run_in(
         report.failed,
         report.throttled
     );
+    Ok(report)
+}
 
-    // Wait until every record sent is committed (cleaned or rejected).
+/// Waits until every record sent is committed (cleaned or rejected), within the timeout.
+async fn wait_until_landed<T>(
+    opts: &DemoOptions,
+    progress: &RunProgress,
+    sent: u64,
+    worker: &tokio::task::JoinHandle<T>,
+    interrupt: &CancellationToken,
+) -> Result<(), DemoError> {
     let deadline = Instant::now() + opts.timeout;
-    let outcome = loop {
+    loop {
         let landed = progress.rows_committed.load(Ordering::Relaxed);
-        if landed >= report.sent {
-            break Ok(());
+        if landed >= sent {
+            return Ok(());
         }
         if interrupt.is_cancelled() {
-            break Err(DemoError::Interrupted);
+            return Err(DemoError::Interrupted);
         }
         if Instant::now() >= deadline || worker.is_finished() {
-            break Err(DemoError::Incomplete {
+            return Err(DemoError::Incomplete {
                 landed,
-                sent: report.sent,
+                sent,
                 timeout: opts.timeout,
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    stop_worker.cancel();
-    let summary = match worker.await {
-        Ok(res) => res?,
-        Err(e) => {
-            return Err(crate::worker::WorkerError::Recovery {
-                lease: "-".into(),
-                message: format!("worker task failed: {e}"),
-            }
-            .into())
-        }
-    };
-    outcome?;
-    let elapsed = started.elapsed();
+    }
+}
+
+fn print_summary(
+    report: &producer::ProduceReport,
+    summary: &worker::RunSummary,
+    elapsed: Duration,
+    tables: &std::path::Path,
+) {
     let landed: u64 = summary.rows.values().sum();
     println!();
     println!("pinstream demo: summary");
@@ -202,7 +240,7 @@ async fn run_in(
         elapsed.as_secs_f64(),
         landed as f64 / elapsed.as_secs_f64().max(1e-9)
     );
-    let abs = std::fs::canonicalize(&tables).unwrap_or(tables.clone());
+    let abs = std::fs::canonicalize(tables).unwrap_or(tables.to_owned());
     println!(
         "  Delta tables: {}/{{pin,geo,user,pin_rejects,geo_rejects,user_rejects}}",
         abs.display()
@@ -218,5 +256,4 @@ async fn run_in(
         "  query them:    cargo run -- report category-by-country --table-root {}   (or: query \"SELECT ...\"; report --list)",
         abs.display()
     );
-    Ok(())
 }

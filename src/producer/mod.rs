@@ -225,6 +225,25 @@ struct Aggregator {
 const MAX_AGGREGATE_BYTES: usize = 256 << 10;
 
 impl Aggregator {
+    /// Adds a user record; returns the aggregate it completes (one too full to take this
+    /// record, or one that reached `max` records), if any.
+    fn add(&mut self, key: String, data: Vec<u8>, max: usize) -> Option<(String, Vec<u8>, u64)> {
+        let size = data.len() + key.len();
+        if self.bytes + size > MAX_AGGREGATE_BYTES {
+            let full = self.take();
+            self.bytes = size;
+            self.records.push((key, data));
+            return full;
+        }
+        self.bytes += size;
+        self.records.push((key, data));
+        if self.records.len() >= max {
+            self.take()
+        } else {
+            None
+        }
+    }
+
     fn take(&mut self) -> Option<(String, Vec<u8>, u64)> {
         if self.records.is_empty() {
             return None;
@@ -254,137 +273,211 @@ pub async fn produce(
     let stats = Arc::new(Stats::default());
     let started = Instant::now();
     let deadline = opts.duration.map(|d| started + d);
-    // Small batches when paced, so the rate is steady rather than bursts of 500.
-    let batch_records = match opts.rate {
-        Some(r) => ((r / opts.streams.len().max(1) as f64 / 20.0).ceil() as usize)
-            .clamp(1, MAX_RECORDS_PER_CALL),
-        None => MAX_RECORDS_PER_CALL,
-    };
-    let mut calls = send::Calls::new(
-        client,
-        stats.clone(),
-        opts.in_flight.max(1) * opts.streams.len().max(1),
-        cancel.clone(),
-    );
-    let mut buffers: BTreeMap<Kind, Buffer> = opts
-        .streams
-        .keys()
-        .map(|k| (*k, Buffer::default()))
-        .collect();
-    let mut aggregators: BTreeMap<Kind, Aggregator> = opts
-        .streams
-        .keys()
-        .map(|k| (*k, Aggregator::default()))
-        .collect();
-    let mut per_stream: BTreeMap<Kind, u64> = BTreeMap::new();
-    let mut generated = 0u64;
+    let mut outbox = Outbox::new(client, &opts, stats.clone(), cancel.clone());
+    let mut counts = Counts::default();
     let progress = opts
         .progress_every
         .map(|every| send::spawn_progress(stats.clone(), every, cancel.child_token()));
 
-    'feed: while let Some(item) = feed.next() {
+    while let Some(item) = feed.next() {
         if cancel.is_cancelled() || deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        let Some(stream) = opts.streams.get(&item.kind) else {
-            continue;
-        };
-        let n = per_stream.entry(item.kind).or_default();
-        if opts.count.is_some_and(|c| *n >= c) {
-            // Done when every stream the feed yields for has its count (a replay of only
-            // the pin file never yields geo or user records: with --loop it would go on).
-            if per_stream.len() >= feeding
-                && per_stream
-                    .values()
-                    .all(|v| opts.count.is_some_and(|c| *v >= c))
-            {
-                break;
-            }
+        if !opts.streams.contains_key(&item.kind) {
             continue;
         }
-        *n += 1;
-        generated += 1;
+        match counts.take(item.kind, opts.count, feeding) {
+            Take::Send => {}
+            Take::Skip => continue,
+            Take::Done => break,
+        }
         if item.data.len() > MAX_RECORD_BYTES {
-            tracing::warn!(stream = %stream, bytes = item.data.len(), "record larger than 1 MiB; not sent");
+            tracing::warn!(stream = %opts.streams[&item.kind], bytes = item.data.len(), "record larger than 1 MiB; not sent");
             stats.failed.fetch_add(1, Ordering::Relaxed);
             continue;
         }
-        let key = opts.partition_key.clone().unwrap_or(item.key);
-        // One entry per user record, or one per full aggregate.
-        let ready = match opts.aggregate {
-            None => Some((key, item.data, 1)),
-            Some(max) => {
-                let agg = aggregators
-                    .get_mut(&item.kind)
-                    .expect("an aggregator per stream");
-                if agg.bytes + item.data.len() + key.len() > MAX_AGGREGATE_BYTES {
-                    let full = agg.take();
-                    agg.bytes = item.data.len() + key.len();
-                    agg.records.push((key, item.data));
-                    full
-                } else {
-                    agg.bytes += item.data.len() + key.len();
-                    agg.records.push((key, item.data));
-                    if agg.records.len() >= max {
-                        agg.take()
-                    } else {
-                        None
-                    }
-                }
-            }
-        };
         // When this record is due at the asked rate (paced runs only).
         let due = opts
             .rate
-            .map(|rate| started + Duration::from_secs_f64(generated as f64 / rate));
-        if let Some((key, data, users)) = ready {
-            let buf = buffers.get_mut(&item.kind).expect("a buffer per stream");
-            // Paced but behind schedule (slow or throttled calls held the feed up): full
-            // batches until caught up, so the rate is made up instead of lost.
-            let batch = match due {
-                Some(due) if due + CATCH_UP < Instant::now() => MAX_RECORDS_PER_CALL,
-                _ => batch_records,
-            };
-            add_entry(&mut calls, stream, buf, key, data, users, batch).await;
-        }
+            .map(|rate| started + Duration::from_secs_f64(counts.generated as f64 / rate));
+        let key = opts.partition_key.clone().unwrap_or(item.key);
+        outbox.add(item.kind, key, item.data, due).await;
         if let Some(due) = due.filter(|d| *d > Instant::now()) {
             tokio::select! {
-                _ = cancel.cancelled() => break 'feed,
+                _ = cancel.cancelled() => break,
                 _ = tokio::time::sleep_until(due) => {}
             }
         }
     }
     if !cancel.is_cancelled() {
-        for (kind, agg) in aggregators.iter_mut() {
-            if let Some((key, data, users)) = agg.take() {
-                let buf = buffers.get_mut(kind).expect("a buffer per stream");
-                add_entry(
-                    &mut calls,
-                    &opts.streams[kind],
-                    buf,
-                    key,
-                    data,
-                    users,
-                    batch_records,
-                )
-                .await;
-            }
-        }
-        for (kind, buf) in buffers {
-            if !buf.entries.is_empty() {
-                calls.dispatch(&opts.streams[&kind], buf.entries).await;
-            }
-        }
+        outbox.send_the_rest().await;
     }
-    calls.finish().await;
+    outbox.finish().await;
     if let Some(p) = progress {
         p.cancel();
         // Let the live line print its last state.
         tokio::task::yield_now().await;
     }
-    let elapsed = started.elapsed().as_secs_f64();
+    Ok(report(
+        &stats,
+        counts.per_stream,
+        &opts.streams,
+        started.elapsed(),
+    ))
+}
+
+/// Records taken from the feed, per stream and in all.
+#[derive(Default)]
+struct Counts {
+    per_stream: BTreeMap<Kind, u64>,
+    generated: u64,
+}
+
+enum Take {
+    Send,
+    /// This stream has its count; others do not yet.
+    Skip,
+    /// Every stream the feed yields for has its count.
+    Done,
+}
+
+impl Counts {
+    fn take(&mut self, kind: Kind, count: Option<u64>, feeding: usize) -> Take {
+        let n = self.per_stream.entry(kind).or_default();
+        if count.is_some_and(|c| *n >= c) {
+            // Done when every stream the feed yields for has its count (a replay of only
+            // the pin file never yields geo or user records: with --loop it would go on).
+            let all = self.per_stream.len() >= feeding
+                && self
+                    .per_stream
+                    .values()
+                    .all(|v| count.is_some_and(|c| *v >= c));
+            return if all { Take::Done } else { Take::Skip };
+        }
+        *n += 1;
+        self.generated += 1;
+        Take::Send
+    }
+}
+
+/// Where records wait for their PutRecords call: KPL aggregation (with `--aggregate`), then
+/// a buffer per stream sent in batches.
+struct Outbox {
+    calls: send::Calls,
+    streams: BTreeMap<Kind, String>,
+    buffers: BTreeMap<Kind, Buffer>,
+    aggregators: BTreeMap<Kind, Aggregator>,
+    aggregate: Option<usize>,
+    /// Entries per call: small when paced, so the rate is steady rather than bursts of 500.
+    batch_records: usize,
+}
+
+impl Outbox {
+    fn new(
+        client: aws_sdk_kinesis::Client,
+        opts: &ProduceOptions,
+        stats: Arc<Stats>,
+        cancel: CancellationToken,
+    ) -> Self {
+        let batch_records = match opts.rate {
+            Some(r) => ((r / opts.streams.len().max(1) as f64 / 20.0).ceil() as usize)
+                .clamp(1, MAX_RECORDS_PER_CALL),
+            None => MAX_RECORDS_PER_CALL,
+        };
+        let in_flight = opts.in_flight.max(1) * opts.streams.len().max(1);
+        Outbox {
+            calls: send::Calls::new(client, stats, in_flight, cancel),
+            streams: opts.streams.clone(),
+            buffers: opts
+                .streams
+                .keys()
+                .map(|k| (*k, Buffer::default()))
+                .collect(),
+            aggregators: opts
+                .streams
+                .keys()
+                .map(|k| (*k, Aggregator::default()))
+                .collect(),
+            aggregate: opts.aggregate,
+            batch_records,
+        }
+    }
+
+    /// Adds one user record of `kind`; `due` is when it is due at the asked rate.
+    async fn add(&mut self, kind: Kind, key: String, data: Vec<u8>, due: Option<Instant>) {
+        // One entry per user record, or one per full aggregate.
+        let ready = match self.aggregate {
+            None => Some((key, data, 1)),
+            Some(max) => self
+                .aggregators
+                .get_mut(&kind)
+                .expect("an aggregator per stream")
+                .add(key, data, max),
+        };
+        let Some((key, data, users)) = ready else {
+            return;
+        };
+        // Paced but behind schedule (slow or throttled calls held the feed up): full
+        // batches until caught up, so the rate is made up instead of lost.
+        let batch = match due {
+            Some(due) if due + CATCH_UP < Instant::now() => MAX_RECORDS_PER_CALL,
+            _ => self.batch_records,
+        };
+        let buf = self.buffers.get_mut(&kind).expect("a buffer per stream");
+        add_entry(
+            &mut self.calls,
+            &self.streams[&kind],
+            buf,
+            key,
+            data,
+            users,
+            batch,
+        )
+        .await;
+    }
+
+    /// Sends the aggregates and buffers still filling.
+    async fn send_the_rest(&mut self) {
+        for (kind, agg) in self.aggregators.iter_mut() {
+            if let Some((key, data, users)) = agg.take() {
+                let buf = self.buffers.get_mut(kind).expect("a buffer per stream");
+                let stream = &self.streams[kind];
+                add_entry(
+                    &mut self.calls,
+                    stream,
+                    buf,
+                    key,
+                    data,
+                    users,
+                    self.batch_records,
+                )
+                .await;
+            }
+        }
+        for (kind, buf) in self.buffers.iter_mut() {
+            if !buf.entries.is_empty() {
+                let entries = std::mem::take(&mut buf.entries);
+                buf.bytes = 0;
+                self.calls.dispatch(&self.streams[kind], entries).await;
+            }
+        }
+    }
+
+    /// Waits for every call in flight.
+    async fn finish(&mut self) {
+        self.calls.finish().await;
+    }
+}
+
+fn report(
+    stats: &Stats,
+    per_stream: BTreeMap<Kind, u64>,
+    streams: &BTreeMap<Kind, String>,
+    elapsed: Duration,
+) -> ProduceReport {
+    let elapsed = elapsed.as_secs_f64();
     let sent = stats.sent.load(Ordering::Relaxed);
-    Ok(ProduceReport {
+    ProduceReport {
         sent,
         failed: stats.failed.load(Ordering::Relaxed),
         retries: stats.retries.load(Ordering::Relaxed),
@@ -392,7 +485,7 @@ pub async fn produce(
         calls: stats.calls.load(Ordering::Relaxed),
         per_stream: per_stream
             .into_iter()
-            .map(|(k, v)| (opts.streams[&k].clone(), v))
+            .map(|(k, v)| (streams[&k].clone(), v))
             .collect(),
         elapsed_seconds: elapsed,
         records_per_second: if elapsed > 0.0 {
@@ -401,7 +494,7 @@ pub async fn produce(
             0.0
         },
         put_records_latency: stats.latency(),
-    })
+    }
 }
 
 /// Adds one entry to a stream's buffer, sending the buffer first when the entry would push

@@ -136,7 +136,7 @@ async fn run_in(
     session: &Session,
     interrupt: CancellationToken,
 ) -> Result<LoadtestReport, LoadtestError> {
-    let (stack, run_id, run_dir) = (&session.stack, session.run_id.as_str(), &session.run_dir);
+    let (stack, run_dir) = (&session.stack, &session.run_dir);
     let aws = stack
         .aws()
         .await
@@ -147,11 +147,59 @@ async fn run_in(
         crate::kinesis::ensure_stream(&aws.kinesis, s, opts.shards, Duration::from_secs(60))
             .await?;
     }
-    let (config, settings) = write_worker_config(opts, run_id, run_dir, &tables, &streams)?;
-    let max_batch_age = settings.flush.max_batch_age;
-
+    let (config, settings) =
+        write_worker_config(opts, &session.run_id, run_dir, &tables, &streams)?;
     // Workers: separate processes, so memory and CPU are theirs alone, read from outside.
     let mut fleet = Fleet::start(opts.workers, &config, stack.env.clone(), run_dir)?;
+    announce(opts, &fleet, run_dir);
+
+    let started = Instant::now();
+    let emulator = Emulator::measure(stack.pid("kinesalite"));
+    let stream_names: Vec<String> = streams.iter().map(|(_, s)| s.clone()).collect();
+    let (produced, chaos) =
+        produce_beside_chaos(opts, &aws, &streams, &stream_names, &mut fleet, &interrupt).await?;
+    eprintln!(
+        "loadtest: produced {} records in {:.1}s; waiting for the workers to commit them...",
+        produced.sent, produced.elapsed_seconds
+    );
+    let produced_at = Instant::now();
+    let drained = wait_until_committed(
+        opts,
+        &aws,
+        &settings.lease_table,
+        &stream_names,
+        &mut fleet,
+        &TableRoot::Local(tables.clone()),
+        produced.sent,
+        chaos.is_some(),
+        &interrupt,
+    )
+    .await?;
+    let times = Times {
+        end_to_end: started.elapsed(),
+        drain: produced_at.elapsed(),
+        max_batch_age: settings.flush.max_batch_age,
+    };
+    let emulator_cores = emulator.cores_since(times.end_to_end);
+    let live_workers = fleet.pids().len();
+    fleet.sample_usage();
+    let usage = fleet.usage();
+    fleet.stop().await;
+    let analysis = analyse(&tables).map_err(LoadtestError::Io)?;
+    Ok(build_report(
+        opts,
+        &produced,
+        drained,
+        analysis,
+        usage,
+        live_workers,
+        times,
+        emulator_cores,
+        chaos,
+    ))
+}
+
+fn announce(opts: &LoadtestOptions, fleet: &Fleet, run_dir: &Path) {
     eprintln!(
         "loadtest: {} worker(s) (pids {:?}), {} shards per stream, producing {} for {:?}{}; logs in {}",
         opts.workers.max(1),
@@ -171,12 +219,41 @@ async fn run_in(
         },
         run_dir.display()
     );
+}
 
-    let started = Instant::now();
-    let emulator = stack.pid("kinesalite");
-    let emulator_cpu_at_start = emulator
-        .and_then(fleet::read_usage)
-        .map_or(0.0, |u| u.cpu_seconds);
+/// The Kinesis emulator's CPU, measured from outside from the start of the load.
+struct Emulator {
+    pid: Option<u32>,
+    cpu_at_start: f64,
+}
+
+impl Emulator {
+    fn measure(pid: Option<u32>) -> Self {
+        let cpu_at_start = pid
+            .and_then(fleet::read_usage)
+            .map_or(0.0, |u| u.cpu_seconds);
+        Emulator { pid, cpu_at_start }
+    }
+
+    /// Cores it used on average over `elapsed`.
+    fn cores_since(&self, elapsed: Duration) -> f64 {
+        self.pid
+            .and_then(fleet::read_usage)
+            .map_or(0.0, |u| u.cpu_seconds - self.cpu_at_start)
+            / elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Runs the producer for the load's duration and, with `--chaos`, the killing and
+/// splitting beside it.
+async fn produce_beside_chaos(
+    opts: &LoadtestOptions,
+    aws: &crate::aws::AwsClients,
+    streams: &[(Kind, String)],
+    stream_names: &[String],
+    fleet: &mut Fleet,
+    interrupt: &CancellationToken,
+) -> Result<(producer::ProduceReport, Option<ChaosReport>), LoadtestError> {
     let produce = ProduceOptions {
         streams: streams.iter().cloned().collect(),
         source: Source::Synthetic {
@@ -191,7 +268,6 @@ async fn run_in(
         progress_every: Some(Duration::from_secs(5)),
         aggregate: None,
     };
-    let stream_names: Vec<String> = streams.iter().map(|(_, s)| s.clone()).collect();
     let chaos_stop = CancellationToken::new();
     let (produced, chaos) = tokio::join!(
         async {
@@ -201,79 +277,96 @@ async fn run_in(
         },
         async {
             match &opts.chaos {
-                Some(c) => chaos::run(
-                    c,
-                    &mut fleet,
-                    &aws,
-                    &stream_names,
-                    opts.duration,
-                    &chaos_stop,
-                )
-                .await
-                .map(Some),
+                Some(c) => chaos::run(c, fleet, aws, stream_names, opts.duration, &chaos_stop)
+                    .await
+                    .map(Some),
                 None => Ok(None),
             }
         }
     );
-    let produced = produced?;
-    let chaos = chaos?;
-    eprintln!(
-        "loadtest: produced {} records in {:.1}s; waiting for the workers to commit them...",
-        produced.sent, produced.elapsed_seconds
-    );
+    Ok((produced?, chaos?))
+}
 
-    // Drain: wait until the tables hold as many rows as were sent (and, after chaos, every
-    // closed shard is finished).
-    let produced_at = Instant::now();
+/// What the drain found: rows committed, and closed shards not read to their end.
+struct Drained {
+    committed: u64,
+    unfinished: Vec<String>,
+}
+
+/// Waits until the tables hold as many rows as were sent (and, after chaos, every closed
+/// shard is finished), sampling the workers' usage meanwhile.
+#[allow(clippy::too_many_arguments)]
+async fn wait_until_committed(
+    opts: &LoadtestOptions,
+    aws: &crate::aws::AwsClients,
+    lease_table: &str,
+    stream_names: &[String],
+    fleet: &mut Fleet,
+    root: &TableRoot,
+    sent: u64,
+    after_chaos: bool,
+    interrupt: &CancellationToken,
+) -> Result<Drained, LoadtestError> {
     let deadline = Instant::now() + opts.drain_timeout;
-    let root = TableRoot::Local(tables.clone());
     let mut open = HashMap::new();
-    let mut unfinished = Vec::new();
-    let committed = loop {
+    loop {
         fleet.sample_usage();
-        let committed = committed_rows(&root, &mut open).await;
-        if committed >= produced.sent {
-            unfinished = match &chaos {
-                Some(_) => {
-                    chaos::unfinished_closed_shards(&aws, &settings.lease_table, &stream_names)
-                        .await?
-                }
-                None => Vec::new(),
-            };
+        let committed = committed_rows(root, &mut open).await;
+        let mut unfinished = Vec::new();
+        if committed >= sent {
+            if after_chaos {
+                unfinished =
+                    chaos::unfinished_closed_shards(aws, lease_table, stream_names).await?;
+            }
             if unfinished.is_empty() {
-                break committed;
+                return Ok(Drained {
+                    committed,
+                    unfinished,
+                });
             }
         }
         if interrupt.is_cancelled() {
             return Err(LoadtestError::Interrupted);
         }
         if Instant::now() >= deadline {
-            if committed >= produced.sent {
-                break committed;
+            if committed >= sent {
+                return Ok(Drained {
+                    committed,
+                    unfinished,
+                });
             }
             return Err(LoadtestError::Drain {
                 committed,
-                produced: produced.sent,
+                produced: sent,
                 timeout: opts.drain_timeout,
             });
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    let end_to_end = started.elapsed();
-    let drain = produced_at.elapsed();
-    let emulator_cores = emulator
-        .and_then(fleet::read_usage)
-        .map_or(0.0, |u| u.cpu_seconds - emulator_cpu_at_start)
-        / end_to_end.as_secs_f64().max(1e-9);
-    let live_workers = fleet.pids().len();
-    fleet.sample_usage();
-    let usage = fleet.usage();
-    fleet.stop().await;
+    }
+}
 
-    let analysis = analyse(&tables).map_err(LoadtestError::Io)?;
-    let missing = produced.sent.saturating_sub(analysis.distinct);
+/// How long the load took, end to end and after the producer stopped.
+struct Times {
+    end_to_end: Duration,
+    drain: Duration,
+    max_batch_age: Duration,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_report(
+    opts: &LoadtestOptions,
+    produced: &producer::ProduceReport,
+    drained: Drained,
+    analysis: Analysis,
+    usage: Vec<WorkerUsage>,
+    live_workers: usize,
+    times: Times,
+    emulator_cores: f64,
+    chaos: Option<ChaosReport>,
+) -> LoadtestReport {
+    let seconds = times.end_to_end.as_secs_f64().max(1e-9);
     let cpu: f64 = usage.iter().map(|u| u.cpu_seconds).sum();
-    let worker_cores = cpu / end_to_end.as_secs_f64().max(1e-9);
+    let worker_cores = cpu / seconds;
     let mut lat = analysis.latencies_ms;
     lat.sort_unstable();
     let pct = |q: f64| -> f64 {
@@ -283,40 +376,39 @@ async fn run_in(
         let rank = ((q * lat.len() as f64).ceil() as usize).clamp(1, lat.len());
         lat[rank - 1] as f64
     };
-    let report = LoadtestReport {
+    LoadtestReport {
         shards_per_stream: opts.shards,
         workers: live_workers,
         produced: produced.sent,
         produce_seconds: produced.elapsed_seconds,
         produced_per_second: produced.records_per_second,
-        committed,
-        end_to_end_seconds: end_to_end.as_secs_f64(),
-        committed_per_second: committed as f64 / end_to_end.as_secs_f64().max(1e-9),
+        committed: drained.committed,
+        end_to_end_seconds: seconds,
+        committed_per_second: drained.committed as f64 / seconds,
         latency_p50_ms: pct(0.50),
         latency_p95_ms: pct(0.95),
         latency_p99_ms: pct(0.99),
         latency_max_ms: pct(1.0),
-        missing,
+        missing: produced.sent.saturating_sub(analysis.distinct),
         duplicates: analysis.duplicates,
         delta_files: analysis.files,
         delta_bytes: analysis.bytes,
         worker_usage: usage,
-        cpu_seconds_per_million_records: cpu / (committed.max(1) as f64 / 1e6),
-        drain_seconds: drain.as_secs_f64(),
-        max_batch_age_seconds: max_batch_age.as_secs_f64(),
+        cpu_seconds_per_million_records: cpu / (drained.committed.max(1) as f64 / 1e6),
+        drain_seconds: times.drain.as_secs_f64(),
+        max_batch_age_seconds: times.max_batch_age.as_secs_f64(),
         worker_cores_used: worker_cores,
         kinesis_emulator_cores_used: emulator_cores,
         bottleneck: bottleneck(
-            drain,
-            max_batch_age,
+            times.drain,
+            times.max_batch_age,
             produced.records_per_second,
             emulator_cores,
             worker_cores / live_workers.max(1) as f64,
         ),
         chaos,
-        unfinished_closed_shards: unfinished,
-    };
-    Ok(report)
+        unfinished_closed_shards: drained.unfinished,
+    }
 }
 
 /// Writes the workers' configuration file: the run's application, tables and streams, the
