@@ -125,7 +125,7 @@ async fn run_in(
 
 /// The demo's settings: the session's streams and tables, a run-specific application,
 /// commits every second and a short failover.
-fn demo_settings(session: &Session) -> Result<Settings, DemoError> {
+fn demo_settings(session: &Session) -> Result<Settings, crate::config::ConfigError> {
     let overrides = Overrides {
         application: Some(format!("pinstream-demo-{}", session.run_id)),
         streams: session.streams(),
@@ -143,7 +143,7 @@ fn demo_settings(session: &Session) -> Result<Settings, DemoError> {
         },
         ..FileConfig::default()
     };
-    Ok(Settings::resolve(file, overrides)?)
+    Settings::resolve(file, overrides)
 }
 
 async fn produce(
