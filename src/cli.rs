@@ -175,6 +175,19 @@ pub struct ProduceArgs {
     /// Create missing streams with this many shards first.
     #[arg(long, value_name = "SHARDS")]
     pub create_streams: Option<i32>,
+    /// Send through an HTTP gateway in front of the streams (`pinstream ingest`, or the
+    /// original API Gateway) instead of Kinesis: PUT URL/streams/{stream}/records per batch,
+    /// e.g. http://127.0.0.1:8080/test. The report then counts requests and their latency.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["aggregate", "create_streams"])]
+    pub via_http: Option<String>,
+    /// With --via-http: the API key to send as x-api-key.
+    #[arg(
+        long,
+        env = "PINSTREAM_INGEST_API_KEY",
+        hide_env_values = true,
+        requires = "via_http"
+    )]
+    pub api_key: Option<String>,
     /// Final report format.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub report: ReportFormat,

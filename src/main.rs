@@ -224,14 +224,27 @@ async fn produce_command(args: ProduceArgs, shutdown: CancellationToken) -> Resu
         progress_every: Some(Duration::from_secs(5)),
         aggregate: args.aggregate,
     };
-    let report = producer::produce(aws.kinesis.clone(), opts, shutdown).await?;
+    let destination = match &args.via_http {
+        Some(url) => producer::send::Destination::Http(
+            producer::http::HttpGateway::new(url, args.api_key.clone()).map_err(|e| {
+                Error::Config(ConfigError::Invalid {
+                    key: "--via-http".into(),
+                    message: e,
+                    fix: "give the gateway's base URL with its stage".into(),
+                })
+            })?,
+        ),
+        None => producer::send::Destination::Kinesis(aws.kinesis.clone()),
+    };
+    let report = producer::produce_to(destination, opts, shutdown).await?;
     match args.report {
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         ReportFormat::Text => {
             let l = &report.put_records_latency;
             println!(
-                "sent {} records in {:.1}s ({:.0} rec/s): {} failed, {} throttled, {} retried, {} PutRecords calls (latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms); per stream: {:?}",
+                "sent {} records in {:.1}s ({:.0} rec/s): {} failed, {} throttled, {} retried, {} {} ({:.0}/s, latency p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms); per stream: {:?}",
                 report.sent, report.elapsed_seconds, report.records_per_second, report.failed, report.throttled, report.retries, report.calls,
+                if args.via_http.is_some() { "HTTP requests" } else { "PutRecords calls" }, report.calls_per_second,
                 l.p50_ms, l.p95_ms, l.p99_ms, report.per_stream
             )
         }

@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::producer::send::{put_with_retries, EntryOutcome, Pending, Stats};
+use crate::producer::send::{put_with_retries, Destination, EntryOutcome, Pending, Stats};
 
 /// PutRecords limits: entries and bytes (data and partition keys) per call.
 pub const MAX_ENTRIES: usize = 500;
@@ -124,8 +124,9 @@ async fn batch_and_send(
 ) {
     let mut open: HashMap<String, Open> = HashMap::new();
     let mut calls = JoinSet::new();
+    let kinesis = Destination::Kinesis(client);
     let send = |calls: &mut JoinSet<()>, stream: String, batch: Open| {
-        calls.spawn(send_batch(client.clone(), stream, batch, stats.clone()));
+        calls.spawn(send_batch(kinesis.clone(), stream, batch, stats.clone()));
     };
     loop {
         let next_due = open.values().map(|o| o.due).min();
@@ -182,12 +183,7 @@ async fn sleep_until_opt(at: Option<Instant>) {
 /// One PutRecords call (with retries of failed entries) for a batch; each submission gets
 /// its share of the outcomes. Never cancelled: what a client was told is being stored is
 /// either stored or answered as failed.
-async fn send_batch(
-    client: aws_sdk_kinesis::Client,
-    stream: String,
-    batch: Open,
-    stats: Arc<Stats>,
-) {
+async fn send_batch(kinesis: Destination, stream: String, batch: Open, stats: Arc<Stats>) {
     let mut counts = Vec::with_capacity(batch.subs.len());
     let mut entries = Vec::with_capacity(batch.entries);
     let mut replies = Vec::with_capacity(batch.subs.len());
@@ -196,8 +192,14 @@ async fn send_batch(
         entries.extend(sub.entries);
         replies.push(sub.reply);
     }
-    let outcomes =
-        put_with_retries(&client, &stream, entries, &stats, &CancellationToken::new()).await;
+    let outcomes = put_with_retries(
+        &kinesis,
+        &stream,
+        entries,
+        &stats,
+        &CancellationToken::new(),
+    )
+    .await;
     let mut outcomes = outcomes.into_iter();
     for (n, reply) in counts.into_iter().zip(replies) {
         let _ = reply.send(outcomes.by_ref().take(n).collect());

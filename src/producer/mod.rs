@@ -4,6 +4,7 @@
 //! target rate or flat out, with progress lines and a final report.
 
 pub mod generator;
+pub mod http;
 pub mod send;
 
 use std::collections::BTreeMap;
@@ -80,10 +81,13 @@ pub struct ProduceReport {
     pub failed: u64,
     pub retries: u64,
     pub throttled: u64,
+    /// PutRecords calls (with `--via-http`: HTTP requests), retries included.
     pub calls: u64,
     pub per_stream: BTreeMap<String, u64>,
     pub elapsed_seconds: f64,
     pub records_per_second: f64,
+    pub calls_per_second: f64,
+    /// Latency of each call (or request).
     pub put_records_latency: Latency,
 }
 
@@ -262,9 +266,19 @@ impl Aggregator {
     }
 }
 
-/// Runs the producer until the count, the duration, the end of the files, or `cancel`.
+/// Runs the producer into Kinesis until the count, the duration, the end of the files, or
+/// `cancel`.
 pub async fn produce(
     client: aws_sdk_kinesis::Client,
+    opts: ProduceOptions,
+    cancel: CancellationToken,
+) -> Result<ProduceReport, ProduceError> {
+    produce_to(send::Destination::Kinesis(client), opts, cancel).await
+}
+
+/// Runs the producer into `destination` (Kinesis, or an HTTP gateway in front of it).
+pub async fn produce_to(
+    destination: send::Destination,
     opts: ProduceOptions,
     cancel: CancellationToken,
 ) -> Result<ProduceReport, ProduceError> {
@@ -273,7 +287,7 @@ pub async fn produce(
     let stats = Arc::new(Stats::default());
     let started = Instant::now();
     let deadline = opts.duration.map(|d| started + d);
-    let mut outbox = Outbox::new(client, &opts, stats.clone(), cancel.clone());
+    let mut outbox = Outbox::new(destination, &opts, stats.clone(), cancel.clone());
     let mut counts = Counts::default();
     let progress = opts
         .progress_every
@@ -374,7 +388,7 @@ struct Outbox {
 
 impl Outbox {
     fn new(
-        client: aws_sdk_kinesis::Client,
+        destination: send::Destination,
         opts: &ProduceOptions,
         stats: Arc<Stats>,
         cancel: CancellationToken,
@@ -386,7 +400,7 @@ impl Outbox {
         };
         let in_flight = opts.in_flight.max(1) * opts.streams.len().max(1);
         Outbox {
-            calls: send::Calls::new(client, stats, in_flight, cancel),
+            calls: send::Calls::new(destination, stats, in_flight, cancel),
             streams: opts.streams.clone(),
             buffers: opts
                 .streams
@@ -488,11 +502,8 @@ fn report(
             .map(|(k, v)| (streams[&k].clone(), v))
             .collect(),
         elapsed_seconds: elapsed,
-        records_per_second: if elapsed > 0.0 {
-            sent as f64 / elapsed
-        } else {
-            0.0
-        },
+        records_per_second: sent as f64 / elapsed.max(1e-9),
+        calls_per_second: stats.calls.load(Ordering::Relaxed) as f64 / elapsed.max(1e-9),
         put_records_latency: stats.latency(),
     }
 }

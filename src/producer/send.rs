@@ -70,10 +70,53 @@ pub struct Pending {
     pub users: u64,
 }
 
+/// Where batches go: Kinesis itself, or an HTTP gateway in front of it.
+#[derive(Clone, Debug)]
+pub enum Destination {
+    Kinesis(aws_sdk_kinesis::Client),
+    Http(super::http::HttpGateway),
+}
+
+impl Destination {
+    /// One call with `entries`: each entry's outcome, or the whole call's error.
+    async fn put(
+        &self,
+        stream: &str,
+        entries: &[&Pending],
+    ) -> Result<Vec<EntryOutcome>, ServiceError> {
+        match self {
+            Destination::Http(gateway) => gateway.put_records(stream, entries).await,
+            Destination::Kinesis(client) => {
+                let out = client
+                    .put_records()
+                    .stream_name(stream)
+                    .set_records(Some(entries.iter().map(|p| p.entry.clone()).collect()))
+                    .send()
+                    .await
+                    .map_err(|e| ServiceError::kinesis("PutRecords", e))?;
+                Ok(out
+                    .records()
+                    .iter()
+                    .map(|r| match r.error_code() {
+                        None => EntryOutcome::Stored {
+                            sequence_number: r.sequence_number().unwrap_or_default().to_owned(),
+                            shard_id: r.shard_id().unwrap_or_default().to_owned(),
+                        },
+                        Some(code) => EntryOutcome::failed(
+                            code,
+                            r.error_message().unwrap_or_default().to_owned(),
+                        ),
+                    })
+                    .collect())
+            }
+        }
+    }
+}
+
 /// PutRecords calls in flight: each batch is sent on its own task once a permit is free,
 /// so at most `permits` calls run at once.
 pub struct Calls {
-    client: aws_sdk_kinesis::Client,
+    destination: Destination,
     stats: Arc<Stats>,
     permits: Arc<Semaphore>,
     tasks: JoinSet<()>,
@@ -82,13 +125,13 @@ pub struct Calls {
 
 impl Calls {
     pub fn new(
-        client: aws_sdk_kinesis::Client,
+        destination: Destination,
         stats: Arc<Stats>,
         in_flight: usize,
         cancel: CancellationToken,
     ) -> Self {
         Calls {
-            client,
+            destination,
             stats,
             permits: Arc::new(Semaphore::new(in_flight.max(1))),
             tasks: JoinSet::new(),
@@ -105,14 +148,14 @@ impl Calls {
         let Ok(permit) = self.permits.clone().acquire_owned().await else {
             return;
         };
-        let (client, stream, stats, cancel) = (
-            self.client.clone(),
+        let (destination, stream, stats, cancel) = (
+            self.destination.clone(),
             stream.to_owned(),
             self.stats.clone(),
             self.cancel.clone(),
         );
         self.tasks.spawn(async move {
-            put_with_retries(&client, &stream, entries, &stats, &cancel).await;
+            put_with_retries(&destination, &stream, entries, &stats, &cancel).await;
             drop(permit);
         });
         // Reap finished calls so the set stays small.
@@ -151,7 +194,7 @@ impl EntryOutcome {
 /// backoff and full jitter, up to [`MAX_ATTEMPTS`] attempts. Returns each entry's outcome,
 /// in the order given.
 pub async fn put_with_retries(
-    client: &aws_sdk_kinesis::Client,
+    destination: &Destination,
     stream: &str,
     pending: Vec<Pending>,
     stats: &Stats,
@@ -164,49 +207,32 @@ pub async fn put_with_retries(
         attempt += 1;
         stats.calls.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
-        let res = client
-            .put_records()
-            .stream_name(stream)
-            .set_records(Some(pending.iter().map(|(_, p)| p.entry.clone()).collect()))
-            .send()
-            .await;
+        let batch: Vec<&Pending> = pending.iter().map(|(_, p)| p).collect();
+        let res = destination.put(stream, &batch).await;
         let us = started.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
         if let Ok(mut v) = stats.latencies_us.lock() {
             v.push(us);
         }
         metrics::histogram!("pinstream_put_records_duration_seconds", "stream" => stream.to_owned()).record(f64::from(us) / 1e6);
         let failure = match res {
-            Ok(out) => {
+            Ok(results) => {
                 let mut failed = Vec::new();
-                for ((i, p), result) in pending.into_iter().zip(out.records()) {
-                    match result.error_code() {
-                        None => {
-                            stats.sent.fetch_add(p.users, Ordering::Relaxed);
-                            outcomes[i] = Some(EntryOutcome::Stored {
-                                sequence_number: result
-                                    .sequence_number()
-                                    .unwrap_or_default()
-                                    .to_owned(),
-                                shard_id: result.shard_id().unwrap_or_default().to_owned(),
-                            });
+                for ((i, p), result) in pending.into_iter().zip(results) {
+                    if let EntryOutcome::Failed { code, .. } = &result {
+                        if code == "ProvisionedThroughputExceededException" {
+                            stats.throttled.fetch_add(p.users, Ordering::Relaxed);
+                            metrics::counter!("pinstream_put_records_throttles_total", "stream" => stream.to_owned()).increment(1);
                         }
-                        Some(code) => {
-                            if code == "ProvisionedThroughputExceededException" {
-                                stats.throttled.fetch_add(p.users, Ordering::Relaxed);
-                                metrics::counter!("pinstream_put_records_throttles_total", "stream" => stream.to_owned()).increment(1);
-                            }
-                            outcomes[i] = Some(EntryOutcome::failed(
-                                code,
-                                result.error_message().unwrap_or_default().to_owned(),
-                            ));
-                            failed.push((i, p));
-                        }
+                        failed.push((i, p));
+                    } else {
+                        stats.sent.fetch_add(p.users, Ordering::Relaxed);
                     }
+                    outcomes[i] = Some(result);
                 }
                 pending = failed;
                 None
             }
-            Err(e) => Some(ServiceError::kinesis("PutRecords", e)),
+            Err(e) => Some(e),
         };
         if let Some(e) = failure {
             let n = pending.iter().map(|(_, p)| p.users).sum::<u64>();

@@ -245,3 +245,70 @@ async fn sigterm_mid_load_loses_no_acknowledged_record() {
     stop.cancel();
     running.await.unwrap().unwrap();
 }
+
+/// `pinstream produce --via-http` drives the HTTP leg: 200 records per stream (5 %
+/// malformed) through `pinstream ingest` as a gateway client would send them; the report
+/// gives requests/s, records/s and p50/p99 request latency, and every record lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_via_http_reports_requests_records_and_latency_and_every_record_lands_once() {
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let root = dir.path().join("tables");
+    let settings = support::settings(
+        &support::unique("via-http"),
+        &root,
+        "[flush]\nmax_batch_age = \"500ms\"\n[reader]\nidle_poll_interval = \"100ms\"\n",
+    );
+    support::create_streams(&aws, &settings, 1).await;
+    let (mut ingest, addr) = spawn_ingest(&settings, dir.path(), &[]).await;
+    let (stop, running) = support::spawn_worker(&settings, &aws, support::run_options(false));
+    let mut cmd = support::pinstream();
+    cmd.args(["produce", "--via-http", &format!("http://{addr}/test")])
+        .args([
+            "--count",
+            "200",
+            "--dirty-rate",
+            "0.05",
+            "--rate",
+            "600",
+            "--report",
+            "json",
+        ])
+        .env("PINSTREAM_INGEST_API_KEY", API_KEY);
+    for (kind, name) in &settings.streams {
+        cmd.args(["--stream", &format!("{kind}={name}")]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!(
+        "produce --via-http: {} records in {:.1}s, {:.0} requests/s, {:.0} records/s, request latency p50 {} ms, p99 {} ms",
+        r["sent"], r["elapsed_seconds"].as_f64().unwrap(), r["calls_per_second"].as_f64().unwrap(),
+        r["records_per_second"].as_f64().unwrap(), r["put_records_latency"]["p50_ms"], r["put_records_latency"]["p99_ms"]
+    );
+    assert_eq!(
+        (r["sent"].as_u64(), r["failed"].as_u64()),
+        (Some(600), Some(0)),
+        "{r}"
+    );
+    assert!(
+        r["calls"].as_u64().unwrap() >= 3 && r["calls_per_second"].as_f64().unwrap() > 0.0,
+        "{r}"
+    );
+    let (p50, p99) = (
+        r["put_records_latency"]["p50_ms"].as_f64().unwrap(),
+        r["put_records_latency"]["p99_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p99 >= p50, "{r}");
+    support::wait_all_landed(&root, 200, "through the HTTP leg").await;
+    stop.cancel();
+    running.await.unwrap().unwrap();
+    support::assert_exactly_once(&root, 200, "through the HTTP leg").await;
+    let rejects = support::count(&support::read_table(&root, "pin_rejects").await);
+    assert!(rejects > 0, "the malformed ones arrived, as rejects");
+    let _ = ingest.kill();
+}
