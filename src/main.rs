@@ -225,7 +225,7 @@ async fn produce_command(args: ProduceArgs, shutdown: CancellationToken) -> Resu
         aggregate: args.aggregate,
     };
     let destination = match &args.via_http {
-        Some(url) => producer::send::Destination::Http(
+        Some(url) => producer::send::Destination::Http(Box::new(
             producer::http::HttpGateway::new(url, args.api_key.clone()).map_err(|e| {
                 Error::Config(ConfigError::Invalid {
                     key: "--via-http".into(),
@@ -233,7 +233,7 @@ async fn produce_command(args: ProduceArgs, shutdown: CancellationToken) -> Resu
                     fix: "give the gateway's base URL with its stage".into(),
                 })
             })?,
-        ),
+        )),
         None => producer::send::Destination::Kinesis(aws.kinesis.clone()),
     };
     let report = producer::produce_to(destination, opts, shutdown).await?;

@@ -74,7 +74,7 @@ pub struct Pending {
 #[derive(Clone, Debug)]
 pub enum Destination {
     Kinesis(aws_sdk_kinesis::Client),
-    Http(super::http::HttpGateway),
+    Http(Box<super::http::HttpGateway>),
 }
 
 impl Destination {
