@@ -108,6 +108,11 @@ pub struct LeaseConfig {
     pub shard_sync_interval: Option<String>,
     pub cleanup_after: Option<String>,
     pub initial_position: Option<String>,
+    pub scan_interval: Option<String>,
+    pub balance: Option<String>,
+    pub balance_band: Option<f64>,
+    pub balance_cooldown: Option<String>,
+    pub max_leases_per_worker: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -236,11 +241,16 @@ pub struct FlushPolicy {
 #[derive(Debug, Clone)]
 pub struct LeasePolicy {
     pub failover_time: Duration,
+    /// How often each worker scans the lease table (takes free, expired and stolen
+    /// leases); renewals run on their own every `failover_time / 3`.
+    pub scan_interval: Duration,
     pub shard_sync_interval: Duration,
     /// A finished lease whose shard no longer exists in the stream is deleted this long
     /// after a worker first saw the shard gone.
     pub cleanup_after: Duration,
     pub initial_position: InitialPosition,
+    /// How workers share the shards: by load (bytes/s) or by count.
+    pub balance: crate::lease::BalancePolicy,
 }
 
 /// Delta table health.
@@ -539,12 +549,29 @@ impl FlushPolicy {
 
 impl LeasePolicy {
     fn resolve(l: &LeaseConfig) -> Result<Self, ConfigError> {
+        let failover_time = duration(
+            "lease.failover_time",
+            l.failover_time.as_deref(),
+            Duration::from_secs(10),
+        )?;
+        let scan_interval = duration(
+            "lease.scan_interval",
+            l.scan_interval.as_deref(),
+            failover_time,
+        )?;
+        if scan_interval > failover_time {
+            return Err(invalid(
+                "lease.scan_interval",
+                format!(
+                    "{} is longer than lease.failover_time",
+                    humantime::format_duration(scan_interval)
+                ),
+                "use lease.failover_time or less: a dead worker's leases are taken within failover_time plus one scan",
+            ));
+        }
         Ok(LeasePolicy {
-            failover_time: duration(
-                "lease.failover_time",
-                l.failover_time.as_deref(),
-                Duration::from_secs(10),
-            )?,
+            failover_time,
+            scan_interval,
             shard_sync_interval: duration(
                 "lease.shard_sync_interval",
                 l.shard_sync_interval.as_deref(),
@@ -558,8 +585,46 @@ impl LeasePolicy {
             initial_position: InitialPosition::parse(
                 l.initial_position.as_deref().unwrap_or("TRIM_HORIZON"),
             )?,
+            balance: resolve_balance(l)?,
         })
     }
+}
+
+fn resolve_balance(l: &LeaseConfig) -> Result<crate::lease::BalancePolicy, ConfigError> {
+    use crate::lease::{BalanceMode, BalancePolicy};
+    let d = BalancePolicy::default();
+    let mode = match l.balance.as_deref() {
+        None | Some("load") => BalanceMode::Load,
+        Some("count") => BalanceMode::Count,
+        Some(other) => {
+            return Err(invalid(
+                "lease.balance",
+                format!("`{other}`"),
+                "write \"load\" (bytes/s read, the default) or \"count\"",
+            ))
+        }
+    };
+    let band = l.balance_band.unwrap_or(d.band);
+    if !(0.0..1.0).contains(&band) || band.is_nan() {
+        return Err(invalid(
+            "lease.balance_band",
+            format!("{band}"),
+            "use a share from 0 to below 1, e.g. 0.1",
+        ));
+    }
+    Ok(BalancePolicy {
+        mode,
+        band,
+        max_leases: match l.max_leases_per_worker {
+            None => None,
+            Some(n) => Some(positive("lease.max_leases_per_worker", Some(n), n)?),
+        },
+        cooldown: duration_or_zero(
+            "lease.balance_cooldown",
+            l.balance_cooldown.as_deref(),
+            d.cooldown,
+        )?,
+    })
 }
 
 impl ReaderPolicy {

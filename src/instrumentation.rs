@@ -224,6 +224,16 @@ pub const METRICS: &[Metric] = &[
     ),
     gauge("pinstream_leases_held", &[], "Leases this worker holds."),
     gauge(
+        "pinstream_dynamodb_read_units",
+        &[],
+        "DynamoDB read capacity units the lease table scans consumed so far (cumulative).",
+    ),
+    gauge(
+        "pinstream_dynamodb_write_units",
+        &[],
+        "DynamoDB write capacity units lease takes, renewals and checkpoints consumed so far (cumulative).",
+    ),
+    gauge(
         "pinstream_memory_budget_bytes",
         &[],
         "The worker's memory budget for cleaned data (flush.max_buffered_bytes).",

@@ -172,11 +172,14 @@ async fn run_command(args: RunArgs, shutdown: CancellationToken) -> Result<(), E
         .iter()
         .map(|(t, n)| format!("{t}={n}"))
         .collect();
+    let (read_units, write_units) = pinstream::lease::table::consumed_units();
     tracing::info!(
         records_read = summary.records_read,
         committed = %rows.join(" "),
         commits = summary.commits,
         seconds = summary.elapsed.as_secs_f64(),
+        dynamodb_read_units = read_units,
+        dynamodb_write_units = write_units,
         "run finished"
     );
     Ok(())

@@ -83,8 +83,11 @@ pub struct HeldLease {
     /// Why the lease was given up, when it was for an error (recorded on the lease).
     error: Mutex<Option<String>>,
     versions: Mutex<CommitVersions>,
-    /// Records read from the shard so far (the keeper derives records/s from it).
+    /// Records and bytes read from the shard so far (the keeper derives its load from them).
     records: AtomicU64,
+    bytes: AtomicU64,
+    /// The load as the lease row said when it was taken: the keeper's averages start there.
+    initial_load: Load,
     /// The shard's last MillisBehindLatest; `i64::MIN` until the first answer.
     millis_behind: AtomicI64,
     keeper: mpsc::Sender<KeeperMsg>,
@@ -118,6 +121,11 @@ impl HeldLease {
                 ..CommitVersions::default()
             }),
             records: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            initial_load: Load {
+                records_per_second: lease.records_per_second.unwrap_or(0.0),
+                bytes_per_second: lease.bytes_per_second.unwrap_or(0.0),
+            },
             millis_behind: AtomicI64::new(i64::MIN),
             keeper: tx,
         });
@@ -182,9 +190,11 @@ impl HeldLease {
         f(&mut self.versions.lock().unwrap_or_else(PoisonError::into_inner));
     }
 
-    /// Counts records read and notes the shard's lag (reader statistics for renewals).
-    pub fn note_read(&self, records: usize, millis_behind: Option<i64>) {
+    /// Counts records and bytes read and notes the shard's lag (reader statistics, written
+    /// with the renewals).
+    pub fn note_read(&self, records: usize, bytes: usize, millis_behind: Option<i64>) {
         self.records.fetch_add(records as u64, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         if let Some(ms) = millis_behind {
             self.millis_behind.store(ms, Ordering::Relaxed);
         }
@@ -228,21 +238,26 @@ impl Keeper {
     async fn run(mut self) {
         let every = self.settings.failover / 3;
         let mut next_renewal = Instant::now() + every;
-        let mut rate_mark = (0u64, Instant::now());
+        let mut meter = LoadMeter::starting_at(self.lease.initial_load);
         loop {
             tokio::select! {
                 biased;
                 _ = self.lease.done.cancelled() => break,
                 Some(msg) = self.rx.recv() => match msg {
                     KeeperMsg::Checkpoint { checkpoint, sub_sequence, versions, reply } => {
-                        let res = self.checkpoint(&checkpoint, sub_sequence, &versions).await;
+                        let res = self.checkpoint(&checkpoint, sub_sequence, &versions, &mut meter).await;
+                        if res.is_ok() {
+                            // The checkpoint moved the counter and carried the load: it
+                            // is this interval's renewal (one write fewer).
+                            next_renewal = self.last_renewed + every;
+                        }
                         let _ = reply.send(res);
                     }
                 },
                 _ = tokio::time::sleep_until(next_renewal) => {
                     let sent = Instant::now();
                     // A renewal that does not answer within its interval counts as failed.
-                    let res = match tokio::time::timeout(every, self.renew(&mut rate_mark)).await {
+                    let res = match tokio::time::timeout(every, self.renew(&mut meter)).await {
                         Ok(res) => res,
                         Err(_) => Err(LeaseError::Table {
                             table: self.settings.table.name().into(),
@@ -270,7 +285,7 @@ impl Keeper {
         self.release().await;
     }
 
-    async fn renew(&mut self, rate_mark: &mut (u64, Instant)) -> Result<(), LeaseError> {
+    async fn renew(&mut self, meter: &mut LoadMeter) -> Result<(), LeaseError> {
         if let Some(f) = &self.settings.fault {
             if f.hit(FaultPoint::Renew).is_err() {
                 return Err(LeaseError::Table {
@@ -279,21 +294,18 @@ impl Keeper {
                 });
             }
         }
-        let records = self.lease.records.load(Ordering::Relaxed);
-        let now = Instant::now();
-        let secs = now.duration_since(rate_mark.1).as_secs_f64();
-        let rps = if secs > 0.0 {
-            records.saturating_sub(rate_mark.0) as f64 / secs
-        } else {
-            0.0
-        };
+        let load = meter.next(
+            self.lease.records.load(Ordering::Relaxed),
+            self.lease.bytes.load(Ordering::Relaxed),
+            Instant::now(),
+        );
         let lag = Some(self.lease.millis_behind.load(Ordering::Relaxed)).filter(|ms| *ms >= 0);
         let s = &self.settings;
         self.counter = s
             .table
-            .renew(&self.lease.key, &s.me, self.counter, lag, rps)
+            .renew(&self.lease.key, &s.me, self.counter, lag, load)
             .await?;
-        *rate_mark = (records, now);
+        meter.commit();
         Ok(())
     }
 
@@ -302,23 +314,31 @@ impl Keeper {
         checkpoint: &Checkpoint,
         sub_sequence: i64,
         versions: &CommitVersions,
+        meter: &mut LoadMeter,
     ) -> Result<(), LeaseError> {
         if self.lease.is_lost() {
             return Err(LeaseError::Lost(self.lease.key.clone()));
         }
         let rejects = versions.rejects_mark();
+        let sent = Instant::now();
+        let load = meter.next(
+            self.lease.records.load(Ordering::Relaxed),
+            self.lease.bytes.load(Ordering::Relaxed),
+            sent,
+        );
         let position = CommittedPosition {
             checkpoint,
             sub_sequence,
             batch_version: versions.batch_version,
             rejects: rejects.as_ref(),
+            load: Some(load),
         };
         let s = &self.settings;
-        let sent = Instant::now();
         self.counter = s
             .table
             .checkpoint(&self.lease.key, &s.me, self.counter, &position)
             .await?;
+        meter.commit();
         self.last_renewed = sent;
         Ok(())
     }
@@ -349,5 +369,95 @@ impl Keeper {
                 tracing::warn!(lease = %self.lease.key, error = %e, "release failed; the lease will expire instead")
             }
         }
+    }
+}
+
+/// A shard's load: what its reader takes from it per second, smoothed.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Load {
+    pub records_per_second: f64,
+    pub bytes_per_second: f64,
+}
+
+/// How much of each new rate sample enters the average: about the last eight writes
+/// (renewals, failover_time / 3 apart, and checkpoints) count, so one slow or bursty poll
+/// does not move a lease.
+const SMOOTHING: f64 = 0.2;
+
+/// Turns the reader's running totals into a smoothed load at each renewal.
+#[derive(Debug, Clone)]
+struct LoadMeter {
+    load: Load,
+    /// Totals and time of the last renewal that reached the table.
+    mark: (u64, u64, Instant),
+    /// The load and mark of the renewal being sent (kept once it succeeds).
+    pending: Option<(Load, (u64, u64, Instant))>,
+}
+
+impl LoadMeter {
+    fn starting_at(load: Load) -> Self {
+        LoadMeter {
+            load,
+            mark: (0, 0, Instant::now()),
+            pending: None,
+        }
+    }
+
+    /// The average with a new sample from the totals now.
+    fn next(&mut self, records: u64, bytes: u64, now: Instant) -> Load {
+        let secs = now.duration_since(self.mark.2).as_secs_f64();
+        if secs <= 0.0 {
+            return self.load;
+        }
+        let sample = |total: u64, at_mark: u64| total.saturating_sub(at_mark) as f64 / secs;
+        let blend = |avg: f64, x: f64| avg + SMOOTHING * (x - avg);
+        let load = Load {
+            records_per_second: blend(self.load.records_per_second, sample(records, self.mark.0)),
+            bytes_per_second: blend(self.load.bytes_per_second, sample(bytes, self.mark.1)),
+        };
+        self.pending = Some((load, (records, bytes, now)));
+        load
+    }
+
+    /// The renewal carrying the last [`LoadMeter::next`] reached the table.
+    fn commit(&mut self) {
+        if let Some((load, mark)) = self.pending.take() {
+            (self.load, self.mark) = (load, mark);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_load_is_a_smoothed_rate_that_starts_from_the_row_and_keeps_only_written_samples() {
+        let start = Instant::now();
+        let mut m = LoadMeter::starting_at(Load {
+            records_per_second: 100.0,
+            bytes_per_second: 50_000.0,
+        });
+        m.mark.2 = start;
+        // 1 s later, 400 records / 200 KB were read: the average moves 20 % of the way.
+        let l = m.next(400, 200_000, start + Duration::from_secs(1));
+        assert!((l.records_per_second - 160.0).abs() < 1e-9, "{l:?}");
+        assert!((l.bytes_per_second - 80_000.0).abs() < 1e-6, "{l:?}");
+        // That write failed: the next sample counts from the last written mark and blends
+        // into the last written average (800 records in 2 s: the same 400/s, so 160 again).
+        let again = m.next(800, 400_000, start + Duration::from_secs(2));
+        assert!((again.records_per_second - 160.0).abs() < 1e-9, "{again:?}");
+        m.commit();
+        // Steady 400 records/s converges on it.
+        let mut now = start + Duration::from_secs(2);
+        let (mut records, mut bytes) = (800, 400_000);
+        let mut last = again;
+        for _ in 0..30 {
+            now += Duration::from_secs(1);
+            (records, bytes) = (records + 400, bytes + 200_000);
+            last = m.next(records, bytes, now);
+            m.commit();
+        }
+        assert!((last.records_per_second - 400.0).abs() < 1.0, "{last:?}");
     }
 }

@@ -6,6 +6,7 @@
 //! the pure decisions (what is expired, what to take); [`held`] the handle of a lease this
 //! worker holds, shared by its reader and the sink, and its keeper task.
 
+pub mod balance;
 pub mod held;
 pub mod table;
 
@@ -14,7 +15,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use held::{CommitVersions, HeldLease, KeeperSettings};
+pub use balance::{BalanceMode, BalancePolicy};
+pub use held::{CommitVersions, HeldLease, KeeperSettings, Load};
 pub use table::{CommittedPosition, LeaseError, LeaseTable};
 
 /// Where a shard's reading resumes.
@@ -90,7 +92,9 @@ pub struct Lease {
     pub txn_app_id: Option<String>,
     pub owner_switches_since_checkpoint: i64,
     pub millis_behind_latest: Option<i64>,
+    /// The shard's load as its holder last wrote it (smoothed over several renewals).
     pub records_per_second: Option<f64>,
+    pub bytes_per_second: Option<f64>,
     /// Why the last holder gave the lease up with an error (a reader that failed, a shard
     /// that could not be resumed); cleared by the next checkpoint.
     pub last_error: Option<String>,
@@ -141,6 +145,7 @@ impl Lease {
             owner_switches_since_checkpoint: 0,
             millis_behind_latest: None,
             records_per_second: None,
+            bytes_per_second: None,
             last_error: None,
         }
     }
@@ -152,6 +157,8 @@ impl Lease {
 #[derive(Debug, Default)]
 pub struct ExpiryTracker {
     seen: HashMap<String, (u64, Option<String>, Instant)>,
+    /// Each lease's owner and when this worker saw it change (`None`: not seen changing).
+    owners: HashMap<String, (Option<String>, Option<Instant>)>,
 }
 
 impl ExpiryTracker {
@@ -159,6 +166,19 @@ impl ExpiryTracker {
     pub fn observe(&mut self, leases: &[Lease], now: Instant) {
         let keys: HashSet<&str> = leases.iter().map(|l| l.key.as_str()).collect();
         self.seen.retain(|k, _| keys.contains(k.as_str()));
+        self.owners.retain(|k, _| keys.contains(k.as_str()));
+        for l in leases {
+            match self.owners.get(&l.key) {
+                Some((owner, _)) if *owner == l.owner => {}
+                Some(_) => {
+                    self.owners
+                        .insert(l.key.clone(), (l.owner.clone(), Some(now)));
+                }
+                None => {
+                    self.owners.insert(l.key.clone(), (l.owner.clone(), None));
+                }
+            }
+        }
         for l in leases {
             match self.seen.get_mut(&l.key) {
                 Some((c, owner, since)) if *c == l.counter && *owner == l.owner => {
@@ -170,6 +190,14 @@ impl ExpiryTracker {
                 }
             }
         }
+    }
+
+    /// Whether this worker saw the lease change owner less than `cooldown` ago.
+    pub fn moved_within(&self, lease: &Lease, now: Instant, cooldown: Duration) -> bool {
+        self.owners
+            .get(&lease.key)
+            .and_then(|(_, at)| *at)
+            .is_some_and(|at| now.duration_since(at) < cooldown)
     }
 
     /// Owned by someone whose renewals stopped at least `failover` ago.
@@ -193,11 +221,14 @@ pub enum TakeKind {
 }
 
 /// The leases this worker should try to take now, in order: free ones first, then expired
-/// ones, then at most ONE stolen from the most loaded live worker when that worker holds
-/// more than the fair share and this one holds less. Only unfinished shards whose parents
-/// are all finished count and can be taken (parents first keeps per-key order across
-/// resharding). The fair share is `ceil(readable leases / live workers)`; it is unbounded
-/// when `greedy` (`--available-now` drains all it can, and never steals).
+/// ones, up to the fair count `ceil(readable leases / live workers)` (and
+/// `policy.max_leases`); then at most ONE stolen: by load, from the most loaded worker when
+/// this one is below the band ([`balance::steal_by_load`]), or by count, from the worker
+/// with the most leases when it holds more than the fair count and this one less. Only
+/// unfinished shards whose parents are all finished count and can be taken (parents first
+/// keeps per-key order across resharding). `greedy` (`--available-now`) takes all it can
+/// and never steals.
+#[allow(clippy::too_many_arguments)]
 pub fn leases_to_take<'a>(
     leases: &'a [Lease],
     me: &str,
@@ -205,6 +236,7 @@ pub fn leases_to_take<'a>(
     now: Instant,
     failover: Duration,
     greedy: bool,
+    policy: &BalancePolicy,
 ) -> Vec<(&'a Lease, TakeKind)> {
     let finished: HashSet<(&str, &str)> = leases
         .iter()
@@ -233,10 +265,11 @@ pub fn leases_to_take<'a>(
     }
     let held = load.get(me).copied().unwrap_or(0);
     let live = load.len() + usize::from(!load.contains_key(me));
+    let cap = policy.max_leases.unwrap_or(usize::MAX);
     let target = if greedy {
-        usize::MAX
+        cap
     } else {
-        readable.len().div_ceil(live)
+        readable.len().div_ceil(live).min(cap)
     };
     let mut take: Vec<(&Lease, TakeKind)> = readable
         .iter()
@@ -250,7 +283,26 @@ pub fn leases_to_take<'a>(
             .map(|l| (*l, TakeKind::Expired)),
     );
     take.truncate(target.saturating_sub(held));
-    if !greedy && held + take.len() < target {
+    if greedy || held + take.len() >= cap {
+        return take;
+    }
+    if policy.mode == BalanceMode::Load {
+        if !take.is_empty() {
+            // Free and expired leases first; load is balanced once they are held.
+            return take;
+        }
+        let alive_held: Vec<&Lease> = readable.iter().copied().filter(|l| alive(l)).collect();
+        let mut workers: Vec<&str> = load.keys().copied().collect();
+        if !load.contains_key(me) {
+            workers.push(me);
+        }
+        let movable = |l: &Lease| !tracker.moved_within(l, now, policy.cooldown);
+        if let Some(l) = balance::steal_by_load(&alive_held, me, &workers, policy.band, movable) {
+            take.push((l, TakeKind::Steal));
+        }
+        return take;
+    }
+    if held < target {
         // Steal one from the most loaded live worker above the fair share (ties: by id,
         // so every thief picks the same victim and they do not all pile on different ones).
         let victim = load
@@ -290,6 +342,12 @@ mod tests {
     }
 
     const F: Duration = Duration::from_secs(10);
+    const COUNT: BalancePolicy = BalancePolicy {
+        mode: BalanceMode::Count,
+        band: 0.1,
+        max_leases: None,
+        cooldown: Duration::from_secs(30),
+    };
 
     #[test]
     fn expiry_follows_the_local_monotonic_clock() {
@@ -318,13 +376,13 @@ mod tests {
             lease("s3", None, 0),
         ];
         // Two live workers (w1 and me), 4 shards: target 2 each.
-        let take = leases_to_take(&leases, "me", &t, Instant::now(), F, false);
+        let take = leases_to_take(&leases, "me", &t, Instant::now(), F, false, &COUNT);
         assert_eq!(take.len(), 2);
         assert!(take
             .iter()
             .all(|(l, k)| l.owner.is_none() && *k == TakeKind::Free));
         assert_eq!(
-            leases_to_take(&leases, "me", &t, Instant::now(), F, true).len(),
+            leases_to_take(&leases, "me", &t, Instant::now(), F, true, &COUNT).len(),
             3
         );
     }
@@ -336,14 +394,14 @@ mod tests {
         let mut child = lease("s1", None, 0);
         child.parent_shard_ids = vec!["s0".into()];
         let leases = vec![parent.clone(), child.clone()];
-        let take: Vec<_> = leases_to_take(&leases, "me", &t, Instant::now(), F, true)
+        let take: Vec<_> = leases_to_take(&leases, "me", &t, Instant::now(), F, true, &COUNT)
             .into_iter()
             .map(|(l, _)| l.shard_id.clone())
             .collect();
         assert_eq!(take, vec!["s0"]);
         parent.checkpoint = Checkpoint::ShardEnd;
         let leases = vec![parent, child];
-        let take: Vec<_> = leases_to_take(&leases, "me", &t, Instant::now(), F, true)
+        let take: Vec<_> = leases_to_take(&leases, "me", &t, Instant::now(), F, true, &COUNT)
             .into_iter()
             .map(|(l, _)| l.shard_id.clone())
             .collect();
@@ -359,7 +417,7 @@ mod tests {
         let now = start + F;
         let renewed = vec![leases[0].clone(), lease("s1", Some("alive"), 4)];
         t.observe(&renewed, now);
-        let take = leases_to_take(&renewed, "me", &t, now, F, false);
+        let take = leases_to_take(&renewed, "me", &t, now, F, false, &COUNT);
         assert_eq!(take.len(), 1);
         assert_eq!(
             (take[0].0.shard_id.as_str(), take[0].1),
@@ -379,14 +437,14 @@ mod tests {
         // 12 leases: a holds 8, b holds 4; "me" joins: target ceil(12/3) = 4.
         let mut leases = owned(8, "a", 0);
         leases.extend(owned(4, "b", 8));
-        let take = leases_to_take(&leases, "me", &t, Instant::now(), F, false);
+        let take = leases_to_take(&leases, "me", &t, Instant::now(), F, false, &COUNT);
         assert_eq!(take.len(), 1);
         assert_eq!(
             (take[0].0.owner.as_deref(), take[0].1),
             (Some("a"), TakeKind::Steal)
         );
         // Greedy (--available-now) never steals.
-        assert!(leases_to_take(&leases, "me", &t, Instant::now(), F, true).is_empty());
+        assert!(leases_to_take(&leases, "me", &t, Instant::now(), F, true, &COUNT).is_empty());
     }
 
     #[test]
@@ -398,7 +456,7 @@ mod tests {
         leases.extend(owned(4, "c", 9));
         for me in ["a", "b", "c"] {
             assert!(
-                leases_to_take(&leases, me, &t, Instant::now(), F, false).is_empty(),
+                leases_to_take(&leases, me, &t, Instant::now(), F, false, &COUNT).is_empty(),
                 "{me}"
             );
         }
@@ -416,7 +474,8 @@ mod tests {
             loop {
                 let mut changed = false;
                 for me in &names {
-                    for (l, _) in leases_to_take(&leases.clone(), me, &t, Instant::now(), F, false)
+                    for (l, _) in
+                        leases_to_take(&leases.clone(), me, &t, Instant::now(), F, false, &COUNT)
                     {
                         let key = l.key.clone();
                         let item = leases.iter_mut().find(|x| x.key == key).unwrap();
@@ -445,5 +504,52 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn by_load_a_worker_below_the_band_steals_the_lease_that_closes_the_gap() {
+        let loaded = |shard: &str, owner: &str, bps: f64| Lease {
+            bytes_per_second: Some(bps),
+            ..lease(shard, Some(owner), 1)
+        };
+        // `a` holds 600 B/s in three leases, `b` 100, `me` nothing: the mean is 233.
+        let leases = vec![
+            loaded("s0", "a", 300.0),
+            loaded("s1", "a", 200.0),
+            loaded("s2", "a", 100.0),
+            loaded("s3", "b", 100.0),
+        ];
+        let mut t = ExpiryTracker::default();
+        t.observe(&leases, Instant::now());
+        let load = BalancePolicy::default();
+        let take = leases_to_take(&leases, "me", &t, Instant::now(), F, false, &load);
+        // The gap is 600: the best lease is the one nearest 300.
+        assert_eq!(take.len(), 1);
+        assert_eq!(
+            (take[0].0.shard_id.as_str(), take[0].1),
+            ("s0", TakeKind::Steal)
+        );
+        // By count `me` would take one from `a` too, but whichever its hash picks.
+        assert_eq!(
+            leases_to_take(&leases, "me", &t, Instant::now(), F, false, &COUNT).len(),
+            1
+        );
+        // At its maximum a worker takes nothing.
+        let capped = BalancePolicy {
+            max_leases: Some(1),
+            ..BalancePolicy::default()
+        };
+        assert!(leases_to_take(&leases, "b", &t, Instant::now(), F, false, &capped).is_empty());
+        // A lease seen changing owner is in its cooldown.
+        let mut moved = leases.clone();
+        moved[0].owner = Some("b".into());
+        moved[3].owner = Some("a".into());
+        t.observe(&moved, Instant::now());
+        let take = leases_to_take(&moved, "me", &t, Instant::now(), F, false, &load);
+        assert!(
+            take.iter()
+                .all(|(l, _)| l.shard_id != "s0" && l.shard_id != "s3"),
+            "{take:?}"
+        );
     }
 }

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, TableStatus,
+    ReturnConsumedCapacity, ScalarAttributeType, TableStatus,
 };
 use aws_sdk_dynamodb::Client;
 
-use super::{Checkpoint, Lease, RejectsMark};
+use super::{Checkpoint, Lease, Load, RejectsMark};
 use crate::aws::ServiceError;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,8 @@ pub struct CommittedPosition<'a> {
     pub sub_sequence: i64,
     pub batch_version: i64,
     pub rejects: Option<&'a RejectsMark>,
+    /// The shard's load, written with the checkpoint (which then stands for a renewal).
+    pub load: Option<Load>,
 }
 
 #[derive(Clone, Debug)]
@@ -256,7 +258,7 @@ impl LeaseTable {
             .update_item()
             .table_name(&self.name)
             .key("lease_key", s(&old.key))
-            .update_expression("SET #counter = :next, checkpoint = :th, sub_sequence = :zero, batch_version = :zero, owner_switches_since_checkpoint = :zero, parent_shard_ids = :parents, stream_created = :created, txn_app_id = :app REMOVE #owner, rejects_version, rejects_sequence, rejects_sub_sequence, millis_behind_latest, records_per_second")
+            .update_expression("SET #counter = :next, checkpoint = :th, sub_sequence = :zero, batch_version = :zero, owner_switches_since_checkpoint = :zero, parent_shard_ids = :parents, stream_created = :created, txn_app_id = :app REMOVE #owner, rejects_version, rejects_sequence, rejects_sub_sequence, millis_behind_latest, records_per_second, bytes_per_second")
             .condition_expression("#counter = :c")
             .expression_attribute_names("#counter", "counter")
             .expression_attribute_names("#owner", "owner")
@@ -302,10 +304,12 @@ impl LeaseTable {
                 .scan()
                 .table_name(&self.name)
                 .consistent_read(true)
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
                 .map_err(|e| ServiceError::dynamodb("Scan", e))?;
+            count_units("read", out.consumed_capacity());
             for item in out.items() {
                 leases.push(Lease::from_item(item)?);
             }
@@ -333,7 +337,8 @@ impl LeaseTable {
         } else {
             0
         };
-        self.client
+        let out = self
+            .client
             .update_item()
             .table_name(&self.name)
             .key("lease_key", s(key))
@@ -346,9 +351,11 @@ impl LeaseTable {
             .expression_attribute_values(":observed", n(observed_counter))
             .expression_attribute_values(":zero", n(0))
             .expression_attribute_values(":switch", n(switch))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await
             .map_err(|e| cond("UpdateItem", key, e))?;
+        count_units("write", out.consumed_capacity());
         Ok(next)
     }
 
@@ -365,6 +372,7 @@ impl LeaseTable {
             .table_name(&self.name)
             .key("lease_key", s(key))
             .condition_expression("#owner = :me AND #counter = :c")
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .expression_attribute_names("#owner", "owner")
             .expression_attribute_names("#counter", "counter")
             .expression_attribute_values(":me", s(me))
@@ -373,27 +381,33 @@ impl LeaseTable {
     }
 
     /// Renews a held lease (bumps the counter other workers watch). Also records the
-    /// shard's lag for operators. Returns the new counter.
+    /// shard's lag and its load (for operators and for balancing), in the same write.
+    /// Returns the new counter.
     pub async fn renew(
         &self,
         key: &str,
         me: &str,
         counter: u64,
         millis_behind: Option<i64>,
-        records_per_second: f64,
+        load: Load,
     ) -> Result<u64, LeaseError> {
-        let mut set = String::from("SET #counter = :next, records_per_second = :rps");
+        let mut set = String::from(
+            "SET #counter = :next, records_per_second = :rps, bytes_per_second = :bps",
+        );
         let mut req = self
             .update_held(key, me, counter)
-            .expression_attribute_values(":rps", n(format!("{records_per_second:.1}")));
+            .expression_attribute_values(":rps", n(format!("{:.1}", load.records_per_second)))
+            .expression_attribute_values(":bps", n(format!("{:.1}", load.bytes_per_second)));
         if let Some(ms) = millis_behind {
             set.push_str(", millis_behind_latest = :lag");
             req = req.expression_attribute_values(":lag", n(ms));
         }
-        req.update_expression(set)
+        let out = req
+            .update_expression(set)
             .send()
             .await
             .map_err(|e| cond("UpdateItem", key, e))?;
+        count_units("write", out.consumed_capacity());
         Ok(counter + 1)
     }
 
@@ -423,12 +437,20 @@ impl LeaseTable {
                 .expression_attribute_values(":rs", s(&r.sequence))
                 .expression_attribute_values(":rss", n(r.sub_sequence));
         }
+        if let Some(load) = position.load {
+            set.push_str(", records_per_second = :rps, bytes_per_second = :bps");
+            req = req
+                .expression_attribute_values(":rps", n(format!("{:.1}", load.records_per_second)))
+                .expression_attribute_values(":bps", n(format!("{:.1}", load.bytes_per_second)));
+        }
         // A position committed: whatever error the lease recorded is over.
         set.push_str(" REMOVE last_error");
-        req.update_expression(set)
+        let out = req
+            .update_expression(set)
             .send()
             .await
             .map_err(|e| cond("UpdateItem", key, e))?;
+        count_units("write", out.consumed_capacity());
         Ok(counter + 1)
     }
 
@@ -486,6 +508,8 @@ impl Lease {
             message: m.to_owned(),
         };
         let get_s = |name: &str| item.get(name).and_then(|v| v.as_s().ok()).cloned();
+        // Statistics: a value that does not parse is as good as none.
+        let get_f = |name: &str| -> Option<f64> { item.get(name)?.as_n().ok()?.parse().ok() };
         let get_n = |name: &str| -> Result<Option<i64>, LeaseError> {
             match item.get(name) {
                 None => Ok(None),
@@ -525,13 +549,39 @@ impl Lease {
             txn_app_id: get_s("txn_app_id"),
             owner_switches_since_checkpoint: get_n("owner_switches_since_checkpoint")?.unwrap_or(0),
             millis_behind_latest: get_n("millis_behind_latest")?,
-            records_per_second: item
-                .get("records_per_second")
-                .and_then(|v| v.as_n().ok())
-                .and_then(|n| n.parse().ok()),
+            records_per_second: get_f("records_per_second"),
+            bytes_per_second: get_f("bytes_per_second"),
             key,
             stream,
             shard_id,
         })
     }
+}
+
+/// Adds a call's consumed capacity to the worker's cumulative DynamoDB units (what the
+/// lease table costs; the load test reports it per shard-hour). Units are fractional, so
+/// these are gauges that only grow.
+fn count_units(kind: &str, consumed: Option<&aws_sdk_dynamodb::types::ConsumedCapacity>) {
+    let Some(units) = consumed.and_then(|c| c.capacity_units()) else {
+        return;
+    };
+    let milli = (units * 1000.0).round() as u64;
+    if kind == "read" {
+        READ_MILLIUNITS.fetch_add(milli, std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!("pinstream_dynamodb_read_units").increment(units);
+    } else {
+        WRITE_MILLIUNITS.fetch_add(milli, std::sync::atomic::Ordering::Relaxed);
+        metrics::gauge!("pinstream_dynamodb_write_units").increment(units);
+    }
+}
+
+static READ_MILLIUNITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static WRITE_MILLIUNITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// DynamoDB read and write units this process's lease table calls consumed so far.
+pub fn consumed_units() -> (f64, f64) {
+    let get = |a: &std::sync::atomic::AtomicU64| {
+        a.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0
+    };
+    (get(&READ_MILLIUNITS), get(&WRITE_MILLIUNITS))
 }

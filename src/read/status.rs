@@ -26,6 +26,7 @@ pub fn to_json(leases: &[Lease]) -> Value {
                     "batch_version": l.batch_version,
                     "millis_behind_latest": l.millis_behind_latest,
                     "records_per_second": l.records_per_second,
+                    "bytes_per_second": l.bytes_per_second,
                     "parent_shard_ids": l.parent_shard_ids,
                     "counter": l.counter,
                     "last_error": l.last_error,
@@ -38,7 +39,7 @@ pub fn to_json(leases: &[Lease]) -> Value {
 /// An aligned text table, one lease a line.
 pub fn to_text(leases: &[Lease]) -> String {
     let dash = || "-".to_owned();
-    let rows: Vec<[String; 7]> = leases
+    let rows: Vec<[String; 8]> = leases
         .iter()
         .map(|l| {
             [
@@ -51,6 +52,9 @@ pub fn to_text(leases: &[Lease]) -> String {
                     .unwrap_or_else(dash),
                 l.records_per_second
                     .map(|r| format!("{r:.1}"))
+                    .unwrap_or_else(dash),
+                l.bytes_per_second
+                    .map(|b| format!("{b:.0}"))
                     .unwrap_or_else(dash),
                 if l.parent_shard_ids.is_empty() {
                     dash()
@@ -67,6 +71,7 @@ pub fn to_text(leases: &[Lease]) -> String {
         "CHECKPOINT",
         "LAG_MS",
         "REC/S",
+        "BYTES/S",
         "PARENTS",
     ]
     .map(str::to_owned);
@@ -76,7 +81,7 @@ pub fn to_text(leases: &[Lease]) -> String {
             *w = (*w).max(c.len());
         }
     }
-    let line = |r: &[String; 7]| {
+    let line = |r: &[String; 8]| {
         r.iter()
             .zip(widths)
             .map(|(c, w)| format!("{c:<w$}"))
@@ -97,6 +102,11 @@ pub fn to_text(leases: &[Lease]) -> String {
             out.push_str(&format!("\nerror  {}:{}: {e}", l.stream, l.shard_id));
         }
     }
+    for (owner, (n, rps, bps)) in per_worker(leases) {
+        out.push_str(&format!(
+            "\nworker {owner}: {n} leases, {rps:.1} rec/s, {bps:.0} bytes/s"
+        ));
+    }
     out.push_str(&format!(
         "\n{} leases, {} owned by {} workers",
         leases.len(),
@@ -104,4 +114,19 @@ pub fn to_text(leases: &[Lease]) -> String {
         owners.len()
     ));
     out
+}
+
+/// Per owner: leases held, and the sum of their records/s and bytes/s (the load the
+/// balancing compares).
+pub fn per_worker(leases: &[Lease]) -> std::collections::BTreeMap<&str, (usize, f64, f64)> {
+    let mut sums = std::collections::BTreeMap::new();
+    for l in leases.iter().filter(|l| !l.is_finished()) {
+        if let Some(owner) = l.owner.as_deref() {
+            let e = sums.entry(owner).or_insert((0, 0.0, 0.0));
+            e.0 += 1;
+            e.1 += l.records_per_second.unwrap_or(0.0);
+            e.2 += l.bytes_per_second.unwrap_or(0.0);
+        }
+    }
+    sums
 }

@@ -1,4 +1,4 @@
-//! The lease coordinator of one worker: every `failover_time / 3` it forgets lost leases,
+//! The lease coordinator of one worker: every `lease.scan_interval` it forgets lost leases,
 //! syncs shards, scans the lease table, releases finished leases and takes what is due
 //! (recovering where each shard resumes and starting its reader); in between it reacts to
 //! readers and sinks that end. Graceful stop: stop reading, flush, checkpoint, release.
@@ -138,15 +138,14 @@ impl Coordinator {
         Ok(())
     }
 
-    /// The coordinator loop: every `failover_time / 3` renew, sync shards, scan, release
+    /// The coordinator loop: every `lease.scan_interval` sync shards, scan, release
     /// finished leases and take what is due; in between, react to readers and sinks that
     /// end. Returns when `shutdown` is cancelled or, draining, when nothing is left.
     pub(super) async fn coordinate(
         &mut self,
         shutdown: &CancellationToken,
     ) -> Result<(), WorkerError> {
-        let failover = self.shared.settings.lease.failover_time;
-        let mut tick = tokio::time::interval(failover / 3);
+        let mut tick = tokio::time::interval(self.shared.settings.lease.scan_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_sync = Instant::now() + self.shared.settings.lease.shard_sync_interval;
         loop {
@@ -235,6 +234,7 @@ impl Coordinator {
             cycle_at,
             self.shared.settings.lease.failover_time,
             self.opts.available_now,
+            &self.shared.settings.lease.balance,
         )
         .into_iter()
         .filter(|(l, _)| {

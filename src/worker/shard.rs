@@ -123,7 +123,12 @@ pub(super) async fn read_shard(
                 }
             }
         };
-        lease.note_read(fetched.records.len(), fetched.millis_behind_latest);
+        let bytes: usize = fetched
+            .records
+            .iter()
+            .map(|r| r.data().as_ref().len())
+            .sum();
+        lease.note_read(fetched.records.len(), bytes, fetched.millis_behind_latest);
         if let Some(ms) = fetched.millis_behind_latest {
             metrics::gauge!("pinstream_millis_behind_latest", "stream" => stream_label.clone(), "shard_id" => lease.shard_id.clone()).set(ms as f64);
         }

@@ -157,6 +157,7 @@ async fn a_table_behind_its_lease_is_refused_with_the_reason_on_the_lease() {
         sub_sequence: 0,
         batch_version: 99,
         rejects: None,
+        load: None,
     };
     let c = leases
         .checkpoint(&key, "setup", c, &position)

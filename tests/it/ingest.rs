@@ -20,11 +20,7 @@ const API_KEY: &str = "test-key-7c1d";
 
 /// `pinstream ingest` on a free port for `settings`' streams, with the API key; returns
 /// the child and its address.
-async fn spawn_ingest(
-    settings: &Settings,
-    dir: &Path,
-    extra: &[&str],
-) -> (support::KillOnDrop, String) {
+async fn spawn_ingest(settings: &Settings, dir: &Path) -> (support::KillOnDrop, String) {
     let log = dir.join("ingest.log");
     let mut cmd = support::pinstream();
     cmd.args(["--log-format", "json", "ingest", "--listen", "127.0.0.1:0"]);
@@ -32,7 +28,6 @@ async fn spawn_ingest(
         cmd.args(["--stream", &format!("{kind}={name}")]);
     }
     let child = cmd
-        .args(extra)
         .env("PINSTREAM_INGEST_API_KEY", API_KEY)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
@@ -41,6 +36,42 @@ async fn spawn_ingest(
         .unwrap();
     let addr = support::logged_addr(&log, "serving ingest").await;
     (child, addr)
+}
+
+/// `pinstream ingest` and an in-process worker on fresh streams of `shards` shards.
+struct Fixture {
+    dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    settings: Settings,
+    ingest: support::KillOnDrop,
+    addr: String,
+    stop: tokio_util::sync::CancellationToken,
+    running: tokio::task::JoinHandle<
+        Result<pinstream::worker::RunSummary, pinstream::worker::WorkerError>,
+    >,
+}
+
+async fn ingest_beside_a_worker(prefix: &str, shards: i32) -> Fixture {
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let root = dir.path().join("tables");
+    let settings = support::settings(
+        &support::unique(prefix),
+        &root,
+        "[flush]\nmax_batch_age = \"500ms\"\n[reader]\nidle_poll_interval = \"100ms\"\n",
+    );
+    support::create_streams(&aws, &settings, shards).await;
+    let (ingest, addr) = spawn_ingest(&settings, dir.path()).await;
+    let (stop, running) = support::spawn_worker(&settings, &aws, support::run_options(false));
+    Fixture {
+        dir,
+        root,
+        settings,
+        ingest,
+        addr,
+        stop,
+        running,
+    }
 }
 
 /// Runs the emulation script with `args` and returns its report.
@@ -146,17 +177,15 @@ async fn assert_acknowledged_landed_once(root: &Path, report: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_original_clients_post_through_both_apis_and_every_acknowledged_record_lands_once() {
-    let aws = support::aws().await;
-    let dir = support::tempdir();
-    let root = dir.path().join("tables");
-    let settings = support::settings(
-        &support::unique("ingest"),
-        &root,
-        "[flush]\nmax_batch_age = \"500ms\"\n[reader]\nidle_poll_interval = \"100ms\"\n",
-    );
-    support::create_streams(&aws, &settings, 2).await;
-    let (mut ingest, addr) = spawn_ingest(&settings, dir.path(), &[]).await;
-    let (stop, running) = support::spawn_worker(&settings, &aws, support::run_options(false));
+    let Fixture {
+        dir,
+        root,
+        settings,
+        mut ingest,
+        addr,
+        stop,
+        running,
+    } = ingest_beside_a_worker("ingest", 2).await;
 
     let report = post_like_the_original_scripts(
         &addr,
@@ -204,17 +233,15 @@ async fn the_original_clients_post_through_both_apis_and_every_acknowledged_reco
 /// exits 0; every record it acknowledged lands exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_load_loses_no_acknowledged_record() {
-    let aws = support::aws().await;
-    let dir = support::tempdir();
-    let root = dir.path().join("tables");
-    let settings = support::settings(
-        &support::unique("ingest-term"),
-        &root,
-        "[flush]\nmax_batch_age = \"500ms\"\n[reader]\nidle_poll_interval = \"100ms\"\n",
-    );
-    support::create_streams(&aws, &settings, 1).await;
-    let (mut ingest, addr) = spawn_ingest(&settings, dir.path(), &[]).await;
-    let (stop, running) = support::spawn_worker(&settings, &aws, support::run_options(false));
+    let Fixture {
+        dir,
+        root,
+        settings,
+        mut ingest,
+        addr,
+        stop,
+        running,
+    } = ingest_beside_a_worker("ingest-term", 1).await;
     let pid = ingest.id().to_string();
     let terminator = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(3));
@@ -251,17 +278,15 @@ async fn sigterm_mid_load_loses_no_acknowledged_record() {
 /// gives requests/s, records/s and p50/p99 request latency, and every record lands once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_via_http_reports_requests_records_and_latency_and_every_record_lands_once() {
-    let aws = support::aws().await;
-    let dir = support::tempdir();
-    let root = dir.path().join("tables");
-    let settings = support::settings(
-        &support::unique("via-http"),
-        &root,
-        "[flush]\nmax_batch_age = \"500ms\"\n[reader]\nidle_poll_interval = \"100ms\"\n",
-    );
-    support::create_streams(&aws, &settings, 1).await;
-    let (mut ingest, addr) = spawn_ingest(&settings, dir.path(), &[]).await;
-    let (stop, running) = support::spawn_worker(&settings, &aws, support::run_options(false));
+    let Fixture {
+        dir: _dir,
+        root,
+        settings,
+        mut ingest,
+        addr,
+        stop,
+        running,
+    } = ingest_beside_a_worker("via-http", 1).await;
     let mut cmd = support::pinstream();
     cmd.args(["produce", "--via-http", &format!("http://{addr}/test")])
         .args([

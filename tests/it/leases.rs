@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use pinstream::lease::{Checkpoint, CommittedPosition, LeaseError, LeaseTable, RejectsMark};
+use pinstream::lease::{Checkpoint, CommittedPosition, LeaseError, LeaseTable, Load, RejectsMark};
 
 use crate::support;
 
@@ -41,11 +41,22 @@ async fn conditional_writes_fence_every_lease_change() {
     };
     let loser = if winner == "a" { "b" } else { "a" };
     assert!(matches!(
-        table.renew(&lease.key, loser, counter, None, 0.0).await,
+        table
+            .renew(&lease.key, loser, counter, None, Load::default())
+            .await,
         Err(LeaseError::Lost(_))
     ));
     let counter = table
-        .renew(&lease.key, winner, counter, Some(42), 12.5)
+        .renew(
+            &lease.key,
+            winner,
+            counter,
+            Some(42),
+            Load {
+                records_per_second: 12.5,
+                bytes_per_second: 3400.0,
+            },
+        )
         .await
         .unwrap();
     // A checkpoint with a stale counter is refused.
@@ -60,6 +71,7 @@ async fn conditional_writes_fence_every_lease_change() {
                 sub_sequence: 0,
                 batch_version: 1,
                 rejects: None,
+                load: None,
             },
         )
         .await;
@@ -80,6 +92,7 @@ async fn conditional_writes_fence_every_lease_change() {
                 sub_sequence: 2,
                 batch_version: 1,
                 rejects: Some(&mark),
+                load: None,
             },
         )
         .await
@@ -100,6 +113,11 @@ async fn conditional_writes_fence_every_lease_change() {
         (2, 1, Some(42))
     );
     assert_eq!(after.records_per_second, Some(12.5));
+    assert_eq!(
+        after.bytes_per_second,
+        Some(3400.0),
+        "the load travels on the lease row"
+    );
     assert_eq!(
         after.rejects,
         Some(mark),

@@ -2,6 +2,7 @@
 //! to real emulators on loopback started by `infra/local/with-stack.sh`; each test makes its
 //! own uniquely named streams, lease table and table directory, and waits with deadlines.
 
+mod balance;
 mod cli;
 mod compaction;
 mod crash;

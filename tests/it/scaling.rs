@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{self, count, key_counts};
 
-const TIMINGS: &str = "[flush]\nmax_batch_age = \"500ms\"\n[lease]\nfailover_time = \"6s\"\nshard_sync_interval = \"1s\"\n[reader]\nidle_poll_interval = \"200ms\"\n";
+/// Count balance (these tests check holdings of 4/4/4) and a scan every 2 s (a third of
+/// the failover time) so that hand-offs are timed against it.
+const TIMINGS: &str = "[flush]\nmax_batch_age = \"500ms\"\n[lease]\nfailover_time = \"6s\"\nscan_interval = \"2s\"\nbalance = \"count\"\nshard_sync_interval = \"1s\"\n[reader]\nidle_poll_interval = \"200ms\"\n";
 
 struct InProcess {
     stop: CancellationToken,

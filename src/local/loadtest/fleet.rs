@@ -119,6 +119,34 @@ impl Fleet {
     }
 }
 
+/// DynamoDB read and write units the workers' lease table calls consumed, from the
+/// `run finished` line each worker that stopped gracefully logs (`logs/worker-<i>.log`).
+pub(super) fn consumed_units(logs: &Path) -> (f64, f64) {
+    let mut sum = (0.0, 0.0);
+    let Ok(dir) = std::fs::read_dir(logs) else {
+        return sum;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("worker-") && name.ends_with(".log")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let Some(line) = text.lines().rev().find(|l| l.contains("run finished")) else {
+            continue;
+        };
+        let field = |key: &str| -> f64 {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|v| v.trim_matches('"').parse().ok())
+                .unwrap_or(0.0)
+        };
+        sum.0 += field("dynamodb_read_units");
+        sum.1 += field("dynamodb_write_units");
+    }
+    sum
+}
+
 /// Peak RSS and CPU seconds of a live process, from `/proc` (Linux).
 pub(super) fn read_usage(pid: u32) -> Option<WorkerUsage> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

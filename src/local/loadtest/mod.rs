@@ -89,6 +89,10 @@ pub struct LoadtestReport {
     /// Closed shards whose leases did not reach SHARD_END by the end (checked after chaos):
     /// shards left unread. Empty when all is well.
     pub unfinished_closed_shards: Vec<String>,
+    /// DynamoDB units the lease table cost, summed over the workers that stopped
+    /// gracefully (their last log line), per shard-hour of the run.
+    pub dynamodb_read_units_per_shard_hour: f64,
+    pub dynamodb_write_units_per_shard_hour: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -185,6 +189,7 @@ async fn run_in(
     fleet.sample_usage();
     let usage = fleet.usage();
     fleet.stop().await;
+    let units = fleet::consumed_units(run_dir);
     let analysis = analyse(&tables).map_err(LoadtestError::Io)?;
     Ok(build_report(
         opts,
@@ -196,6 +201,7 @@ async fn run_in(
         times,
         emulator_cores,
         chaos,
+        units,
     ))
 }
 
@@ -363,7 +369,10 @@ fn build_report(
     times: Times,
     emulator_cores: f64,
     chaos: Option<ChaosReport>,
+    (read_units, write_units): (f64, f64),
 ) -> LoadtestReport {
+    // Every stream has `shards` leases (a split adds children: counted as the original).
+    let shard_hours = (3 * opts.shards.max(1)) as f64 * times.end_to_end.as_secs_f64() / 3600.0;
     let seconds = times.end_to_end.as_secs_f64().max(1e-9);
     let cpu: f64 = usage.iter().map(|u| u.cpu_seconds).sum();
     let worker_cores = cpu / seconds;
@@ -408,6 +417,8 @@ fn build_report(
         ),
         chaos,
         unfinished_closed_shards: drained.unfinished,
+        dynamodb_read_units_per_shard_hour: read_units / shard_hours.max(1e-9),
+        dynamodb_write_units_per_shard_hour: write_units / shard_hours.max(1e-9),
     }
 }
 
@@ -514,6 +525,10 @@ pub fn to_text(r: &LoadtestReport) -> String {
         r.latency_p50_ms, r.latency_p95_ms, r.latency_p99_ms, r.latency_max_ms,
         r.delta_files, r.delta_bytes as f64 / 1048576.0, r.missing, r.duplicates
     );
+    s.push_str(&format!(
+        "  dynamodb   {:.1} read units and {:.1} write units per shard-hour (lease table)\n",
+        r.dynamodb_read_units_per_shard_hour, r.dynamodb_write_units_per_shard_hour
+    ));
     for u in &r.worker_usage {
         s.push_str(&format!(
             "  worker pid {}: peak RSS {:.1} MiB, CPU {:.2} s\n",

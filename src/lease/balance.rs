@@ -1,0 +1,283 @@
+//! How the fleet shares the shards without a leader. Every worker reads the same lease
+//! rows (owner, counter, and the load each holder writes with its renewals) and decides
+//! alone, with the same rules, what it takes: free and expired leases up to a fair count,
+//! then at most one lease stolen per cycle, either by load (the default) or by count.
+//!
+//! By load: the fleet's load (bytes/s read, smoothed over several renewals) divided by the
+//! live workers is the mean. A worker below mean x (1 - band) steals from the most loaded
+//! worker above mean x (1 + band) the one lease that best closes the gap between them
+//! without overshooting it, if it narrows the gap by band x mean at least (so a hot shard
+//! that is more than the gap stays where it is, and noise does not move leases),
+//! and a lease that changed owner is not moved again for a cooldown. A worker left holding
+//! one shard hotter than the mean keeps it alone and the others balance among themselves.
+//! The band and the cooldown keep noisy loads from moving leases back and forth.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::Lease;
+
+/// What the fleet balances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BalanceMode {
+    /// Bytes/s read from the shards (leases carry it).
+    Load,
+    /// Leases per worker (`ceil(leases / workers)`), as the KCL 1.x/2.x does.
+    Count,
+}
+
+#[derive(Debug, Clone)]
+pub struct BalancePolicy {
+    pub mode: BalanceMode,
+    /// A worker below mean x (1 - band) steals from one above mean x (1 + band).
+    pub band: f64,
+    /// At most this many leases per worker, if set.
+    pub max_leases: Option<usize>,
+    /// A lease that changed owner is not stolen for this long.
+    pub cooldown: Duration,
+}
+
+impl Default for BalancePolicy {
+    fn default() -> Self {
+        BalancePolicy {
+            mode: BalanceMode::Load,
+            band: 0.15,
+            max_leases: None,
+            cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A lease's load: the bytes/s its holder last wrote (0 before any).
+pub fn load_of(l: &Lease) -> f64 {
+    l.bytes_per_second.unwrap_or(0.0).max(0.0)
+}
+
+/// Load mode: the lease `me` should steal, if any. `held` are the readable leases of live
+/// owners; `workers` every live worker (`me` among them); `movable` says whether a lease is
+/// out of its cooldown.
+pub fn steal_by_load<'a>(
+    held: &[&'a Lease],
+    me: &str,
+    workers: &[&str],
+    band: f64,
+    movable: impl Fn(&Lease) -> bool,
+) -> Option<&'a Lease> {
+    let mut loads: HashMap<&str, (f64, usize)> = workers.iter().map(|w| (*w, (0.0, 0))).collect();
+    for l in held {
+        let e = loads
+            .entry(l.owner.as_deref().unwrap_or_default())
+            .or_default();
+        // Leases without load (idle shards) neither weigh nor count.
+        (e.0, e.1) = (e.0 + load_of(l), e.1 + usize::from(load_of(l) > 0.0));
+    }
+    // A worker whose load is one lease above the mean has nothing to give that would not
+    // just move the hot spot: it stays alone with its shard, and the others balance among
+    // themselves (repeated: setting one aside lowers the mean of the rest).
+    let mean = loop {
+        let total: f64 = loads.values().map(|(load, _)| load).sum();
+        if total <= 0.0 || loads.len() < 2 {
+            return None;
+        }
+        let mean = total / loads.len() as f64;
+        let before = loads.len();
+        loads.retain(|_, (load, n)| !(*n == 1 && *load > mean * (1.0 + band)));
+        if loads.len() == before {
+            break mean;
+        }
+    };
+    // `me` set aside: it holds one hot shard, and nothing to gain.
+    let &(mine, _) = loads.get(me)?;
+    let loads: HashMap<&str, f64> = loads.into_iter().map(|(w, (load, _))| (w, load)).collect();
+    if mine >= mean * (1.0 - band) {
+        return None;
+    }
+    // The most loaded worker above the band (ties by id: every thief sees the same one).
+    let (victim, theirs) = loads
+        .iter()
+        .filter(|(w, load)| **w != me && **load > mean * (1.0 + band))
+        .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(a.0)))
+        .map(|(w, load)| (*w, *load))?;
+    let gap = theirs - mine;
+    // The lease that leaves the two closest: every lease lighter than the gap narrows it
+    // (to |gap - 2 load|), the best is the one nearest half of it; and a move must narrow
+    // it by at least band x mean, or measured noise alone would keep moving leases.
+    let narrows = |l: &Lease| 2.0 * load_of(l).min(gap - load_of(l));
+    held.iter()
+        .copied()
+        .filter(|l| l.owner.as_deref() == Some(victim) && movable(l))
+        .filter(|l| load_of(l) > 0.0 && load_of(l) < gap && narrows(l) >= band * mean)
+        .min_by(|a, b| {
+            let miss = |l: &Lease| (gap - 2.0 * load_of(l)).abs();
+            miss(a).total_cmp(&miss(b)).then(a.key.cmp(&b.key))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lease::Checkpoint;
+
+    fn lease(shard: usize, owner: &str, load: f64) -> Lease {
+        Lease {
+            owner: Some(owner.to_owned()),
+            bytes_per_second: Some(load),
+            ..Lease::for_test("s", &format!("shard-{shard:02}"), Checkpoint::TrimHorizon)
+        }
+    }
+
+    /// Each worker in turn steals what the policy says, `cycles` times; returns the number
+    /// of moves per cycle and the final loads. `noise` scales each lease's load each cycle
+    /// (as measured loads wobble).
+    fn simulate(
+        leases: &mut [Lease],
+        workers: &[&str],
+        cycles: usize,
+        noise: impl Fn(usize, usize) -> f64,
+    ) -> (Vec<usize>, HashMap<String, f64>) {
+        let base: Vec<f64> = leases.iter().map(load_of).collect();
+        let mut moved_at: HashMap<String, usize> = HashMap::new();
+        let mut moves = Vec::new();
+        for cycle in 0..cycles {
+            for (i, l) in leases.iter_mut().enumerate() {
+                l.bytes_per_second = Some(base[i] * noise(cycle, i));
+            }
+            let mut n = 0;
+            for me in workers {
+                let refs: Vec<&Lease> = leases.iter().collect();
+                // Cooldown: 3 cycles.
+                let movable = |l: &Lease| moved_at.get(&l.key).is_none_or(|c| cycle >= c + 3);
+                let pick = steal_by_load(&refs, me, workers, 0.15, movable).map(|l| l.key.clone());
+                if let Some(key) = pick {
+                    let l = leases.iter_mut().find(|l| l.key == key).unwrap();
+                    l.owner = Some((*me).to_owned());
+                    moved_at.insert(key, cycle);
+                    n += 1;
+                }
+            }
+            moves.push(n);
+        }
+        let mut loads: HashMap<String, f64> =
+            workers.iter().map(|w| (w.to_string(), 0.0)).collect();
+        for (i, l) in leases.iter().enumerate() {
+            *loads.get_mut(l.owner.as_deref().unwrap()).unwrap() += base[i];
+        }
+        (moves, loads)
+    }
+
+    fn spread(loads: &HashMap<String, f64>) -> f64 {
+        let max = loads.values().copied().fold(f64::MIN, f64::max);
+        let min = loads.values().copied().fold(f64::MAX, f64::min);
+        max / min
+    }
+
+    /// The fleet: 12 shards, two carrying 25 % each, ten 5 % each, dealt by count
+    /// so that one worker has both hot shards (60/20/20).
+    fn skewed() -> Vec<Lease> {
+        let owners = ["a", "a", "a", "a", "b", "b", "b", "b", "c", "c", "c", "c"];
+        (0..12)
+            .map(|i| lease(i, owners[i], if i < 2 { 250.0 } else { 50.0 }))
+            .collect()
+    }
+
+    #[test]
+    fn a_skewed_fleet_converges_within_a_few_cycles_then_stays() {
+        let mut leases = skewed();
+        let (moves, loads) = simulate(&mut leases, &["a", "b", "c"], 12, |_, _| 1.0);
+        assert!(spread(&loads) <= 1.3, "{loads:?}");
+        let settled = moves.iter().rposition(|n| *n > 0).unwrap();
+        assert!(settled < 4, "converged by the fourth cycle: {moves:?}");
+        assert!(moves.iter().sum::<usize>() <= 4, "few moves: {moves:?}");
+    }
+
+    #[test]
+    fn noisy_loads_do_not_make_leases_flap() {
+        let mut leases = skewed();
+        // +-5 % wobble, different per lease and cycle.
+        let wobble = |c: usize, i: usize| 1.0 + 0.05 * (((c * 7 + i * 13) % 11) as f64 / 5.0 - 1.0);
+        let (moves, loads) = simulate(&mut leases, &["a", "b", "c"], 40, wobble);
+        assert!(spread(&loads) <= 1.3, "{loads:?}");
+        let late: usize = moves[10..].iter().sum();
+        assert_eq!(late, 0, "no moves once converged: {moves:?}");
+    }
+
+    #[test]
+    fn a_hot_shard_above_the_mean_stays_alone_on_its_worker() {
+        // One shard carries 70 %: its worker keeps it alone, the others share the rest.
+        let mut leases: Vec<Lease> = (0..7)
+            .map(|i| {
+                lease(
+                    i,
+                    if i < 4 { "a" } else { "b" },
+                    if i == 0 { 700.0 } else { 50.0 },
+                )
+            })
+            .collect();
+        let (_, _) = simulate(&mut leases, &["a", "b", "c"], 10, |_, _| 1.0);
+        let with_hot: Vec<&Lease> = leases
+            .iter()
+            .filter(|l| l.owner == leases[0].owner)
+            .collect();
+        assert_eq!(
+            with_hot.len(),
+            1,
+            "the hot shard is alone: {:?}",
+            leases
+                .iter()
+                .map(|l| (&l.key, &l.owner))
+                .collect::<Vec<_>>()
+        );
+        let hot_owner = leases[0].owner.clone();
+        let others: Vec<&str> = ["a", "b", "c"]
+            .into_iter()
+            .filter(|w| Some(w.to_string()) != hot_owner)
+            .collect();
+        for w in others {
+            let n = leases
+                .iter()
+                .filter(|l| l.owner.as_deref() == Some(w))
+                .count();
+            assert_eq!(n, 3, "{w} holds half of the six light shards");
+        }
+    }
+
+    #[test]
+    fn a_new_worker_takes_load_and_a_departed_ones_load_is_shared() {
+        let mut leases: Vec<Lease> = (0..12)
+            .map(|i| lease(i, if i % 2 == 0 { "a" } else { "b" }, 100.0))
+            .collect();
+        let (_, loads) = simulate(&mut leases, &["a", "b", "c"], 10, |_, _| 1.0);
+        assert!(
+            spread(&loads) <= 1.3,
+            "the newcomer took its share: {loads:?}"
+        );
+        // `c` leaves: its leases go free (taken by count elsewhere); here the two left
+        // split them as free leases would be dealt, then balance by load.
+        for (i, l) in leases.iter_mut().enumerate() {
+            if l.owner.as_deref() == Some("c") {
+                l.owner = Some(if i % 2 == 0 { "a" } else { "b" }.to_owned());
+            }
+        }
+        let (_, loads) = simulate(&mut leases, &["a", "b"], 10, |_, _| 1.0);
+        assert!(spread(&loads) <= 1.3, "{loads:?}");
+    }
+
+    #[test]
+    fn nothing_moves_without_load_or_a_victim_above_the_band() {
+        let idle: Vec<Lease> = (0..4).map(|i| lease(i, "a", 0.0)).collect();
+        let refs: Vec<&Lease> = idle.iter().collect();
+        assert!(steal_by_load(&refs, "b", &["a", "b"], 0.1, |_| true).is_none());
+        let even: Vec<Lease> = (0..4)
+            .map(|i| lease(i, if i < 2 { "a" } else { "b" }, 100.0))
+            .collect();
+        let refs: Vec<&Lease> = even.iter().collect();
+        assert!(steal_by_load(&refs, "b", &["a", "b"], 0.1, |_| true).is_none());
+        // In cooldown: not taken even though it would help.
+        let skew: Vec<Lease> = (0..4)
+            .map(|i| lease(i, if i < 3 { "a" } else { "b" }, 100.0))
+            .collect();
+        let refs: Vec<&Lease> = skew.iter().collect();
+        assert!(steal_by_load(&refs, "b", &["a", "b"], 0.1, |_| false).is_none());
+        assert!(steal_by_load(&refs, "b", &["a", "b"], 0.1, |_| true).is_some());
+    }
+}
