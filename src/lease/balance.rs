@@ -4,13 +4,16 @@
 //! then at most one lease stolen per cycle, either by load (the default) or by count.
 //!
 //! By load: the fleet's load (bytes/s read, smoothed over several renewals) divided by the
-//! live workers is the mean. A worker below mean x (1 - band) steals from the most loaded
-//! worker above mean x (1 + band) the one lease that best closes the gap between them
-//! without overshooting it, if it narrows the gap by band x mean at least (so a hot shard
-//! that is more than the gap stays where it is, and noise does not move leases),
-//! and a lease that changed owner is not moved again for a cooldown. A worker left holding
+//! live workers is the mean. A worker below the mean steals from the most loaded worker
+//! (above the mean) the one lease that best closes the gap between them without
+//! overshooting it, and only if that narrows the gap by band x mean at least (so a hot
+//! shard that is more than the gap stays where it is, and small differences and noise do
+//! not move leases),
+//! a steal goes ahead only when three scans in a row call for it from the same worker, and
+//! a lease that changed owner is not moved again for a cooldown. A worker left holding
 //! one shard hotter than the mean keeps it alone and the others balance among themselves.
-//! The band and the cooldown keep noisy loads from moving leases back and forth.
+//! The band, the three scans and the cooldown keep noisy loads from moving leases back
+//! and forth.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -29,7 +32,7 @@ pub enum BalanceMode {
 #[derive(Debug, Clone)]
 pub struct BalancePolicy {
     pub mode: BalanceMode,
-    /// A worker below mean x (1 - band) steals from one above mean x (1 + band).
+    /// A steal must narrow the gap between thief and victim by band x mean at least.
     pub band: f64,
     /// At most this many leases per worker, if set.
     pub max_leases: Option<usize>,
@@ -44,6 +47,44 @@ impl Default for BalancePolicy {
             band: 0.15,
             max_leases: None,
             cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How many scans in a row must call for a steal from the same worker before it happens:
+/// a load imbalance that one noisy reading shows and the next does not moves nothing.
+pub const STEAL_AFTER_SCANS: u32 = 3;
+
+/// The scans in a row that proposed a steal from the same worker.
+#[derive(Debug, Default)]
+pub struct StealStreak {
+    victim: Option<String>,
+    scans: u32,
+}
+
+impl StealStreak {
+    /// Records this scan's proposal (the victim, if any); true when it has been the same
+    /// for [`STEAL_AFTER_SCANS`] scans, and the steal should go ahead (the streak starts
+    /// over then).
+    pub fn confirm(&mut self, victim: Option<&str>) -> bool {
+        match victim {
+            None => {
+                *self = StealStreak::default();
+                false
+            }
+            Some(v) => {
+                if self.victim.as_deref() == Some(v) {
+                    self.scans += 1;
+                } else {
+                    (self.victim, self.scans) = (Some(v.to_owned()), 1);
+                }
+                if self.scans >= STEAL_AFTER_SCANS {
+                    *self = StealStreak::default();
+                    true
+                } else {
+                    false
+                }
+            }
         }
     }
 }
@@ -89,13 +130,13 @@ pub fn steal_by_load<'a>(
     // `me` set aside: it holds one hot shard, and nothing to gain.
     let &(mine, _) = loads.get(me)?;
     let loads: HashMap<&str, f64> = loads.into_iter().map(|(w, (load, _))| (w, load)).collect();
-    if mine >= mean * (1.0 - band) {
+    if mine >= mean {
         return None;
     }
-    // The most loaded worker above the band (ties by id: every thief sees the same one).
+    // The most loaded worker above the mean (ties by id: every thief sees the same one).
     let (victim, theirs) = loads
         .iter()
-        .filter(|(w, load)| **w != me && **load > mean * (1.0 + band))
+        .filter(|(w, load)| **w != me && **load > mean)
         .max_by(|a, b| a.1.total_cmp(b.1).then(b.0.cmp(a.0)))
         .map(|(w, load)| (*w, *load))?;
     let gap = theirs - mine;
@@ -260,6 +301,19 @@ mod tests {
         }
         let (_, loads) = simulate(&mut leases, &["a", "b"], 10, |_, _| 1.0);
         assert!(spread(&loads) <= 1.3, "{loads:?}");
+    }
+
+    #[test]
+    fn a_steal_needs_the_same_victim_three_scans_in_a_row() {
+        let mut s = StealStreak::default();
+        assert!(!s.confirm(Some("a")));
+        assert!(!s.confirm(Some("a")));
+        assert!(s.confirm(Some("a")), "third scan in a row");
+        assert!(!s.confirm(Some("a")), "starts over after a steal");
+        assert!(!s.confirm(Some("b")));
+        assert!(!s.confirm(None), "a scan without imbalance resets it");
+        assert!(!s.confirm(Some("b")));
+        assert!(!s.confirm(Some("a")), "another victim starts over");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-pub use balance::{BalanceMode, BalancePolicy};
+pub use balance::{BalanceMode, BalancePolicy, StealStreak};
 pub use held::{CommitVersions, HeldLease, KeeperSettings, Load};
 pub use table::{CommittedPosition, LeaseError, LeaseTable};
 

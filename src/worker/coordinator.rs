@@ -40,6 +40,8 @@ pub(super) struct Coordinator {
     recovery_tables: BTreeMap<Kind, (DeltaTable, DeltaTable)>,
     kind_of: HashMap<String, Kind>,
     tracker: ExpiryTracker,
+    /// Scans in a row that called for a steal by load from the same worker.
+    steal_streak: lease::StealStreak,
     held: HashMap<String, Arc<HeldLease>>,
     /// The keepers of the leases held (and of those being handed back).
     keepers: JoinSet<()>,
@@ -77,6 +79,7 @@ impl Coordinator {
             sink_tasks: JoinSet::new(),
             recovery_tables: BTreeMap::new(),
             tracker: ExpiryTracker::default(),
+            steal_streak: lease::StealStreak::default(),
             held: HashMap::new(),
             keepers: JoinSet::new(),
             retry_later: HashMap::new(),
@@ -226,8 +229,8 @@ impl Coordinator {
 
     /// The leases to try to take this cycle (see [`lease::leases_to_take`]), less those to
     /// retry later, those drained in this `--available-now` run, and other streams'.
-    fn candidates(&self, all: &[Lease], cycle_at: Instant) -> Vec<(Lease, TakeKind)> {
-        lease::leases_to_take(
+    fn candidates(&mut self, all: &[Lease], cycle_at: Instant) -> Vec<(Lease, TakeKind)> {
+        let mut take: Vec<(Lease, TakeKind)> = lease::leases_to_take(
             all,
             &self.shared.me,
             &self.tracker,
@@ -246,7 +249,18 @@ impl Coordinator {
                 && self.of_the_stream_as_it_is(l)
         })
         .map(|(l, k)| (l.clone(), k))
-        .collect()
+        .collect();
+        if self.shared.settings.lease.balance.mode == lease::BalanceMode::Load {
+            // By load, a steal waits until scans in a row agree (measured loads are noisy).
+            let victim = take
+                .iter()
+                .find(|(_, how)| *how == TakeKind::Steal)
+                .and_then(|(l, _)| l.owner.clone());
+            if !self.steal_streak.confirm(victim.as_deref()) {
+                take.retain(|(_, how)| *how != TakeKind::Steal);
+            }
+        }
+        take
     }
 
     /// Whether a lease was written for the stream as it is now (not for an older stream of
@@ -302,6 +316,18 @@ impl Coordinator {
             },
         );
         self.keepers.spawn(keeper);
+        if how == TakeKind::Steal {
+            // The old owner learns of the steal at its next renewal (within failover / 3)
+            // and stops committing then. Reading the table before that would likely see
+            // its last commit land after our recovery, and our first commit would be fenced
+            // and the lease handed back: safe, but a wasted hand-off. Wait it out (our
+            // keeper renews meanwhile).
+            let wait = shared.settings.lease.failover_time.mul_f64(0.4);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = handle.token.cancelled() => {}
+            }
+        }
         let (table, rejects_table) = self
             .recovery_tables
             .get_mut(&kind)

@@ -17,8 +17,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support;
 
-/// Puts pin records for `stop`, every 100 ms: 10 to each of the two hot shards and 2 to
-/// each of the other ten (by explicit hash key). Returns how many it put.
+/// Puts pin records for `stop`, every 100 ms: 5 to each of the two hot shards and 1 to
+/// each of the other ten (by explicit hash key), 200 records/s in all (light enough that
+/// three debug-build workers keep up on a shared 2-core machine, so the loads they
+/// measure are the offered loads). Returns how many it put.
 async fn skewed_producer(
     kinesis: aws_sdk_kinesis::Client,
     stream: String,
@@ -35,7 +37,7 @@ async fn skewed_producer(
         tick.tick().await;
         let mut entries = Vec::new();
         for (i, shard) in shards.iter().enumerate() {
-            let n = if i < 2 { 10 } else { 2 };
+            let n = if i < 2 { 5 } else { 1 };
             for _ in 0..n {
                 let (ind, triple) = g.next_triple();
                 let pin = triple.into_iter().find(|(k, _)| *k == Kind::Pin).unwrap().1;
@@ -88,7 +90,7 @@ async fn three_workers_balance_a_skewed_stream_by_load_and_then_stay_put() {
     let settings = support::settings(
         &support::unique("balance"),
         &root,
-        "[flush]\nmax_batch_age = \"1s\"\n[lease]\nfailover_time = \"9s\"\nscan_interval = \"2s\"\nshard_sync_interval = \"2s\"\nbalance = \"load\"\nbalance_cooldown = \"8s\"\n[reader]\nidle_poll_interval = \"200ms\"\n",
+        "[flush]\nmax_batch_age = \"1s\"\n[lease]\nfailover_time = \"9s\"\nscan_interval = \"1s\"\nshard_sync_interval = \"2s\"\nbalance = \"load\"\nbalance_cooldown = \"8s\"\n[reader]\nidle_poll_interval = \"200ms\"\n",
     );
     let pin = settings.streams[&Kind::Pin].clone();
     pinstream::kinesis::ensure_stream(&aws.kinesis, &pin, 12, Duration::from_secs(30))
@@ -145,7 +147,7 @@ async fn three_workers_balance_a_skewed_stream_by_load_and_then_stay_put() {
     let (mut last, mut stable_since, mut seen) = (BTreeMap::new(), Instant::now(), BTreeMap::new());
     let mut moves = 0;
     let mut changes: Vec<String> = Vec::new();
-    while started.elapsed() < Duration::from_secs(150) {
+    while started.elapsed() < Duration::from_secs(180) {
         let all = table.scan().await.unwrap();
         let now = owners(&all);
         if now != seen {
@@ -186,7 +188,7 @@ async fn three_workers_balance_a_skewed_stream_by_load_and_then_stay_put() {
     let took = started.elapsed();
     assert!(
         last.len() == 3 && spread(&last) <= 1.3 && stable_since.elapsed() >= Duration::from_secs(20),
-        "balanced by load and settled within 150 s: {last:?} (spread {:.2}); owner changes: {changes:#?}",
+        "balanced by load and settled within 180 s: {last:?} (spread {:.2}); owner changes: {changes:#?}",
         spread(&last)
     );
     eprintln!(

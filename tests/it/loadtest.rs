@@ -146,6 +146,13 @@ fn loadtest_reports_throughput_latency_memory_and_exactly_once() {
         "{r}"
     );
     assert!(r["delta_files"].as_u64().unwrap() > 0 && r["delta_bytes"].as_u64().unwrap() > 0);
+    // The lease table's cost, from the workers' own counts of consumed capacity: every
+    // worker scanned and renewed, so both are above zero.
+    assert!(
+        r["dynamodb_read_units_per_shard_hour"].as_f64().unwrap() > 0.0
+            && r["dynamodb_write_units_per_shard_hour"].as_f64().unwrap() > 0.0,
+        "{r}"
+    );
     let usage = r["worker_usage"].as_array().unwrap();
     assert_eq!(usage.len(), 2, "{r}");
     for u in usage {
