@@ -18,6 +18,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use super::Lease;
 
 /// What the fleet balances.
@@ -51,40 +53,44 @@ impl Default for BalancePolicy {
     }
 }
 
-/// How many scans in a row must call for a steal from the same worker before it happens:
-/// a load imbalance that one noisy reading shows and the next does not moves nothing.
+/// How many scans in a row must call for a steal from the same worker before it happens
+/// (and for at least [`StealStreak::confirm`]'s `min_age`): a load imbalance that noisy
+/// readings show for a while and then not moves nothing.
 pub const STEAL_AFTER_SCANS: u32 = 3;
 
-/// The scans in a row that proposed a steal from the same worker.
+/// The scans in a row that proposed a steal from the same worker, since when.
 #[derive(Debug, Default)]
 pub struct StealStreak {
     victim: Option<String>,
     scans: u32,
+    since: Option<Instant>,
 }
 
 impl StealStreak {
-    /// Records this scan's proposal (the victim, if any); true when it has been the same
-    /// for [`STEAL_AFTER_SCANS`] scans, and the steal should go ahead (the streak starts
-    /// over then).
-    pub fn confirm(&mut self, victim: Option<&str>) -> bool {
-        match victim {
-            None => {
-                *self = StealStreak::default();
-                false
-            }
-            Some(v) => {
-                if self.victim.as_deref() == Some(v) {
-                    self.scans += 1;
-                } else {
-                    (self.victim, self.scans) = (Some(v.to_owned()), 1);
-                }
-                if self.scans >= STEAL_AFTER_SCANS {
-                    *self = StealStreak::default();
-                    true
-                } else {
-                    false
-                }
-            }
+    /// Records this scan's proposal (the victim, if any) at `now`; true when it has been
+    /// the same for [`STEAL_AFTER_SCANS`] scans and at least `min_age` (the loads are
+    /// averages: they need several new samples to show that a difference is real), and
+    /// the steal should go ahead (the streak starts over then).
+    pub fn confirm(&mut self, victim: Option<&str>, now: Instant, min_age: Duration) -> bool {
+        let Some(v) = victim else {
+            *self = StealStreak::default();
+            return false;
+        };
+        if self.victim.as_deref() == Some(v) {
+            self.scans += 1;
+        } else {
+            *self = StealStreak {
+                victim: Some(v.to_owned()),
+                scans: 1,
+                since: Some(now),
+            };
+        }
+        let aged = self.since.is_some_and(|t| now.duration_since(t) >= min_age);
+        if self.scans >= STEAL_AFTER_SCANS && aged {
+            *self = StealStreak::default();
+            true
+        } else {
+            false
         }
     }
 }
@@ -304,16 +310,37 @@ mod tests {
     }
 
     #[test]
-    fn a_steal_needs_the_same_victim_three_scans_in_a_row() {
+    fn a_steal_needs_the_same_victim_three_scans_in_a_row_over_the_minimum_age() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let age = Duration::from_secs(20);
         let mut s = StealStreak::default();
-        assert!(!s.confirm(Some("a")));
-        assert!(!s.confirm(Some("a")));
-        assert!(s.confirm(Some("a")), "third scan in a row");
-        assert!(!s.confirm(Some("a")), "starts over after a steal");
-        assert!(!s.confirm(Some("b")));
-        assert!(!s.confirm(None), "a scan without imbalance resets it");
-        assert!(!s.confirm(Some("b")));
-        assert!(!s.confirm(Some("a")), "another victim starts over");
+        assert!(!s.confirm(Some("a"), at(0), age));
+        assert!(!s.confirm(Some("a"), at(10), age));
+        assert!(
+            s.confirm(Some("a"), at(20), age),
+            "third scan in a row, 20 s on"
+        );
+        assert!(
+            !s.confirm(Some("a"), at(30), age),
+            "starts over after a steal"
+        );
+        assert!(!s.confirm(Some("b"), at(40), age));
+        assert!(
+            !s.confirm(None, at(50), age),
+            "a scan without imbalance resets it"
+        );
+        assert!(!s.confirm(Some("b"), at(60), age));
+        assert!(
+            !s.confirm(Some("a"), at(70), age),
+            "another victim starts over"
+        );
+        // Fast scans: three in a row are not enough before the minimum age.
+        let mut s = StealStreak::default();
+        for i in 0..19 {
+            assert!(!s.confirm(Some("a"), at(i), age), "scan {i}");
+        }
+        assert!(s.confirm(Some("a"), at(20), age));
     }
 
     #[test]

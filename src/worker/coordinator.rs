@@ -256,7 +256,11 @@ impl Coordinator {
                 .iter()
                 .find(|(_, how)| *how == TakeKind::Steal)
                 .and_then(|(l, _)| l.owner.clone());
-            if !self.steal_streak.confirm(victim.as_deref()) {
+            let min_age = self.shared.settings.lease.failover_time * 2;
+            if !self
+                .steal_streak
+                .confirm(victim.as_deref(), cycle_at, min_age)
+            {
                 take.retain(|(_, how)| *how != TakeKind::Steal);
             }
         }

@@ -147,7 +147,7 @@ async fn three_workers_balance_a_skewed_stream_by_load_and_then_stay_put() {
     let (mut last, mut stable_since, mut seen) = (BTreeMap::new(), Instant::now(), BTreeMap::new());
     let mut moves = 0;
     let mut changes: Vec<String> = Vec::new();
-    while started.elapsed() < Duration::from_secs(180) {
+    while started.elapsed() < Duration::from_secs(240) {
         let all = table.scan().await.unwrap();
         let now = owners(&all);
         if now != seen {
@@ -188,7 +188,7 @@ async fn three_workers_balance_a_skewed_stream_by_load_and_then_stay_put() {
     let took = started.elapsed();
     assert!(
         last.len() == 3 && spread(&last) <= 1.3 && stable_since.elapsed() >= Duration::from_secs(20),
-        "balanced by load and settled within 180 s: {last:?} (spread {:.2}); owner changes: {changes:#?}",
+        "balanced by load and settled within 240 s: {last:?} (spread {:.2}); owner changes: {changes:#?}",
         spread(&last)
     );
     eprintln!(

@@ -150,6 +150,20 @@ async fn a_stream_recreated_under_the_same_name_is_read_from_its_start() {
         .unwrap();
 
     let pin = settings.streams[&Kind::Pin].clone();
+    // Streams are told apart by their creation time, which kinesalite keeps in whole
+    // seconds: a stream deleted and created again within the same second (only an
+    // emulator is that fast; AWS takes many seconds for each) would look like the old one.
+    let old_created = pinstream::kinesis::stream_created(&aws.kinesis, &pin)
+        .await
+        .unwrap();
+    support::wait_for(
+        "a new second on the clock",
+        Duration::from_secs(5),
+        || async {
+            (chrono::Utc::now().timestamp_millis() / 1000 > old_created / 1000).then_some(())
+        },
+    )
+    .await;
     aws.kinesis
         .delete_stream()
         .stream_name(&pin)
