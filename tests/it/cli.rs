@@ -109,7 +109,8 @@ async fn status_lists_every_lease_as_text_and_json() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("OWNER")
-            && text.contains("worker-a")
+            && text.contains("BYTES/S")
+            && text.contains("worker worker-a: 1 leases")
             && text.contains("2 leases, 1 owned by 1 workers"),
         "{text}"
     );
