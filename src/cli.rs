@@ -53,6 +53,10 @@ pub enum Command {
     Produce(ProduceArgs),
     /// Show every lease: stream, shard, owner, checkpoint, lag, records/s.
     Status(StatusArgs),
+    /// List the enhanced fan-out consumers registered on the streams; with --register or
+    /// --deregister, register (once, waiting until ACTIVE) or remove the one named
+    /// --consumer-name. Workers never deregister on their own: other workers use it.
+    Consumers(ConsumersArgs),
     /// Table health on demand: a log checkpoint and log cleanup for every table, and with
     /// --vacuum a vacuum of data files no longer referenced. Safe while workers append.
     Maintain(MaintainArgs),
@@ -204,6 +208,24 @@ pub struct StatusArgs {
     #[command(flatten)]
     pub pipeline: PipelineArgs,
     /// Print JSON (an array of leases) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsumersArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// The consumer's name [default: the application name].
+    #[arg(long)]
+    pub consumer_name: Option<String>,
+    /// Register the consumer on every stream (if not registered yet) and wait until ACTIVE.
+    #[arg(long, conflicts_with = "deregister")]
+    pub register: bool,
+    /// Deregister the consumer from every stream and wait until it is gone.
+    #[arg(long)]
+    pub deregister: bool,
+    /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
 }

@@ -14,6 +14,8 @@
 //!   releases it.
 //! - [`kinesis`]: stream administration, shard lineage, and [`kinesis::ShardReader`]
 //!   (GetRecords polling with iterator renewal).
+//! - [`fanout`]: enhanced fan-out stream consumers (registered once per fleet; listed and
+//!   deregistered by `pinstream consumers`).
 //! - [`kpl`]: splits Kinesis Producer Library aggregates into user records (and builds
 //!   them for the producer).
 //! - [`clean`]: pure, synchronous operators for pin, geo and user: JSON bytes in, Arrow
@@ -65,6 +67,7 @@ pub mod cli;
 pub mod config;
 pub mod delta;
 pub mod error;
+pub mod fanout;
 pub mod fault;
 pub mod ingest;
 pub mod instrumentation;

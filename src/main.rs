@@ -11,8 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use pinstream::aws::AwsClients;
 use pinstream::cli::{
-    Cli, Command, DemoArgs, IngestArgs, LoadtestArgs, LogFormat, MaintainArgs, PipelineArgs,
-    ProduceArgs, QueryArgs, ReportArgs, ReportFormat, RunArgs, StatusArgs,
+    Cli, Command, ConsumersArgs, DemoArgs, IngestArgs, LoadtestArgs, LogFormat, MaintainArgs,
+    PipelineArgs, ProduceArgs, QueryArgs, ReportArgs, ReportFormat, RunArgs, StatusArgs,
 };
 use pinstream::config::{ConfigError, FileConfig, Overrides, Settings};
 use pinstream::local::demo;
@@ -119,6 +119,7 @@ async fn dispatch(command: Command) -> Result<(), Error> {
         Command::Ingest(args) => ingest_command(args, shutdown).await,
         Command::Produce(args) => produce_command(args, shutdown).await,
         Command::Status(args) => status_command(args).await,
+        Command::Consumers(args) => consumers_command(args).await,
         Command::Maintain(args) => maintain_command(args).await,
         Command::Query(args) => query_command(args).await,
         Command::Report(args) => report_command(args).await,
@@ -182,6 +183,35 @@ async fn run_command(args: RunArgs, shutdown: CancellationToken) -> Result<(), E
         dynamodb_write_units = write_units,
         "run finished"
     );
+    Ok(())
+}
+
+async fn consumers_command(args: ConsumersArgs) -> Result<(), Error> {
+    use pinstream::fanout::consumer;
+    let settings = settings(args.pipeline)?;
+    let aws = AwsClients::from_env().await;
+    let name = args
+        .consumer_name
+        .unwrap_or_else(|| settings.application.clone());
+    let wait = Duration::from_secs(120);
+    let mut all = Vec::new();
+    for stream in settings.streams.values() {
+        if args.register {
+            consumer::ensure(&aws.kinesis, stream, &name, wait).await?;
+        } else if args.deregister {
+            consumer::deregister(&aws.kinesis, stream, &name, wait).await?;
+        }
+        all.extend(consumer::list(&aws.kinesis, stream).await?);
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+    } else {
+        println!("{:<32} {:<32} {:<10} ARN", "STREAM", "CONSUMER", "STATUS");
+        for c in &all {
+            println!("{:<32} {:<32} {:<10} {}", c.stream, c.name, c.status, c.arn);
+        }
+        println!("{} consumers", all.len());
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@ mod cli;
 mod compaction;
 mod crash;
 mod drain;
+mod fanout;
 mod fence;
 mod flaky;
 mod health;
