@@ -196,9 +196,13 @@ async fn three_workers_balance_a_skewed_stream_by_load_and_then_stay_put() {
         spread(&last)
     );
     // Steady load: for 20 more seconds (two cooldowns) no lease goes from one worker to
-    // another, and the balance holds. A lease handed back in between (lost to renewals a
-    // starved machine could not send in time) is reported, not counted as balancing.
+    // another, and the balance holds, judged on each worker's load averaged over the
+    // window (one reading on a shared machine wobbles by 10-20 %). A lease handed back in
+    // between (lost to renewals a starved machine could not send in time) is reported,
+    // not counted as balancing.
     let (mut steals, mut handed_back) = (Vec::new(), Vec::new());
+    let mut summed: BTreeMap<String, f64> = BTreeMap::new();
+    let mut readings = 0.0;
     let steady = Instant::now();
     while steady.elapsed() < Duration::from_secs(20) {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -217,7 +221,15 @@ async fn three_workers_balance_a_skewed_stream_by_load_and_then_stay_put() {
         }
         seen = owners(&all);
         last = loads(&all);
+        for (w, load) in &last {
+            *summed.entry(w.clone()).or_default() += load;
+        }
+        readings += 1.0;
     }
+    let average: BTreeMap<String, f64> = summed
+        .into_iter()
+        .map(|(w, load)| (w, load / readings))
+        .collect();
     if !handed_back.is_empty() {
         eprintln!("leases handed back during the steady window: {handed_back:?}");
     }
@@ -225,7 +237,11 @@ async fn three_workers_balance_a_skewed_stream_by_load_and_then_stay_put() {
         steals.is_empty(),
         "no lease moves between workers while the load is steady: {steals:#?} (loads now {last:?})"
     );
-    assert!(spread(&last) <= 1.3, "{last:?}");
+    assert!(
+        average.len() == 3 && spread(&average) <= 1.3,
+        "balanced over the window: {average:?} (spread {:.2})",
+        spread(&average)
+    );
 
     stop_producing.cancel();
     let sent = producer.await.unwrap();
