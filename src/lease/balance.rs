@@ -58,38 +58,33 @@ impl Default for BalancePolicy {
 /// readings show for a while and then not moves nothing.
 pub const STEAL_AFTER_SCANS: u32 = 3;
 
-/// The scans that proposed a steal from the same worker, since when.
+/// The scans in a row that proposed a steal from the same worker, since when.
 #[derive(Debug, Default)]
 pub struct StealStreak {
     victim: Option<String>,
     scans: u32,
     since: Option<Instant>,
-    last: Option<Instant>,
 }
 
 impl StealStreak {
-    /// Records this scan's proposal (the victim, if any) at `now`; true when the same
-    /// victim was proposed in [`STEAL_AFTER_SCANS`] scans spanning at least `min_age` (the
-    /// loads are averages: a difference must last to be real), and the steal should go
-    /// ahead (the streak starts over then). A scan without a proposal neither counts nor
-    /// breaks the streak (a real imbalance near the threshold flickers); another victim, or
-    /// no proposal for `min_age`, starts it over.
+    /// Records this scan's proposal (the victim, if any) at `now`; true when it has been
+    /// the same for [`STEAL_AFTER_SCANS`] scans and at least `min_age` (the loads are
+    /// averages: they need several new samples to show that a difference is real), and
+    /// the steal should go ahead (the streak starts over then).
     pub fn confirm(&mut self, victim: Option<&str>, now: Instant, min_age: Duration) -> bool {
         let Some(v) = victim else {
+            *self = StealStreak::default();
             return false;
         };
-        let stale = self.last.is_some_and(|t| now.duration_since(t) > min_age);
-        if self.victim.as_deref() == Some(v) && !stale {
+        if self.victim.as_deref() == Some(v) {
             self.scans += 1;
         } else {
             *self = StealStreak {
                 victim: Some(v.to_owned()),
                 scans: 1,
                 since: Some(now),
-                last: None,
             };
         }
-        self.last = Some(now);
         let aged = self.since.is_some_and(|t| now.duration_since(t) >= min_age);
         if self.scans >= STEAL_AFTER_SCANS && aged {
             *self = StealStreak::default();
