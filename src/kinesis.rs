@@ -74,21 +74,33 @@ pub async fn ensure_stream(
     }
 }
 
-/// When the stream was created (ms since the epoch): a stream deleted and created again
-/// under the same name has another creation time.
-pub async fn stream_created(client: &Client, stream: &str) -> Result<i64, ServiceError> {
+/// The stream's DescribeStreamSummary answer.
+pub async fn describe_summary(
+    client: &Client,
+    stream: &str,
+) -> Result<aws_sdk_kinesis::types::StreamDescriptionSummary, ServiceError> {
     let out = client
         .describe_stream_summary()
         .stream_name(stream)
         .send()
         .await
         .map_err(|e| ServiceError::kinesis("DescribeStreamSummary", e))?;
-    out.stream_description_summary()
-        .map(|d| d.stream_creation_timestamp().to_millis())
-        .transpose()
-        .ok()
-        .flatten()
-        .ok_or_else(|| ServiceError {
+    out.stream_description_summary.ok_or_else(|| ServiceError {
+        service: "Kinesis",
+        op: "DescribeStreamSummary",
+        code: None,
+        message: format!("no description of stream {stream}"),
+    })
+}
+
+/// When the stream was created (ms since the epoch): a stream deleted and created again
+/// under the same name has another creation time.
+pub async fn stream_created(client: &Client, stream: &str) -> Result<i64, ServiceError> {
+    describe_summary(client, stream)
+        .await?
+        .stream_creation_timestamp()
+        .to_millis()
+        .map_err(|_| ServiceError {
             service: "Kinesis",
             op: "DescribeStreamSummary",
             code: None,

@@ -23,20 +23,10 @@ pub struct Consumer {
 
 /// The stream's ARN (consumers are addressed by it).
 pub async fn stream_arn(client: &Client, stream: &str) -> Result<String, ServiceError> {
-    let out = client
-        .describe_stream_summary()
-        .stream_name(stream)
-        .send()
-        .await
-        .map_err(|e| ServiceError::kinesis("DescribeStreamSummary", e))?;
-    out.stream_description_summary()
-        .map(|d| d.stream_arn().to_owned())
-        .ok_or_else(|| ServiceError {
-            service: "Kinesis",
-            op: "DescribeStreamSummary",
-            code: None,
-            message: format!("no description of stream {stream}"),
-        })
+    Ok(crate::kinesis::describe_summary(client, stream)
+        .await?
+        .stream_arn()
+        .to_owned())
 }
 
 /// The consumer `name` of `stream`, registered if it does not exist, once ACTIVE (within

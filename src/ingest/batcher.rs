@@ -66,7 +66,7 @@ impl Batcher {
             if self.tx.send(sub).await.is_err() {
                 replies.push(Err(n));
             } else {
-                replies.push(Ok(answer));
+                replies.push(Ok((answer, n)));
             }
         }
         let mut out = Vec::new();
@@ -80,7 +80,8 @@ impl Batcher {
                 .collect::<Vec<_>>()
             };
             match r {
-                Ok(answer) => out.extend(answer.await.unwrap_or_else(|_| lost(1))),
+                // Every entry of a part gets an outcome, even when its call never answered.
+                Ok((answer, n)) => out.extend(answer.await.unwrap_or_else(|_| lost(n))),
                 Err(n) => out.extend(lost(n)),
             }
         }
