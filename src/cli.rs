@@ -109,6 +109,10 @@ pub struct RunArgs {
     /// Drain what is in the streams now, commit, checkpoint, release the leases and exit 0.
     #[arg(long)]
     pub available_now: bool,
+    /// How shards are read: polling (GetRecords) or fan-out (SubscribeToShard through the
+    /// registered consumer `reader.consumer_name`) [default: `reader.mode`, else polling].
+    #[arg(long, value_name = "MODE", value_parser = crate::config::ReadMode::parse)]
+    pub reader: Option<crate::config::ReadMode>,
     /// This worker's id in the lease table [default: host-pid-random].
     #[arg(long, env = "PINSTREAM_WORKER_ID")]
     pub worker_id: Option<String>,

@@ -120,6 +120,10 @@ pub struct LeaseConfig {
 pub struct ReaderConfig {
     pub max_records: Option<i32>,
     pub idle_poll_interval: Option<String>,
+    pub mode: Option<String>,
+    pub consumer_name: Option<String>,
+    pub fallback: Option<String>,
+    pub quiet_timeout: Option<String>,
 }
 
 impl FileConfig {
@@ -146,6 +150,8 @@ pub struct Overrides {
     pub streams: Vec<(Kind, String)>,
     pub lease_table: Option<String>,
     pub table_root: Option<String>,
+    /// `run --reader`: wins over `reader.mode`.
+    pub reader_mode: Option<ReadMode>,
 }
 
 /// Where the Delta tables live.
@@ -279,6 +285,42 @@ pub struct MaintenancePolicy {
 pub struct ReaderPolicy {
     pub max_records: i32,
     pub idle_poll_interval: Duration,
+    /// Polling (GetRecords) or enhanced fan-out (SubscribeToShard).
+    pub mode: ReadMode,
+    /// The registered stream consumer fan-out reads through (default: the application).
+    pub consumer_name: String,
+    /// Fan-out only: poll a stream whose consumer cannot be registered (limit reached, no
+    /// permission) instead of refusing to start.
+    pub fallback_to_polling: bool,
+    /// Fan-out only: a subscription without any event this long is taken as half-open,
+    /// dropped and renewed (Kinesis sends an event at least every 5 s, even when idle).
+    pub quiet_timeout: Duration,
+}
+
+/// How the shard readers get records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadMode {
+    /// GetRecords, shared with every other polling consumer of the shard.
+    Polling,
+    /// SubscribeToShard through a registered consumer: its own throughput, records pushed.
+    FanOut,
+}
+
+impl ReadMode {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "polling" => Ok(ReadMode::Polling),
+            "fan-out" => Ok(ReadMode::FanOut),
+            other => Err(format!("`{other}`: write \"polling\" or \"fan-out\"")),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReadMode::Polling => "polling",
+            ReadMode::FanOut => "fan-out",
+        }
+    }
 }
 
 /// Validated settings of one worker.
@@ -446,6 +488,7 @@ impl Settings {
                 .or(file.table_root)
                 .unwrap_or_else(|| DEFAULT_TABLE_ROOT.into()),
         )?;
+        let reader = ReaderPolicy::resolve(&file.reader, &application, flags.reader_mode)?;
         Ok(Settings {
             application,
             streams,
@@ -453,7 +496,7 @@ impl Settings {
             table_root,
             flush: FlushPolicy::resolve(&file.flush)?,
             lease: LeasePolicy::resolve(&file.lease)?,
-            reader: ReaderPolicy::resolve(&file.reader)?,
+            reader,
             maintenance: MaintenancePolicy::resolve(&file.maintenance)?,
             ingest: IngestPolicy::resolve(&file.ingest)?,
         })
@@ -628,13 +671,58 @@ fn resolve_balance(l: &LeaseConfig) -> Result<crate::lease::BalancePolicy, Confi
 }
 
 impl ReaderPolicy {
-    fn resolve(r: &ReaderConfig) -> Result<Self, ConfigError> {
+    fn resolve(
+        r: &ReaderConfig,
+        application: &str,
+        mode_flag: Option<ReadMode>,
+    ) -> Result<Self, ConfigError> {
         let max_records = positive("reader.max_records", r.max_records, 10_000)?;
         if max_records > 10_000 {
             return Err(invalid(
                 "reader.max_records",
                 format!("{max_records} is above the GetRecords limit"),
                 "use 1 to 10000",
+            ));
+        }
+        let mode = match (mode_flag, r.mode.as_deref()) {
+            (Some(m), _) => m,
+            (None, None) => ReadMode::Polling,
+            (None, Some(m)) => ReadMode::parse(m).map_err(|e| {
+                invalid("reader.mode", e, "polling reads with GetRecords; fan-out subscribes through a registered consumer")
+            })?,
+        };
+        let fallback_to_polling = match r.fallback.as_deref() {
+            None | Some("none") => false,
+            Some("polling") => true,
+            Some(other) => {
+                return Err(invalid(
+                    "reader.fallback",
+                    format!("`{other}`"),
+                    "write \"polling\" (poll a stream whose consumer cannot be registered) or \"none\" (refuse to start)",
+                ))
+            }
+        };
+        let consumer_name = r
+            .consumer_name
+            .clone()
+            .unwrap_or_else(|| application.to_owned());
+        if mode == ReadMode::FanOut && !valid_stream_name(&consumer_name) {
+            return Err(invalid(
+                "reader.consumer_name",
+                format!("`{consumer_name}`"),
+                "use 1-128 letters, digits, `_`, `.` or `-`",
+            ));
+        }
+        let quiet_timeout = duration(
+            "reader.quiet_timeout",
+            r.quiet_timeout.as_deref(),
+            Duration::from_secs(30),
+        )?;
+        if quiet_timeout < Duration::from_secs(2) {
+            return Err(invalid(
+                "reader.quiet_timeout",
+                format!("{} is too short", humantime::format_duration(quiet_timeout)),
+                "use 2s or more (Kinesis sends an event at least every 5 s; below ~10s healthy subscriptions of idle shards are renewed for nothing)",
             ));
         }
         Ok(ReaderPolicy {
@@ -644,6 +732,10 @@ impl ReaderPolicy {
                 r.idle_poll_interval.as_deref(),
                 Duration::from_millis(1000),
             )?,
+            mode,
+            consumer_name,
+            fallback_to_polling,
+            quiet_timeout,
         })
     }
 }
@@ -766,6 +858,7 @@ mod tests {
             streams: vec![(Kind::Pin, "p2".into())],
             lease_table: None,
             table_root: Some("s3://bucket/pre".into()),
+            reader_mode: None,
         };
         let s = resolve(toml, flags).unwrap();
         assert_eq!(s.application, "b");

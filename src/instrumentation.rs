@@ -114,6 +114,11 @@ pub const METRICS: &[Metric] = &[
         &["stream"],
         "GetRecords calls Kinesis throttled.",
     ),
+    counter(
+        "pinstream_subscriptions_total",
+        &["stream", "reason"],
+        "Enhanced fan-out subscriptions opened, by why: start, ended (every 5 minutes by design), quiet (no event for reader.quiet_timeout: half-open), error.",
+    ),
     gauge(
         "pinstream_millis_behind_latest",
         &["stream", "shard_id"],

@@ -96,6 +96,14 @@ fn shutdown_on_signals() -> CancellationToken {
 }
 
 fn settings(p: PipelineArgs) -> Result<Settings, ConfigError> {
+    settings_reading(p, None)
+}
+
+/// The settings, with `run --reader` (when given) winning over `reader.mode`.
+fn settings_reading(
+    p: PipelineArgs,
+    reader_mode: Option<pinstream::config::ReadMode>,
+) -> Result<Settings, ConfigError> {
     let file = match &p.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
@@ -107,6 +115,7 @@ fn settings(p: PipelineArgs) -> Result<Settings, ConfigError> {
             streams: p.streams,
             lease_table: p.lease_table,
             table_root: p.table_root,
+            reader_mode,
         },
     )
 }
@@ -129,7 +138,7 @@ async fn dispatch(command: Command) -> Result<(), Error> {
 }
 
 async fn run_command(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error> {
-    let settings = settings(args.pipeline)?;
+    let settings = settings_reading(args.pipeline, args.reader)?;
     let aws = AwsClients::from_env().await;
     let health = match args.metrics_addr {
         Some(addr) => {

@@ -40,6 +40,7 @@ pub async fn ensure(
     let arn = stream_arn(client, stream).await?;
     let deadline = Instant::now() + timeout;
     let mut registered = false;
+    let mut limited = 0;
     loop {
         match describe(client, stream, &arn, name).await {
             Ok(c) if c.status == ConsumerStatus::Active.as_str() => return Ok(c),
@@ -56,6 +57,14 @@ pub async fn ensure(
                     }
                     // Another worker registered it between our describe and our register.
                     Err(e) if e.code_is("ResourceInUseException") => {}
+                    // Both "too many registrations per second" and "the stream has its 20
+                    // consumers": a few tries tell them apart.
+                    Err(e) if e.code_is("LimitExceededException") => {
+                        limited += 1;
+                        if limited >= 3 {
+                            return Err(e);
+                        }
+                    }
                     Err(e) if e.is_retryable() => {}
                     Err(e) => return Err(e),
                 }
@@ -179,4 +188,34 @@ pub async fn deregister(
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The consumer each stream is read through in fan-out mode: registered (once for the
+/// fleet) and ACTIVE, by stream name. A stream whose consumer cannot be registered (the
+/// limit of consumers reached, no permission, an endpoint without fan-out) is refused with
+/// the service's error, or with `fallback_to_polling` left out of the map (it is polled),
+/// said once in a warning.
+pub async fn consumers_for_run(
+    client: &Client,
+    streams: impl IntoIterator<Item = &str>,
+    name: &str,
+    fallback_to_polling: bool,
+) -> Result<std::collections::BTreeMap<String, String>, ServiceError> {
+    let mut arns = std::collections::BTreeMap::new();
+    for stream in streams {
+        if arns.contains_key(stream) {
+            continue;
+        }
+        match ensure(client, stream, name, Duration::from_secs(120)).await {
+            Ok(c) => {
+                tracing::info!(%stream, consumer = name, "reading by enhanced fan-out");
+                arns.insert(stream.to_owned(), c.arn);
+            }
+            Err(e) if fallback_to_polling && !e.code_is("ResourceNotFoundException") => {
+                tracing::warn!(%stream, consumer = name, error = %e, "cannot read by enhanced fan-out; polling this stream instead (reader.fallback = \"polling\")");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(arns)
 }

@@ -1,7 +1,8 @@
 //! Enhanced fan-out: registered stream consumers (each with its own 2 MiB/s per shard,
 //! records pushed over SubscribeToShard). [`consumer`]: registering a consumer once for a
 //! fleet of workers racing to do it, listing and deregistering (`pinstream consumers`).
-//! The push reader that will use it is not built yet (see the design notes in
-//! docs/DESIGN.md); the workers read by polling.
+//! [`subscription`]: one shard read through a consumer, renewed when it ends, fails or goes
+//! quiet.
 
 pub mod consumer;
+pub mod subscription;

@@ -131,6 +131,7 @@ fn demo_settings(session: &Session) -> Result<Settings, crate::config::ConfigErr
         streams: session.streams(),
         lease_table: None,
         table_root: Some(session.tables().to_string_lossy().into_owned()),
+        reader_mode: None,
     };
     let file = FileConfig {
         flush: FlushConfig {

@@ -177,7 +177,7 @@ impl Coordinator {
                 match sync_shards(&self.shared.aws, &self.shared.leases, &self.shared.settings)
                     .await
                 {
-                    Ok(listing) => self.listing = listing,
+                    Ok(listing) => self.set_listing(listing),
                     Err(e) => tracing::warn!(error = %e, "shard sync failed; will retry"),
                 }
                 next_sync = Instant::now() + self.shared.settings.lease.shard_sync_interval;
@@ -362,7 +362,7 @@ impl Coordinator {
     /// children to be read).
     async fn sync_for_drain(&mut self) {
         match sync_shards(&self.shared.aws, &self.shared.leases, &self.shared.settings).await {
-            Ok(listing) => self.listing = listing,
+            Ok(listing) => self.set_listing(listing),
             Err(e) => tracing::warn!(error = %e, "shard sync failed; will retry"),
         }
         let closed = &self.listing.closed;
@@ -391,6 +391,14 @@ impl Coordinator {
             }));
         }
         self.retry_later.is_empty().then_some(Ok(()))
+    }
+
+    /// Keeps the last shard listing, and tells the readers which shards are closed.
+    pub(super) fn set_listing(&mut self, listing: Listing) {
+        self.shared
+            .closed_shards
+            .send_replace(listing.closed.clone());
+        self.listing = listing;
     }
 
     /// Starts the reader task of a held lease.

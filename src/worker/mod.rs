@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 pub use crate::progress::RunProgress;
 
 use crate::aws::{AwsClients, ServiceError};
-use crate::config::Settings;
+use crate::config::{ReadMode, Settings};
 use crate::delta::DeltaError;
 use crate::lease::{LeaseError, LeaseTable};
 use crate::sink::SinkError;
@@ -23,6 +23,7 @@ use crate::sink::SinkError;
 mod coordinator;
 mod recovery;
 mod shard;
+mod source;
 mod sync;
 
 use coordinator::Coordinator;
@@ -93,6 +94,11 @@ pub(super) struct Shared {
     pub(super) budget: Arc<crate::sink::budget::MemoryBudget>,
     /// Fault tests only: fail a reader at a chosen point.
     pub(super) fault: Option<crate::fault::Fault>,
+    /// Fan-out: the registered consumer (ARN) of each stream read by fan-out; streams not
+    /// in it are polled.
+    pub(super) consumers: BTreeMap<String, String>,
+    /// Lease keys of the shards the last listing saw closed (kept by the coordinator).
+    pub(super) closed_shards: tokio::sync::watch::Sender<std::collections::HashSet<String>>,
 }
 
 /// Runs the worker until `shutdown` is cancelled or, with `available_now`, until every
@@ -107,6 +113,19 @@ pub async fn run(
     let leases = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
     leases.ensure_exists(Duration::from_secs(60)).await?;
     let budget = crate::sink::budget::MemoryBudget::new(settings.flush.max_buffered_bytes);
+    let consumers = match settings.reader.mode {
+        ReadMode::Polling => BTreeMap::new(),
+        ReadMode::FanOut => {
+            let r = &settings.reader;
+            crate::fanout::consumer::consumers_for_run(
+                &aws.kinesis,
+                settings.streams.values().map(String::as_str),
+                &r.consumer_name,
+                r.fallback_to_polling,
+            )
+            .await?
+        }
+    };
     let shared = Arc::new(Shared {
         settings,
         aws,
@@ -115,6 +134,8 @@ pub async fn run(
         progress: opts.progress.clone(),
         budget,
         fault: opts.fault.clone(),
+        consumers,
+        closed_shards: tokio::sync::watch::Sender::new(Default::default()),
     });
     let mut c = Coordinator::start(shared, opts).await?;
     // Compaction and vacuum on a schedule, beside the sinks (never inside a flush), of the
@@ -125,7 +146,8 @@ pub async fn run(
         maintenance_stop.clone(),
         c.maintenance_owned.subscribe(),
     );
-    c.listing = sync_shards(&c.shared.aws, &c.shared.leases, &c.shared.settings).await?;
+    let listing = sync_shards(&c.shared.aws, &c.shared.leases, &c.shared.settings).await?;
+    c.set_listing(listing);
     tracing::info!(worker_id = %c.shared.me, lease_table = %c.shared.leases.name(), available_now = c.opts.available_now, "worker started");
     let outcome = c.coordinate(&shutdown).await;
     maintenance_stop.cancel();

@@ -1,19 +1,20 @@
-//! One shard's reader task: GetRecords polling with backoff, KPL de-aggregation, cleaning
-//! into a [`Chunk`] for the table sink, until the lease is lost, the worker stops, the shard
-//! ends, or (draining) it has caught up.
+//! One shard's reader task: records from its [`Source`] (GetRecords polling or a fan-out
+//! subscription) with backoff, KPL de-aggregation, cleaning into a [`Chunk`] for the table
+//! sink, until the lease is lost, the worker stops, the shard ends, or (draining) it has
+//! caught up.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use super::source::Source;
 use super::Shared;
 use crate::aws::ServiceError;
 use crate::backoff::backoff;
 use crate::clean::{self, Kind, RecordMeta, Reject, RejectReason, RejectsColumns, TableColumns};
-use crate::config::ReaderPolicy;
 use crate::fault::FaultPoint;
-use crate::kinesis::{self, ShardPresence, ShardReader, StartAt};
+use crate::kinesis::{self, ShardPresence, StartAt};
 use crate::kpl::{self, Decoded};
 use crate::lease::HeldLease;
 use crate::sink::{Chunk, SinkMsg};
@@ -59,17 +60,8 @@ pub(super) async fn read_shard(
     sink: mpsc::Sender<SinkMsg>,
     drain: bool,
 ) -> ShardExit {
-    let ReaderPolicy {
-        max_records,
-        idle_poll_interval,
-    } = shared.settings.reader.clone();
-    let mut reader = ShardReader::new(
-        shared.aws.kinesis.clone(),
-        &lease.stream,
-        &lease.shard_id,
-        start,
-        max_records,
-    );
+    let idle_poll_interval = shared.settings.reader.idle_poll_interval;
+    let mut source = Source::open(&shared, &lease, start);
     // Consecutive failed calls, and how many of them cannot be helped by retrying.
     let (mut failures, mut permanent) = (0u32, 0u32);
     let stream_label = lease.stream.clone();
@@ -78,7 +70,7 @@ pub(super) async fn read_shard(
     loop {
         let fetched = tokio::select! {
             _ = lease.token.cancelled() => return ShardExit::Cancelled,
-            f = reader.next() => f,
+            f = source.next(&shared, &lease) => f,
         };
         let fetched = match fetched {
             Ok(f) => {
@@ -106,7 +98,15 @@ pub(super) async fn read_shard(
                         ));
                     }
                     Ok(ShardPresence::Listed) | Err(_) => {
-                        match retry_or_give_up(&lease, &mut failures, &mut permanent, &e).await {
+                        match retry_or_give_up(
+                            &lease,
+                            &mut failures,
+                            &mut permanent,
+                            &e,
+                            e.is_retryable(),
+                        )
+                        .await
+                        {
                             Some(exit) => return exit,
                             None => continue,
                         }
@@ -117,7 +117,8 @@ pub(super) async fn read_shard(
                 if e.is_throttle() {
                     metrics::counter!("pinstream_get_records_throttles_total", "stream" => stream_label.clone()).increment(1);
                 }
-                match retry_or_give_up(&lease, &mut failures, &mut permanent, &e).await {
+                let transient = source.is_transient(&e);
+                match retry_or_give_up(&lease, &mut failures, &mut permanent, &e, transient).await {
                     Some(exit) => return exit,
                     None => continue,
                 }
@@ -180,6 +181,9 @@ pub(super) async fn read_shard(
             if drain && caught_up(n, millis_behind) {
                 return ShardExit::CaughtUp;
             }
+            if source.is_pushed() {
+                continue;
+            }
             tokio::select! {
                 _ = lease.token.cancelled() => return ShardExit::Cancelled,
                 _ = tokio::time::sleep(idle_poll_interval) => {}
@@ -201,17 +205,20 @@ fn caught_up(records: usize, millis_behind: Option<i64>) -> bool {
 const PERMANENT_FAILURES: u32 = 3;
 
 /// After a failed call: backs off (`None`: try again), or gives the shard up when the
-/// errors are not retryable and keep coming (`Some(exit)`), or the lease is gone.
+/// errors are not `transient` and keep coming (`Some(exit)`), or the lease is gone. The
+/// wait grows per failure, with jitter (75-100 %) so that readers failing together do not
+/// retry together.
 async fn retry_or_give_up(
     lease: &HeldLease,
     failures: &mut u32,
     permanent: &mut u32,
     e: &ServiceError,
+    transient: bool,
 ) -> Option<ShardExit> {
     *failures += 1;
-    let wait = backoff(*failures);
-    if e.is_retryable() {
-        tracing::debug!(error = %e, retry_in = ?wait, "GetRecords failed; backing off");
+    let wait = backoff(*failures).mul_f64(0.75 + rand::random::<f64>() * 0.25);
+    if transient {
+        tracing::debug!(error = %e, retry_in = ?wait, "reading failed; backing off");
     } else {
         *permanent += 1;
         if *permanent >= PERMANENT_FAILURES {
@@ -220,7 +227,7 @@ async fn retry_or_give_up(
                 *permanent
             )));
         }
-        tracing::warn!(error = %e, retry_in = ?wait, "GetRecords failed; backing off");
+        tracing::warn!(error = %e, retry_in = ?wait, "reading failed; backing off");
     }
     tokio::select! {
         _ = lease.token.cancelled() => Some(ShardExit::Cancelled),

@@ -224,7 +224,7 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &State) -> std::io:
     Ok(())
 }
 
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+pub(crate) fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines().skip(1).find_map(|l| {
         let (k, v) = l.split_once(':')?;
         k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
@@ -233,7 +233,7 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
 
 /// One HTTP/1.1 message (head without the blank line, and a Content-Length body); `None`
 /// when the peer closed between messages. Bytes past the message stay in `buf`.
-async fn read_message(
+pub(crate) async fn read_message(
     conn: &mut TcpStream,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<Option<(String, Vec<u8>)>> {
@@ -266,7 +266,11 @@ async fn read_message(
 }
 
 /// Writes `head` with its Content-Length replaced by the length of `body`.
-async fn write_message(conn: &mut TcpStream, head: &str, body: &[u8]) -> std::io::Result<()> {
+pub(crate) async fn write_message(
+    conn: &mut TcpStream,
+    head: &str,
+    body: &[u8],
+) -> std::io::Result<()> {
     let mut out = String::with_capacity(head.len() + 32);
     for line in head.lines() {
         let is_len = line

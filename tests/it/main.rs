@@ -6,6 +6,7 @@ mod balance;
 mod cli;
 mod compaction;
 mod crash;
+mod cutter;
 mod drain;
 mod fanout;
 mod fence;

@@ -65,6 +65,7 @@ pub fn settings(name: &str, root: &Path, extra_toml: &str) -> Settings {
             .collect(),
         lease_table: None,
         table_root: Some(root.to_string_lossy().into_owned()),
+        reader_mode: None,
     };
     let file = FileConfig::parse(extra_toml, Path::new("<test>")).expect("test config parses");
     Settings::resolve(file, overrides).expect("test settings are valid")

@@ -1,0 +1,77 @@
+//! Where a shard task gets its records: GetRecords polling or an enhanced fan-out
+//! subscription. Both answer in the same shape ([`Fetched`]); everything after (KPL
+//! de-aggregation, cleaning, rejects, the memory budget, batches, checkpoints) is shared.
+
+use std::sync::Arc;
+
+use super::Shared;
+use crate::aws::ServiceError;
+use crate::fanout::subscription::ShardSubscription;
+use crate::kinesis::{Fetched, ShardReader, StartAt};
+use crate::lease::HeldLease;
+
+pub(super) enum Source {
+    Polling(ShardReader),
+    FanOut(Box<ShardSubscription>),
+}
+
+impl Source {
+    /// Fan-out when the lease's stream has a consumer for this run, else polling.
+    pub(super) fn open(shared: &Shared, lease: &HeldLease, start: StartAt) -> Self {
+        let reader = &shared.settings.reader;
+        match shared.consumers.get(&lease.stream) {
+            Some(arn) => Source::FanOut(Box::new(ShardSubscription::new(
+                shared.aws.kinesis.clone(),
+                arn,
+                &lease.stream,
+                &lease.shard_id,
+                start,
+                reader.quiet_timeout,
+            ))),
+            None => Source::Polling(ShardReader::new(
+                shared.aws.kinesis.clone(),
+                &lease.stream,
+                &lease.shard_id,
+                start,
+                reader.max_records,
+            )),
+        }
+    }
+
+    /// The next answer. A fan-out event of a shard the last listing saw closed, with no
+    /// records and no lag, is its end: some emulators never send ChildShards.
+    pub(super) async fn next(
+        &mut self,
+        shared: &Arc<Shared>,
+        lease: &HeldLease,
+    ) -> Result<Fetched, ServiceError> {
+        match self {
+            Source::Polling(r) => r.next().await,
+            Source::FanOut(s) => {
+                let mut f = s.next().await?;
+                if !f.end_of_shard
+                    && f.records.is_empty()
+                    && f.millis_behind_latest == Some(0)
+                    && shared.closed_shards.borrow().contains(&lease.key)
+                {
+                    f.end_of_shard = true;
+                }
+                Ok(f)
+            }
+        }
+    }
+
+    /// Whether the source paces itself (pushed events): no wait after an empty answer.
+    pub(super) fn is_pushed(&self) -> bool {
+        matches!(self, Source::FanOut(_))
+    }
+
+    /// Whether an error of this source is worth trying again beyond what
+    /// [`ServiceError::is_retryable`] says: a subscription refused as ResourceInUse is the
+    /// previous one of this consumer, still closing.
+    pub(super) fn is_transient(&self, e: &ServiceError) -> bool {
+        e.is_retryable()
+            || (self.is_pushed()
+                && (e.code_is("ResourceInUseException") || e.code_is("InternalFailureException")))
+    }
+}
