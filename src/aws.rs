@@ -97,6 +97,9 @@ fn fix_for_code(service: &str, op: &str, code: &str) -> Option<String> {
             "the credentials are not valid for this account or region: check AWS_PROFILE / the access keys".into()
         }
         "ExpiredTokenException" | "ExpiredToken" => "the session token has expired: renew the credentials".into(),
+        "UnknownOperationException" if op.contains("StreamConsumer") => {
+            "this Kinesis endpoint has no enhanced fan-out (an emulator without it?): read by polling (reader.mode = \"polling\"), or set reader.fallback = \"polling\"".into()
+        }
         "LimitExceededException" if op == "RegisterStreamConsumer" => {
             "a stream has at most 20 registered consumers: deregister unused ones (`pinstream consumers --deregister --consumer-name NAME`), or set reader.fallback = \"polling\"".into()
         }

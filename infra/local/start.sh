@@ -110,8 +110,9 @@ start_one() {
     moto)
       nohup "$venv/bin/moto_server" -H 127.0.0.1 -p "$port" >"$log" 2>&1 9>&- & ;;
     kinesis-local)
-      # Must start from its own package directory (it reads server.json from the cwd).
-      (cd "$here/node_modules/kinesis-local" && KINESIS_MOCK_PLAIN_PORT=$port KINESIS_MOCK_TLS_PORT=$((port + 1)) \
+      # Must start from its own package directory (it reads server.json from the cwd). Its
+      # account limit of 50 open shards would be reached after a few test runs on one stack.
+      (cd "$here/node_modules/kinesis-local" && KINESIS_MOCK_PLAIN_PORT=$port KINESIS_MOCK_TLS_PORT=$((port + 1)) SHARD_LIMIT=100000 \
         exec nohup node main.js >"$log" 2>&1 9>&-) & ;;
   esac
   echo $! >"$run/$s.pid"

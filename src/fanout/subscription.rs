@@ -154,6 +154,7 @@ impl ShardSubscription {
         let answer = match tokio::time::timeout(self.quiet_timeout, request).await {
             Ok(a) => a,
             Err(_) => {
+                tracing::warn!(stream = %self.stream, shard_id = %self.shard_id, quiet_for = ?self.quiet_timeout, "no answer to SubscribeToShard (half-open?); subscribing again");
                 self.reason = Reason::Quiet;
                 return Err(ServiceError {
                     service: "Kinesis",

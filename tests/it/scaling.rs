@@ -62,23 +62,6 @@ fn start_child(config: &Path, id: &str, log: &Path) -> support::KillOnDrop {
         .expect("start pinstream run")
 }
 
-fn write_config(dir: &Path, settings: &Settings) -> std::path::PathBuf {
-    let path = dir.join("worker.toml");
-    let streams: String = settings
-        .streams
-        .iter()
-        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
-        .collect();
-    let text = format!(
-        "application = \"{}\"\nlease_table = \"{}\"\ntable_root = \"{}\"\n{TIMINGS}[streams]\n{streams}",
-        settings.application,
-        settings.lease_table,
-        settings.table_root
-    );
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// Leases held per owner (unfinished shards only); `None` while the table cannot be read
 /// (the workers create it), never an empty map for a failed scan.
 async fn holdings(table: &LeaseTable) -> Option<BTreeMap<String, usize>> {
@@ -156,7 +139,7 @@ async fn workers_share_fail_over_rebalance_and_hand_off_without_losing_a_record(
     let settings = support::settings(&name, &dir.path().join("tables"), TIMINGS);
     support::create_streams(&aws, &settings, 4).await;
     let table = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
-    let config = write_config(dir.path(), &settings);
+    let config = support::write_config(dir.path(), &settings, TIMINGS);
     let per_stream = 2400;
     let producing = steady_producer(&aws, &settings, per_stream, 300.0, 11);
 
@@ -295,24 +278,6 @@ async fn workers_share_fail_over_rebalance_and_hand_off_without_losing_a_record(
     );
 }
 
-async fn wait_active(aws: &AwsClients, stream: &str) {
-    support::wait_for("stream ACTIVE", Duration::from_secs(30), || async {
-        let out = aws
-            .kinesis
-            .describe_stream_summary()
-            .stream_name(stream)
-            .send()
-            .await
-            .unwrap();
-        (out.stream_description_summary()
-            .map(|d| d.stream_status().as_str().to_owned())
-            .as_deref()
-            == Some("ACTIVE"))
-        .then_some(())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_and_merge_while_running_keeps_every_record_and_reads_parents_first() {
     let aws = support::aws().await;
@@ -321,89 +286,18 @@ async fn split_and_merge_while_running_keeps_every_record_and_reads_parents_firs
     let root = dir.path().join("tables");
     let settings = support::settings(&name, &root, TIMINGS);
     support::create_streams(&aws, &settings, 1).await;
-    let pin = settings.streams[&Kind::Pin].clone();
     let per_stream = 1500;
     let producing = steady_producer(&aws, &settings, per_stream, 300.0, 21);
     let w1 = start_in_process(&settings, &aws);
     let w2 = start_in_process(&settings, &aws);
 
-    // Split the pin stream's only shard in two, then merge the children back into one.
-    support::wait_for(
-        "some pin rows committed",
-        Duration::from_secs(60),
-        || async {
-            (root
-                .join("pin/_delta_log/00000000000000000001.json")
-                .exists())
-            .then_some(())
-        },
-    )
-    .await;
-    let shards = pinstream::kinesis::list_shards(&aws.kinesis, &pin)
-        .await
-        .unwrap();
-    support::split_shard(&aws, &pin, &shards[0].shard_id).await;
-    // Merge only once both children have records committed (the parent was finished first).
-    let parent = shards[0].shard_id.clone();
-    let leases = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
-    support::wait_for(
-        "both children of the split read and checkpointed",
-        Duration::from_secs(60),
-        || async {
-            let all = leases.scan().await.unwrap_or_default();
-            let children: Vec<_> = all
-                .iter()
-                .filter(|l| l.stream == pin && l.parent_shard_ids.contains(&parent))
-                .collect();
-            (children.len() == 2
-                && children
-                    .iter()
-                    .all(|l| matches!(l.checkpoint, pinstream::lease::Checkpoint::Sequence(_))))
-            .then_some(())
-        },
-    )
-    .await;
-    let shards = pinstream::kinesis::list_shards(&aws.kinesis, &pin)
-        .await
-        .unwrap();
-    let open: Vec<_> = shards.iter().filter(|s| !s.closed).collect();
-    assert_eq!(open.len(), 2, "{shards:?}");
-    aws.kinesis
-        .merge_shards()
-        .stream_name(&pin)
-        .shard_to_merge(&open[0].shard_id)
-        .adjacent_shard_to_merge(&open[1].shard_id)
-        .send()
-        .await
-        .unwrap();
-    wait_active(&aws, &pin).await;
+    support::split_then_merge(&aws, &settings, &root).await;
 
     let report = producing.await.unwrap();
     assert_eq!(report.failed, 0);
     assert_all_landed_once(&root, per_stream as usize).await;
 
-    // Lineage is recorded, and every closed shard was finished before its children started.
-    let table = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
-    let leases: Vec<_> = table
-        .scan()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|l| l.stream == pin)
-        .collect();
-    assert_eq!(
-        leases.len(),
-        4,
-        "parent, two children, merged child: {leases:?}"
-    );
-    let merged = leases
-        .iter()
-        .find(|l| l.parent_shard_ids.len() == 2)
-        .expect("the merged shard lists both parents");
-    for parent in &merged.parent_shard_ids {
-        let p = leases.iter().find(|l| &l.shard_id == parent).unwrap();
-        assert!(p.is_finished(), "{parent} reached SHARD_END");
-    }
+    support::assert_pin_lineage_finished(&aws, &settings).await;
     for w in [w1, w2] {
         w.stop.cancel();
         w.task.await.unwrap().unwrap();

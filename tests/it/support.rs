@@ -12,6 +12,7 @@ use pinstream::aws::AwsClients;
 use pinstream::clean::{clean_into, Kind, RecordMeta, RejectsColumns, TableColumns};
 use pinstream::config::{FileConfig, Overrides, Settings};
 use pinstream::delta::{self, Appended, ShardCommit};
+use pinstream::lease::LeaseTable;
 use pinstream::producer::generator::Generator;
 
 /// Clients for the emulators. Panics with the fix when the stack is not up.
@@ -464,4 +465,125 @@ pub async fn split_shard(aws: &AwsClients, stream: &str, shard: &str) {
         },
     )
     .await;
+}
+
+/// Waits (at most 30 s) until the stream is ACTIVE again after a reshard.
+pub async fn wait_active(aws: &AwsClients, stream: &str) {
+    wait_for("stream ACTIVE", Duration::from_secs(30), || async {
+        let out = aws
+            .kinesis
+            .describe_stream_summary()
+            .stream_name(stream)
+            .send()
+            .await
+            .unwrap();
+        (out.stream_description_summary()
+            .map(|d| d.stream_status().as_str().to_owned())
+            .as_deref()
+            == Some("ACTIVE"))
+        .then_some(())
+    })
+    .await;
+}
+
+/// Splits the pin stream's only shard once rows are committed, then merges the two children
+/// once both have checkpoints (their parent was finished first), while the workers run.
+pub async fn split_then_merge(aws: &AwsClients, settings: &Settings, root: &Path) {
+    let pin = settings.streams[&Kind::Pin].clone();
+    // Split the pin stream's only shard in two, then merge the children back into one.
+    wait_for(
+        "some pin rows committed",
+        Duration::from_secs(60),
+        || async {
+            (root
+                .join("pin/_delta_log/00000000000000000001.json")
+                .exists())
+            .then_some(())
+        },
+    )
+    .await;
+    let shards = pinstream::kinesis::list_shards(&aws.kinesis, &pin)
+        .await
+        .unwrap();
+    split_shard(aws, &pin, &shards[0].shard_id).await;
+    // Merge only once both children have records committed (the parent was finished first).
+    let parent = shards[0].shard_id.clone();
+    let leases = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
+    wait_for(
+        "both children of the split read and checkpointed",
+        Duration::from_secs(60),
+        || async {
+            let all = leases.scan().await.unwrap_or_default();
+            let children: Vec<_> = all
+                .iter()
+                .filter(|l| l.stream == pin && l.parent_shard_ids.contains(&parent))
+                .collect();
+            (children.len() == 2
+                && children
+                    .iter()
+                    .all(|l| matches!(l.checkpoint, pinstream::lease::Checkpoint::Sequence(_))))
+            .then_some(())
+        },
+    )
+    .await;
+    let shards = pinstream::kinesis::list_shards(&aws.kinesis, &pin)
+        .await
+        .unwrap();
+    let open: Vec<_> = shards.iter().filter(|s| !s.closed).collect();
+    assert_eq!(open.len(), 2, "{shards:?}");
+    aws.kinesis
+        .merge_shards()
+        .stream_name(&pin)
+        .shard_to_merge(&open[0].shard_id)
+        .adjacent_shard_to_merge(&open[1].shard_id)
+        .send()
+        .await
+        .unwrap();
+    wait_active(aws, &pin).await;
+}
+
+/// The pin stream's lineage after [`split_then_merge`]: parent, two children and the merged
+/// child have leases, and every parent of the merged shard reached SHARD_END.
+pub async fn assert_pin_lineage_finished(aws: &AwsClients, settings: &Settings) {
+    let pin = settings.streams[&Kind::Pin].clone();
+    let table = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
+    let leases: Vec<_> = table
+        .scan()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.stream == pin)
+        .collect();
+    assert_eq!(
+        leases.len(),
+        4,
+        "parent, two children, merged child: {leases:?}"
+    );
+    let merged = leases
+        .iter()
+        .find(|l| l.parent_shard_ids.len() == 2)
+        .expect("the merged shard lists both parents");
+    for parent in &merged.parent_shard_ids {
+        let p = leases.iter().find(|l| &l.shard_id == parent).unwrap();
+        assert!(p.is_finished(), "{parent} reached SHARD_END");
+    }
+}
+
+/// A config file for a `pinstream run` process with the settings' application, lease
+/// table, table root and streams, and `extra` TOML (sections) before the streams.
+pub fn write_config(dir: &Path, settings: &Settings, extra: &str) -> PathBuf {
+    let path = dir.join("worker.toml");
+    let streams: String = settings
+        .streams
+        .iter()
+        .map(|(k, v)| format!("{k} = \"{v}\"\n"))
+        .collect();
+    let text = format!(
+        "application = \"{}\"\nlease_table = \"{}\"\ntable_root = \"{}\"\n{extra}[streams]\n{streams}",
+        settings.application,
+        settings.lease_table,
+        settings.table_root
+    );
+    std::fs::write(&path, text).unwrap();
+    path
 }
