@@ -220,7 +220,7 @@ pub struct StatusArgs {
 pub struct ConsumersArgs {
     #[command(flatten)]
     pub pipeline: PipelineArgs,
-    /// The consumer's name [default: the application name].
+    /// The consumer's name [default: `reader.consumer_name`, else the application name].
     #[arg(long)]
     pub consumer_name: Option<String>,
     /// Register the consumer on every stream (if not registered yet) and wait until ACTIVE.
@@ -321,6 +321,15 @@ pub struct LoadtestArgs {
     /// With --chaos: split the first open shard of every stream halfway through the run.
     #[arg(long, requires = "chaos")]
     pub split: bool,
+    /// How the workers read: polling (on kinesalite) or fan-out (on kinesis-local, the
+    /// local engine with enhanced fan-out; it stores a few hundred records/s at most, so
+    /// keep --rate low).
+    #[arg(long, value_name = "MODE", default_value = "polling", value_parser = crate::config::ReadMode::parse)]
+    pub reader: crate::config::ReadMode,
+    /// The Kinesis emulator: kinesalite or kinesis-local [default: kinesalite for polling,
+    /// kinesis-local for fan-out]. Compare the readers on the same one.
+    #[arg(long, value_parser = ["kinesalite", "kinesis-local"])]
+    pub emulator: Option<String>,
     /// Output of the final report.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub report: ReportFormat,

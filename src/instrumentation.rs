@@ -24,7 +24,8 @@ impl Unit {
     pub fn buckets(self) -> &'static [f64] {
         match self {
             Unit::Seconds => &[
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5,
+                5.0, 10.0, 30.0, 60.0,
             ],
             Unit::Rows => &[
                 1.0,
@@ -158,6 +159,12 @@ pub const METRICS: &[Metric] = &[
         "pinstream_delta_commit_failures_total",
         &["table"],
         "Delta commits that failed (the rows stay buffered and are retried).",
+    ),
+    histogram(
+        "pinstream_read_delay_seconds",
+        Unit::Seconds,
+        &["stream"],
+        "From a record's arrival in Kinesis to the worker having it in hand (polling or fan-out), for up to 100 records of each GetRecords answer or fan-out event.",
     ),
     histogram(
         "pinstream_delta_commit_duration_seconds",

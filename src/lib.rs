@@ -14,8 +14,9 @@
 //!   releases it.
 //! - [`kinesis`]: stream administration, shard lineage, and [`kinesis::ShardReader`]
 //!   (GetRecords polling with iterator renewal).
-//! - [`fanout`]: enhanced fan-out stream consumers (registered once per fleet; listed and
-//!   deregistered by `pinstream consumers`).
+//! - [`fanout`]: enhanced fan-out: stream consumers (registered once per fleet; listed and
+//!   deregistered by `pinstream consumers`) and one shard's SubscribeToShard reader,
+//!   renewed when it ends, fails or goes quiet.
 //! - [`kpl`]: splits Kinesis Producer Library aggregates into user records (and builds
 //!   them for the producer).
 //! - [`clean`]: pure, synchronous operators for pin, geo and user: JSON bytes in, Arrow
@@ -32,7 +33,8 @@
 //! - [`worker`]: [`worker::run`] wires the layers above: the coordinator loop
 //!   (`worker/coordinator.rs`: take, release, react to readers and sinks that end), where a
 //!   taken shard resumes (`worker/recovery.rs`), shards into leases (`worker/sync.rs`), and
-//!   one reader task per held lease (`worker/shard.rs`); graceful shutdown.
+//!   one reader task per held lease (`worker/shard.rs`, its records from polling or a
+//!   fan-out subscription: `worker/source.rs`); graceful shutdown.
 //! - [`backoff`] and [`progress`]: the retry delays readers and sinks share, and the live
 //!   counters a run publishes.
 //! - [`read`]: the read side: SQL (DataFusion) over the tables, the analysts' questions

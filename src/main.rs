@@ -201,7 +201,7 @@ async fn consumers_command(args: ConsumersArgs) -> Result<(), Error> {
     let aws = AwsClients::from_env().await;
     let name = args
         .consumer_name
-        .unwrap_or_else(|| settings.application.clone());
+        .unwrap_or_else(|| settings.reader.consumer_name.clone());
     let wait = Duration::from_secs(120);
     let mut all = Vec::new();
     for stream in settings.streams.values() {
@@ -375,6 +375,8 @@ async fn loadtest_command(args: LoadtestArgs, shutdown: CancellationToken) -> Re
             kill_every: args.kill_every,
             split: args.split,
         }),
+        reader: args.reader,
+        emulator: args.emulator,
     };
     let report = pinstream::local::loadtest::run(opts, shutdown).await?;
     match args.report {

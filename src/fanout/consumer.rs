@@ -191,22 +191,27 @@ pub async fn deregister(
 }
 
 /// The consumer each stream is read through in fan-out mode: registered (once for the
-/// fleet) and ACTIVE, by stream name. A stream whose consumer cannot be registered (the
-/// limit of consumers reached, no permission, an endpoint without fan-out) is refused with
-/// the service's error, or with `fallback_to_polling` left out of the map (it is polled),
-/// said once in a warning.
+/// fleet) and ACTIVE, by stream name, the streams at once. A stream whose consumer cannot be
+/// registered (the limit of consumers reached, no permission, an endpoint without fan-out)
+/// is refused with the service's error, or with `fallback_to_polling` left out of the map
+/// (it is polled), said once in a warning.
 pub async fn consumers_for_run(
     client: &Client,
     streams: impl IntoIterator<Item = &str>,
     name: &str,
     fallback_to_polling: bool,
 ) -> Result<std::collections::BTreeMap<String, String>, ServiceError> {
+    let streams: std::collections::BTreeSet<&str> = streams.into_iter().collect();
+    let registered = futures::future::join_all(streams.iter().map(|stream| async move {
+        (
+            *stream,
+            ensure(client, stream, name, Duration::from_secs(120)).await,
+        )
+    }))
+    .await;
     let mut arns = std::collections::BTreeMap::new();
-    for stream in streams {
-        if arns.contains_key(stream) {
-            continue;
-        }
-        match ensure(client, stream, name, Duration::from_secs(120)).await {
+    for (stream, consumer) in registered {
+        match consumer {
             Ok(c) => {
                 tracing::info!(%stream, consumer = name, "reading by enhanced fan-out");
                 arns.insert(stream.to_owned(), c.arn);

@@ -25,6 +25,8 @@ pub struct Session {
     /// `<data dir>/<command>-<run id>`: tables, worker logs, configuration.
     pub run_dir: PathBuf,
     pub stack: LocalStack,
+    /// The Kinesis emulator: kinesalite (fast) or kinesis-local (enhanced fan-out).
+    pub kinesis_engine: &'static str,
     command: &'static str,
 }
 
@@ -32,18 +34,33 @@ impl Session {
     /// Creates the run directory and starts kinesalite and dynalite (state under
     /// `<data dir>/stack`).
     pub async fn start(command: &'static str, data_dir: &Path) -> Result<Session, SessionError> {
+        Self::start_on(command, data_dir, "kinesalite").await
+    }
+
+    /// [`Session::start`] with `kinesis_engine` (`kinesalite` or `kinesis-local`) as the
+    /// run's Kinesis: every client and worker of the run uses it.
+    pub async fn start_on(
+        command: &'static str,
+        data_dir: &Path,
+        kinesis_engine: &'static str,
+    ) -> Result<Session, SessionError> {
         let run_id = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
         let run_dir = data_dir.join(format!("{command}-{run_id}"));
         std::fs::create_dir_all(&run_dir).map_err(|source| SessionError::RunDir {
             path: run_dir.clone(),
             source,
         })?;
-        eprintln!("{command}: starting the local stack (kinesalite, dynalite)...");
-        let stack = LocalStack::start(&["kinesalite", "dynalite"], &data_dir.join("stack")).await?;
+        eprintln!("{command}: starting the local stack ({kinesis_engine}, dynalite)...");
+        let mut stack =
+            LocalStack::start(&[kinesis_engine, "dynalite"], &data_dir.join("stack")).await?;
+        if kinesis_engine == "kinesis-local" {
+            stack.use_kinesis_endpoint("PINSTREAM_KINESIS_FANOUT_ENDPOINT")?;
+        }
         Ok(Session {
             run_id,
             run_dir,
             stack,
+            kinesis_engine,
             command,
         })
     }

@@ -105,6 +105,18 @@ impl LocalStack {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Points `AWS_ENDPOINT_URL_KINESIS` (what the clients and the workers use) at the
+    /// endpoint the stack exported as `export` (kinesis-local's, for fan-out).
+    pub fn use_kinesis_endpoint(&mut self, export: &'static str) -> Result<(), StackError> {
+        let url = self
+            .var(export)
+            .ok_or(StackError::MissingExport(export))?
+            .to_owned();
+        self.env.retain(|(k, _)| k != "AWS_ENDPOINT_URL_KINESIS");
+        self.env.push(("AWS_ENDPOINT_URL_KINESIS".into(), url));
+        Ok(())
+    }
+
     /// Clients for the stack's Kinesis and DynamoDB endpoints.
     pub async fn aws(&self) -> Result<crate::aws::AwsClients, StackError> {
         let var = |k: &'static str| self.var(k).ok_or(StackError::MissingExport(k));

@@ -130,6 +130,7 @@ pub(super) async fn read_shard(
             .map(|r| r.data().as_ref().len())
             .sum();
         lease.note_read(fetched.records.len(), bytes, fetched.millis_behind_latest);
+        observe_read_delay(&fetched.records, &stream_label);
         if let Some(ms) = fetched.millis_behind_latest {
             metrics::gauge!("pinstream_millis_behind_latest", "stream" => stream_label.clone(), "shard_id" => lease.shard_id.clone()).set(ms as f64);
         }
@@ -188,6 +189,26 @@ pub(super) async fn read_shard(
                 _ = lease.token.cancelled() => return ShardExit::Cancelled,
                 _ = tokio::time::sleep(idle_poll_interval) => {}
             }
+        }
+    }
+}
+
+/// Records of one answer whose read delay is observed, at most (spread evenly over it).
+const READ_DELAY_SAMPLES: usize = 100;
+
+/// `pinstream_read_delay_seconds`: from each record's arrival in Kinesis to now, when the
+/// worker has it in hand, for up to [`READ_DELAY_SAMPLES`] records of the answer (every
+/// record of the small answers a reader that keeps up gets; a sample of a backlog's).
+fn observe_read_delay(records: &[aws_sdk_kinesis::types::Record], stream: &str) {
+    if records.is_empty() {
+        return;
+    }
+    let now = chrono::Utc::now().timestamp_micros();
+    let step = records.len().div_ceil(READ_DELAY_SAMPLES);
+    let delay = metrics::histogram!("pinstream_read_delay_seconds", "stream" => stream.to_owned());
+    for r in records.iter().step_by(step) {
+        if let Some(arrived) = arrival_micros(r) {
+            delay.record((now - arrived).max(0) as f64 / 1e6);
         }
     }
 }

@@ -146,6 +146,13 @@ fn loadtest_reports_throughput_latency_memory_and_exactly_once() {
         "{r}"
     );
     assert!(r["delta_files"].as_u64().unwrap() > 0 && r["delta_bytes"].as_u64().unwrap() > 0);
+    // Read delay, scraped from the workers' histograms: polling waits up to one poll.
+    assert_eq!(r["reader"], "polling");
+    assert!(r["read_delay_p50_ms"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(
+        r["read_delay_p99_ms"].as_f64() >= r["read_delay_p50_ms"].as_f64(),
+        "{r}"
+    );
     // The lease table's cost, from the workers' own counts of consumed capacity: every
     // worker scanned and renewed, so both are above zero.
     assert!(
@@ -162,4 +169,32 @@ fn loadtest_reports_throughput_latency_memory_and_exactly_once() {
         assert!(rss > 20.0 && rss < 512.0, "{u}");
         assert!(u["cpu_seconds"].as_f64().unwrap() > 0.0, "{u}");
     }
+}
+
+/// The fan-out reader on kinesis-local (slow to store records: a low rate): every record
+/// once, and the read delay measured the same way as polling's.
+#[test]
+fn loadtest_reads_by_fan_out_on_kinesis_local_and_reports_the_read_delay() {
+    let r = loadtest(&[
+        "--reader",
+        "fan-out",
+        "--duration",
+        "4s",
+        "--rate",
+        "60",
+        "--shards",
+        "1",
+        "--workers",
+        "1",
+    ]);
+    assert_eq!(r["reader"], "fan-out", "{r}");
+    let produced = r["produced"].as_u64().unwrap();
+    assert!(produced >= 150, "about 60 rec/s for 4 s: {r}");
+    assert_eq!(r["committed"].as_u64(), Some(produced), "{r}");
+    let (p50, p99) = (
+        r["read_delay_p50_ms"].as_f64().unwrap(),
+        r["read_delay_p99_ms"].as_f64().unwrap(),
+    );
+    // kinesis-local pushes an event every second: records wait up to about that long.
+    assert!(p50 > 0.0 && p99 >= p50 && p99 < 2_500.0, "{r}");
 }

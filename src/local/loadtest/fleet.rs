@@ -11,6 +11,7 @@ use super::{io, LoadtestError, WorkerUsage};
 struct Worker {
     pid: u32,
     child: tokio::process::Child,
+    log: PathBuf,
 }
 
 /// Worker processes sharing one configuration.
@@ -51,14 +52,16 @@ impl Fleet {
     /// Starts one more worker; returns its pid.
     pub(super) fn start_one(&mut self) -> Result<u32, LoadtestError> {
         let i = self.started;
-        let log = std::fs::File::create(self.logs.join(format!("worker-{i}.log")))
-            .map_err(io("creating a worker log"))?;
+        let log_path = self.logs.join(format!("worker-{i}.log"));
+        let log = std::fs::File::create(&log_path).map_err(io("creating a worker log"))?;
         let mut cmd = tokio::process::Command::new(&self.exe);
         cmd.arg("run")
             .arg("--config")
             .arg(&self.config)
             .arg("--worker-id")
             .arg(format!("loadtest-worker-{i}"))
+            // Any free port; the worker logs the one it got.
+            .args(["--metrics-addr", "127.0.0.1:0"])
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(std::process::Stdio::null())
             .stderr(log)
@@ -66,8 +69,25 @@ impl Fleet {
         let child = cmd.spawn().map_err(io("starting a worker"))?;
         let pid = child.id().unwrap_or_default();
         self.started += 1;
-        self.live.push(Worker { pid, child });
+        self.live.push(Worker {
+            pid,
+            child,
+            log: log_path,
+        });
         Ok(pid)
+    }
+
+    /// Where the live workers serve their metrics (as each logged it).
+    pub(super) fn metrics_addrs(&self) -> Vec<String> {
+        self.live
+            .iter()
+            .filter_map(|w| {
+                let text = std::fs::read_to_string(&w.log).ok()?;
+                let line = text.lines().find(|l| l.contains("serving /metrics"))?;
+                let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+                Some(addr.trim_matches('"').to_owned())
+            })
+            .collect()
     }
 
     pub(super) fn pids(&self) -> Vec<u32> {

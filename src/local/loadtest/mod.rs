@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::clean::Kind;
-use crate::config::TableRoot;
+use crate::config::{ReadMode, TableRoot};
 use crate::local::session::Session;
 use crate::producer::{self, ProduceOptions, Source};
 use crate::read::query;
@@ -23,6 +23,7 @@ use crate::read::query;
 mod analysis;
 mod chaos;
 mod fleet;
+mod scrape;
 
 pub use analysis::{analyse, Analysis};
 pub use chaos::{Chaos, ChaosReport};
@@ -43,6 +44,12 @@ pub struct LoadtestOptions {
     pub worker_config: String,
     /// Kill workers (and split shards) while the producer runs.
     pub chaos: Option<Chaos>,
+    /// How the workers read: polling or fan-out.
+    pub reader: ReadMode,
+    /// The Kinesis emulator: `kinesalite` (fast, no fan-out) or `kinesis-local` (enhanced
+    /// fan-out; it stores a few hundred records per second at most). `None`: kinesalite
+    /// for polling, kinesis-local for fan-out.
+    pub emulator: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -54,6 +61,9 @@ pub struct WorkerUsage {
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct LoadtestReport {
+    /// `polling` or `fan-out`, and on which emulator.
+    pub reader: String,
+    pub emulator: String,
     pub shards_per_stream: i32,
     pub workers: usize,
     pub produced: u64,
@@ -67,6 +77,10 @@ pub struct LoadtestReport {
     pub latency_p95_ms: f64,
     pub latency_p99_ms: f64,
     pub latency_max_ms: f64,
+    /// From arrival in Kinesis to the worker having the record in hand, from the workers'
+    /// `pinstream_read_delay_seconds` histograms at the end (estimated within buckets).
+    pub read_delay_p50_ms: f64,
+    pub read_delay_p99_ms: f64,
     pub missing: u64,
     pub duplicates: u64,
     pub delta_files: u64,
@@ -79,7 +93,7 @@ pub struct LoadtestReport {
     pub max_batch_age_seconds: f64,
     /// CPU cores the workers used on average (CPU seconds / end-to-end seconds).
     pub worker_cores_used: f64,
-    /// CPU cores kinesalite used on average while records were produced and drained
+    /// CPU cores the Kinesis emulator used on average while records were produced and drained
     /// (it is single-threaded: 1.0 is all it can do).
     pub kinesis_emulator_cores_used: f64,
     /// Which side limited the run, and why we think so.
@@ -125,11 +139,26 @@ pub(super) fn io(what: &str) -> impl Fn(std::io::Error) -> LoadtestError + '_ {
     move |e| LoadtestError::Io(format!("{what}: {e}"))
 }
 
+/// The Kinesis emulator of the run: the one asked for, else the one the reader needs.
+fn emulator(opts: &LoadtestOptions) -> Result<&'static str, LoadtestError> {
+    match (opts.emulator.as_deref(), opts.reader) {
+        (None, ReadMode::Polling) | (Some("kinesalite"), ReadMode::Polling) => Ok("kinesalite"),
+        (None | Some("kinesis-local"), _) => Ok("kinesis-local"),
+        (Some("kinesalite"), ReadMode::FanOut) => Err(LoadtestError::Io(
+            "kinesalite has no enhanced fan-out: use --emulator kinesis-local with --reader fan-out".into(),
+        )),
+        (Some(other), _) => Err(LoadtestError::Io(format!(
+            "unknown emulator `{other}`: use kinesalite or kinesis-local"
+        ))),
+    }
+}
+
 pub async fn run(
     opts: LoadtestOptions,
     interrupt: CancellationToken,
 ) -> Result<LoadtestReport, LoadtestError> {
-    let session = Session::start("loadtest", &opts.data_dir).await?;
+    let engine = emulator(&opts)?;
+    let session = Session::start_on("loadtest", &opts.data_dir, engine).await?;
     let res = run_in(&opts, &session, interrupt).await;
     session.stop().await;
     res
@@ -156,9 +185,16 @@ async fn run_in(
     // Workers: separate processes, so memory and CPU are theirs alone, read from outside.
     let mut fleet = Fleet::start(opts.workers, &config, stack.env.clone(), run_dir)?;
     announce(opts, &fleet, run_dir);
+    wait_until_reading(
+        &aws,
+        &settings.lease_table,
+        streams.len() * opts.shards.max(1) as usize,
+        &interrupt,
+    )
+    .await?;
 
     let started = Instant::now();
-    let emulator = Emulator::measure(stack.pid("kinesalite"));
+    let emulator = Emulator::measure(stack.pid(session.kinesis_engine));
     let stream_names: Vec<String> = streams.iter().map(|(_, s)| s.clone()).collect();
     let (produced, chaos) =
         produce_beside_chaos(opts, &aws, &streams, &stream_names, &mut fleet, &interrupt).await?;
@@ -186,6 +222,13 @@ async fn run_in(
     };
     let emulator_cores = emulator.cores_since(times.end_to_end);
     let live_workers = fleet.pids().len();
+    let read_delay = scrape::histogram_quantiles(
+        &fleet.metrics_addrs(),
+        "pinstream_read_delay_seconds",
+        &[0.5, 0.99],
+    )
+    .await
+    .unwrap_or_default();
     fleet.sample_usage();
     let usage = fleet.usage();
     fleet.stop().await;
@@ -202,6 +245,7 @@ async fn run_in(
         emulator_cores,
         chaos,
         units,
+        read_delay,
     ))
 }
 
@@ -225,6 +269,37 @@ fn announce(opts: &LoadtestOptions, fleet: &Fleet, run_dir: &Path) {
         },
         run_dir.display()
     );
+}
+
+/// Waits (at most 2 minutes) until the workers hold every one of the `leases` shard
+/// leases, so that the latencies measured are those of running workers, not of their
+/// start (a fan-out worker registers its consumers first).
+async fn wait_until_reading(
+    aws: &crate::aws::AwsClients,
+    lease_table: &str,
+    leases: usize,
+    interrupt: &CancellationToken,
+) -> Result<(), LoadtestError> {
+    let table = crate::lease::LeaseTable::new(aws.dynamodb.clone(), lease_table);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let held = match table.scan().await {
+            Ok(all) => all.iter().filter(|l| l.owner.is_some()).count(),
+            Err(_) => 0,
+        };
+        if held >= leases {
+            return Ok(());
+        }
+        if interrupt.is_cancelled() {
+            return Err(LoadtestError::Interrupted);
+        }
+        if Instant::now() >= deadline {
+            return Err(LoadtestError::Io(format!(
+                "the workers hold {held} of {leases} leases after 2 minutes; see their logs"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The Kinesis emulator's CPU, measured from outside from the start of the load.
@@ -370,7 +445,9 @@ fn build_report(
     emulator_cores: f64,
     chaos: Option<ChaosReport>,
     (read_units, write_units): (f64, f64),
+    read_delay_seconds: Vec<f64>,
 ) -> LoadtestReport {
+    let read_delay_ms = |i: usize| read_delay_seconds.get(i).map_or(0.0, |s| s * 1000.0);
     // Every stream has `shards` leases (a split adds children: counted as the original).
     let shard_hours = (3 * opts.shards.max(1)) as f64 * times.end_to_end.as_secs_f64() / 3600.0;
     let seconds = times.end_to_end.as_secs_f64().max(1e-9);
@@ -386,6 +463,8 @@ fn build_report(
         lat[rank - 1] as f64
     };
     LoadtestReport {
+        reader: opts.reader.as_str().to_owned(),
+        emulator: emulator(opts).unwrap_or_default().to_owned(),
         shards_per_stream: opts.shards,
         workers: live_workers,
         produced: produced.sent,
@@ -398,6 +477,8 @@ fn build_report(
         latency_p95_ms: pct(0.95),
         latency_p99_ms: pct(0.99),
         latency_max_ms: pct(1.0),
+        read_delay_p50_ms: read_delay_ms(0),
+        read_delay_p99_ms: read_delay_ms(1),
         missing: produced.sent.saturating_sub(analysis.distinct),
         duplicates: analysis.duplicates,
         delta_files: analysis.files,
@@ -444,6 +525,13 @@ fn write_worker_config(
         .map(|(k, s)| (k.to_string(), toml::Value::from(s.as_str())))
         .collect();
     doc.insert("streams".into(), stream_table.into());
+    // `--reader` decides (the engine was chosen for it).
+    let reader = doc
+        .entry("reader")
+        .or_insert_with(|| toml::Table::new().into());
+    if let Some(t) = reader.as_table_mut() {
+        t.insert("mode".into(), opts.reader.as_str().into());
+    }
     if opts.chaos.is_some() {
         for (section, key, value) in chaos::worker_defaults() {
             let table = doc
@@ -478,7 +566,7 @@ fn bottleneck(
     let (d, age) = (drain.as_secs_f64(), max_batch_age.as_secs_f64());
     if drain <= max_batch_age + slack {
         format!(
-            "none on the worker side: the workers kept up, committing the last records {d:.1}s after the last send (flush age {age:.0}s); the limit was the producer's rate or Kinesis ingest ({produced_per_second:.0} rec/s, kinesalite at {emulator_cores:.2} cores)"
+            "none on the worker side: the workers kept up, committing the last records {d:.1}s after the last send (flush age {age:.0}s); the limit was the producer's rate or Kinesis ingest ({produced_per_second:.0} rec/s, the emulator at {emulator_cores:.2} cores)"
         )
     } else if emulator_cores >= 0.8 && cores_per_worker < 0.5 {
         format!(
@@ -486,7 +574,7 @@ fn bottleneck(
         )
     } else {
         format!(
-            "the workers: {d:.1}s to drain after the last send (more than the flush age {age:.0}s + {}s), each worker at {cores_per_worker:.2} cores, kinesalite at {emulator_cores:.2}",
+            "the workers: {d:.1}s to drain after the last send (more than the flush age {age:.0}s + {}s), each worker at {cores_per_worker:.2} cores, the emulator at {emulator_cores:.2}",
             slack.as_secs()
         )
     }
@@ -519,10 +607,11 @@ async fn committed_rows(root: &TableRoot, open: &mut HashMap<&'static str, Delta
 /// The report as text.
 pub fn to_text(r: &LoadtestReport) -> String {
     let mut s = format!(
-        "loadtest: {} worker(s), {} shards per stream\n  produced   {:>10} records in {:.1}s ({:.0} rec/s)\n  committed  {:>10} records, {:.0} rec/s end to end ({:.1}s from first send to last commit)\n  latency    arrival -> commit p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n  delta      {} files, {:.1} MiB\n  exactly once: {} missing, {} duplicated\n",
-        r.workers, r.shards_per_stream, r.produced, r.produce_seconds, r.produced_per_second,
+        "loadtest: {} worker(s) reading by {}, {} shards per stream\n  produced   {:>10} records in {:.1}s ({:.0} rec/s)\n  committed  {:>10} records, {:.0} rec/s end to end ({:.1}s from first send to last commit)\n  latency    arrival -> commit p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n  read delay arrival -> in the worker's hands p50 {:.0} ms, p99 {:.0} ms\n  delta      {} files, {:.1} MiB\n  exactly once: {} missing, {} duplicated\n",
+        r.workers, r.reader, r.shards_per_stream, r.produced, r.produce_seconds, r.produced_per_second,
         r.committed, r.committed_per_second, r.end_to_end_seconds,
         r.latency_p50_ms, r.latency_p95_ms, r.latency_p99_ms, r.latency_max_ms,
+        r.read_delay_p50_ms, r.read_delay_p99_ms,
         r.delta_files, r.delta_bytes as f64 / 1048576.0, r.missing, r.duplicates
     );
     s.push_str(&format!(
@@ -544,7 +633,7 @@ pub fn to_text(r: &LoadtestReport) -> String {
         ));
     }
     s.push_str(&format!(
-        "  worker CPU per million records: {:.1} s; cores used on average: {:.2} (kinesalite: {:.2})\n  drain      {:.1}s from the last send to the last commit\n  bottleneck {}\n",
+        "  worker CPU per million records: {:.1} s; cores used on average: {:.2} (Kinesis emulator: {:.2})\n  drain      {:.1}s from the last send to the last commit\n  bottleneck {}\n",
         r.cpu_seconds_per_million_records, r.worker_cores_used, r.kinesis_emulator_cores_used, r.drain_seconds, r.bottleneck
     ));
     s
