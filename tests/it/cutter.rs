@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-use crate::flaky::{header, read_message, write_message};
+use crate::flaky::{header, listen, read_message, write_message};
 
 /// One SubscribeToShard the proxy relayed.
 #[derive(Debug, Clone)]
@@ -56,27 +56,16 @@ impl Drop for SubscriptionCutter {
 impl SubscriptionCutter {
     /// Listens on a free loopback port, forwarding to `upstream` (`http://host:port`).
     pub async fn start(upstream: &str, cut_after: Duration, half_open: &[usize]) -> Self {
-        let upstream = upstream
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(State {
             cut_after,
             half_open: half_open.iter().copied().collect(),
             full_windows: Default::default(),
             subscribed: Mutex::new(Vec::new()),
         });
-        let s = state.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
-                let (s, upstream) = (s.clone(), upstream.clone());
-                tokio::spawn(async move {
-                    let _ = serve(conn, &upstream, &s).await;
-                });
-            }
-        });
+        let (url, task) = listen(upstream, state.clone(), |conn, upstream, s| async move {
+            let _ = serve(conn, &upstream, &s).await;
+        })
+        .await;
         SubscriptionCutter { url, state, task }
     }
 

@@ -198,14 +198,7 @@ async fn a_stream_recreated_under_the_same_name_is_read_from_its_start() {
     let created = pinstream::kinesis::stream_created(&aws.kinesis, &pin)
         .await
         .unwrap();
-    let leases = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
-    let pin_leases: Vec<_> = leases
-        .scan()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|l| l.stream == pin)
-        .collect();
+    let pin_leases = support::leases_of(&aws, &settings, &pin).await;
     assert_eq!(pin_leases.len(), 1);
     assert_eq!(pin_leases[0].stream_created, Some(created));
 }

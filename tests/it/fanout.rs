@@ -410,3 +410,58 @@ async fn a_stream_refusing_consumers_stops_the_worker_or_is_polled_when_fallback
     );
     support::assert_exactly_once(&root, 20, "polled after the fallback").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_its_twenty_consumers_taken_is_refused_or_polled_with_the_fallback() {
+    let (aws, endpoint) = fanout_aws().await;
+    let dir = support::tempdir();
+    let name = support::unique("fo-limit");
+    let root = dir.path().join("tables");
+    let settings = fanout_settings(&name, &root, "");
+    support::create_streams(&aws, &settings, 1).await;
+    // Other applications hold the pin stream's 20 consumers.
+    let pin = settings.streams[&pinstream::clean::Kind::Pin].clone();
+    for i in 0..20 {
+        consumer::ensure(
+            &aws.kinesis,
+            &pin,
+            &format!("other-{i}"),
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+    }
+    produce(&aws, &settings, 101, 20).await;
+    let run = |extra: &str| {
+        let config = support::write_config(dir.path(), &settings, &format!("{FANOUT}{extra}"));
+        std::process::Command::new(env!("CARGO_BIN_EXE_pinstream"))
+            .args(["run", "--available-now", "--config"])
+            .arg(config)
+            .env("AWS_ENDPOINT_URL_KINESIS", &endpoint)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let refused = run("");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    let errors: Vec<_> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    assert!(
+        errors[0].contains("LimitExceededException") && errors[0].contains("at most 20"),
+        "the line names the limit and the fix: {stderr}"
+    );
+
+    let polled = run("fallback = \"polling\"\n");
+    let stderr = String::from_utf8_lossy(&polled.stderr);
+    assert!(polled.status.success(), "{stderr}");
+    let warned: Vec<_> = stderr
+        .lines()
+        .filter(|l| l.contains("polling this stream instead"))
+        .collect();
+    assert!(
+        warned.len() == 1 && warned[0].contains(&pin),
+        "only the pin stream falls back: {stderr}"
+    );
+    support::assert_exactly_once(&root, 20, "pin polled, geo and user by fan-out").await;
+}

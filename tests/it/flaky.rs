@@ -74,23 +74,11 @@ impl FlakyKinesis {
     }
 
     async fn start_with(upstream: &str, state: State) -> Self {
-        let upstream = upstream
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let state = Arc::new(state);
-        let s = state.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((conn, _)) = listener.accept().await {
-                let (s, upstream) = (s.clone(), upstream.clone());
-                tokio::spawn(async move {
-                    // A connection ends when either side closes it; errors end it too.
-                    let _ = serve(conn, &upstream, &s).await;
-                });
-            }
-        });
+        let (url, task) = listen(upstream, state.clone(), |conn, upstream, s| async move {
+            let _ = serve(conn, &upstream, &s).await;
+        })
+        .await;
         FlakyKinesis { url, state, task }
     }
 
@@ -222,6 +210,33 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &State) -> std::io:
         write_message(&mut client, head, &body).await?;
     }
     Ok(())
+}
+
+/// Listens on a free loopback port and hands each connection, with `upstream`'s
+/// `host:port` and the proxy's state, to `serve` on a task of its own (a connection ends
+/// when either side closes it; errors end it too). Returns the proxy's URL and its task.
+pub(crate) async fn listen<S, F, Fut>(
+    upstream: &str,
+    state: Arc<S>,
+    serve: F,
+) -> (String, tokio::task::JoinHandle<()>)
+where
+    S: Send + Sync + 'static,
+    F: Fn(TcpStream, String, Arc<S>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let upstream = upstream
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(serve(conn, upstream.clone(), state.clone()));
+        }
+    });
+    (url, task)
 }
 
 pub(crate) fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {

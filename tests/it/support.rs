@@ -545,15 +545,7 @@ pub async fn split_then_merge(aws: &AwsClients, settings: &Settings, root: &Path
 /// The pin stream's lineage after [`split_then_merge`]: parent, two children and the merged
 /// child have leases, and every parent of the merged shard reached SHARD_END.
 pub async fn assert_pin_lineage_finished(aws: &AwsClients, settings: &Settings) {
-    let pin = settings.streams[&Kind::Pin].clone();
-    let table = LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
-    let leases: Vec<_> = table
-        .scan()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|l| l.stream == pin)
-        .collect();
+    let leases = leases_of(aws, settings, &settings.streams[&Kind::Pin]).await;
     assert_eq!(
         leases.len(),
         4,
@@ -586,4 +578,19 @@ pub fn write_config(dir: &Path, settings: &Settings, extra: &str) -> PathBuf {
     );
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// The leases of `stream` in the settings' lease table.
+pub async fn leases_of(
+    aws: &AwsClients,
+    settings: &Settings,
+    stream: &str,
+) -> Vec<pinstream::lease::Lease> {
+    LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table)
+        .scan()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.stream == stream)
+        .collect()
 }
