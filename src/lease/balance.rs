@@ -9,7 +9,7 @@
 //! overshooting it, and only if that narrows the gap by band x mean at least (so a hot
 //! shard that is more than the gap stays where it is, and small differences and noise do
 //! not move leases); nothing moves while the most and least loaded workers are within
-//! 1 + 2 x band of each other;
+//! 1 + 1.5 x band of each other;
 //! a steal goes ahead only when three scans in a row call for it from the same worker, and
 //! a lease that changed owner is not moved again for a cooldown. A worker left holding
 //! one shard hotter than the mean keeps it alone and the others balance among themselves.
@@ -101,13 +101,15 @@ pub fn load_of(l: &Lease) -> f64 {
     l.bytes_per_second.unwrap_or(0.0).max(0.0)
 }
 
-/// Whether the most and least loaded workers are within `1 + 2 x band` of each other: the
-/// fleet is balanced, and nothing moves (measured noise would otherwise keep finding a
-/// lease that narrows some gap). A worker with no load at all (a new one) is never within.
+/// Whether the most and least loaded workers are within `1 + 1.5 x band` of each other
+/// (1.225x by default): the fleet is balanced, and nothing moves (measured noise would
+/// otherwise keep finding a lease that narrows some gap). Below the 1.3x a fleet is judged
+/// by, with room for noise: a fleet truly at 1.33x that reads 1.29x now and then still
+/// moves. A worker with no load at all (a new one) is never within.
 fn within_band(loads: &HashMap<&str, f64>, band: f64) -> bool {
     let most = loads.values().copied().fold(0.0, f64::max);
     let least = loads.values().copied().fold(f64::INFINITY, f64::min);
-    least > 0.0 && most <= least * (1.0 + 2.0 * band)
+    least > 0.0 && most <= least * (1.0 + 1.5 * band)
 }
 
 /// Load mode: the lease `me` should steal, if any. `held` are the readable leases of live
@@ -355,20 +357,20 @@ mod tests {
 
     #[test]
     fn a_fleet_within_the_band_moves_nothing_though_a_lease_would_narrow_a_gap() {
-        // 45 against 36 (1.25x, within 1 + 2 x 0.15): the 4 on `a` would narrow the gap of
-        // 9 to 1 (by 8, above 0.15 x the mean of 40.5), but the fleet is balanced enough.
+        // 44 against 36 (1.22x, within 1 + 1.5 x 0.15): the 4 on `a` would close the gap of
+        // 8 (by 8, above 0.15 x the mean of 40), but the fleet is balanced enough.
         let leases = vec![
             lease(1, "a", 20.0),
-            lease(2, "a", 21.0),
+            lease(2, "a", 20.0),
             lease(3, "a", 4.0),
             lease(4, "b", 18.0),
             lease(5, "b", 18.0),
         ];
         let refs: Vec<&Lease> = leases.iter().collect();
         assert!(steal_by_load(&refs, "b", &["a", "b"], 0.15, |_| true).is_none());
-        // Beyond the band (52 against 36: 1.44x) the same lease moves.
+        // Beyond it (47 against 36: 1.31x) the same lease moves.
         let mut heavier = leases.clone();
-        heavier[1].bytes_per_second = Some(28.0);
+        heavier[1].bytes_per_second = Some(23.0);
         let refs: Vec<&Lease> = heavier.iter().collect();
         let pick = steal_by_load(&refs, "b", &["a", "b"], 0.15, |_| true).map(|l| l.key.clone());
         assert!(pick.is_some(), "a 1.44x fleet balances");

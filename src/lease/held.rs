@@ -238,7 +238,7 @@ impl Keeper {
     async fn run(mut self) {
         let every = self.settings.failover / 3;
         let mut next_renewal = Instant::now() + every;
-        let mut meter = LoadMeter::starting_at(self.lease.initial_load);
+        let mut meter = LoadMeter::starting_at(self.lease.initial_load, self.settings.failover * 2);
         loop {
             tokio::select! {
                 biased;
@@ -379,15 +379,15 @@ pub struct Load {
     pub bytes_per_second: f64,
 }
 
-/// How much of each new rate sample enters the average: about the last eight writes
-/// (renewals, failover_time / 3 apart, and checkpoints) count, so one slow or bursty poll
-/// does not move a lease.
-const SMOOTHING: f64 = 0.2;
-
-/// Turns the reader's running totals into a smoothed load at each renewal.
+/// Turns the reader's running totals into a smoothed load at each renewal: an exponential
+/// moving average in time (time constant `tau`, two failover times: six renewals), so a
+/// sample weighs by the time it covers. A checkpoint a moment after a renewal (a rate over
+/// 50 ms of bursty polls) barely moves it, and one slow or bursty poll does not move a
+/// lease, however often the sink checkpoints.
 #[derive(Debug, Clone)]
 struct LoadMeter {
     load: Load,
+    tau: Duration,
     /// Totals and time of the last renewal that reached the table.
     mark: (u64, u64, Instant),
     /// The load and mark of the renewal being sent (kept once it succeeds).
@@ -395,9 +395,10 @@ struct LoadMeter {
 }
 
 impl LoadMeter {
-    fn starting_at(load: Load) -> Self {
+    fn starting_at(load: Load, tau: Duration) -> Self {
         LoadMeter {
             load,
+            tau,
             mark: (0, 0, Instant::now()),
             pending: None,
         }
@@ -410,7 +411,8 @@ impl LoadMeter {
             return self.load;
         }
         let sample = |total: u64, at_mark: u64| total.saturating_sub(at_mark) as f64 / secs;
-        let blend = |avg: f64, x: f64| avg + SMOOTHING * (x - avg);
+        let weight = 1.0 - (-secs / self.tau.as_secs_f64().max(1e-9)).exp();
+        let blend = |avg: f64, x: f64| avg + weight * (x - avg);
         let load = Load {
             records_per_second: blend(self.load.records_per_second, sample(records, self.mark.0)),
             bytes_per_second: blend(self.load.bytes_per_second, sample(bytes, self.mark.1)),
@@ -434,19 +436,25 @@ mod tests {
     #[test]
     fn the_load_is_a_smoothed_rate_that_starts_from_the_row_and_keeps_only_written_samples() {
         let start = Instant::now();
-        let mut m = LoadMeter::starting_at(Load {
-            records_per_second: 100.0,
-            bytes_per_second: 50_000.0,
-        });
+        // A time constant under which a 1 s sample weighs 20 %.
+        let tau = Duration::from_secs_f64(-1.0 / 0.8f64.ln());
+        let mut m = LoadMeter::starting_at(
+            Load {
+                records_per_second: 100.0,
+                bytes_per_second: 50_000.0,
+            },
+            tau,
+        );
         m.mark.2 = start;
         // 1 s later, 400 records / 200 KB were read: the average moves 20 % of the way.
         let l = m.next(400, 200_000, start + Duration::from_secs(1));
-        assert!((l.records_per_second - 160.0).abs() < 1e-9, "{l:?}");
-        assert!((l.bytes_per_second - 80_000.0).abs() < 1e-6, "{l:?}");
+        assert!((l.records_per_second - 160.0).abs() < 1e-6, "{l:?}");
+        assert!((l.bytes_per_second - 80_000.0).abs() < 1e-3, "{l:?}");
         // That write failed: the next sample counts from the last written mark and blends
-        // into the last written average (800 records in 2 s: the same 400/s, so 160 again).
+        // into the last written average (800 records in 2 s: the same 400/s, over 2 s, so
+        // 1 - 0.8^2 = 36 % of the way from 100: 208).
         let again = m.next(800, 400_000, start + Duration::from_secs(2));
-        assert!((again.records_per_second - 160.0).abs() < 1e-9, "{again:?}");
+        assert!((again.records_per_second - 208.0).abs() < 1e-6, "{again:?}");
         m.commit();
         // Steady 400 records/s converges on it.
         let mut now = start + Duration::from_secs(2);
@@ -459,5 +467,27 @@ mod tests {
             m.commit();
         }
         assert!((last.records_per_second - 400.0).abs() < 1.0, "{last:?}");
+    }
+
+    #[test]
+    fn a_sample_weighs_by_the_time_it_covers() {
+        let start = Instant::now();
+        let steady = Load {
+            records_per_second: 100.0,
+            bytes_per_second: 10_000.0,
+        };
+        let mut m = LoadMeter::starting_at(steady, Duration::from_secs(20));
+        m.mark.2 = start;
+        // A checkpoint 50 ms after the last write saw a burst of 20 records (400/s): the
+        // average barely moves (0.25 % of the way), where a fixed share per write would
+        // have moved it a fifth.
+        let l = m.next(20, 2_000, start + Duration::from_millis(50));
+        assert!((l.records_per_second - 100.75).abs() < 0.01, "{l:?}");
+        // A sample over one time constant moves it 63 % of the way.
+        let mut m = LoadMeter::starting_at(steady, Duration::from_secs(20));
+        m.mark.2 = start;
+        let l = m.next(8_000, 800_000, start + Duration::from_secs(20));
+        let expected = 100.0 + (1.0 - (-1.0f64).exp()) * 300.0;
+        assert!((l.records_per_second - expected).abs() < 1e-6, "{l:?}");
     }
 }
