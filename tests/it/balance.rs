@@ -82,6 +82,24 @@ fn spread(loads: &BTreeMap<String, f64>) -> f64 {
     max / min.max(1e-9)
 }
 
+/// A fleet counts as balanced when its most and least loaded workers are within the
+/// policy's own band (1 + 1.5 x balance_band) on loads averaged over 10 s, under the 1.3x
+/// the issue asks for: a fleet truly at 40/30/30 (1.33x), which a busy machine reads as
+/// 1.25x now and then, is still being balanced (the next steal takes it to 35/35/30).
+const BALANCED: f64 = 1.225;
+
+/// Each worker's load averaged over `readings`.
+fn averaged(readings: &std::collections::VecDeque<BTreeMap<String, f64>>) -> BTreeMap<String, f64> {
+    let mut sum: BTreeMap<String, f64> = BTreeMap::new();
+    for r in readings {
+        for (w, load) in r {
+            *sum.entry(w.clone()).or_default() += load;
+        }
+    }
+    let n = readings.len().max(1) as f64;
+    sum.into_iter().map(|(w, load)| (w, load / n)).collect()
+}
+
 /// How long no lease must change owner before the fleet counts as settled: longer than a
 /// steal takes to be decided and made (three scans over twice the failover time, 18 s,
 /// then the thief's wait of 0.4 x failover, 3.6 s), so a fleet still above the balancing
@@ -153,6 +171,7 @@ async fn three_workers_balance_a_skewed_stream_by_load_and_then_stay_put() {
     let (mut last, mut stable_since, mut seen) = (BTreeMap::new(), Instant::now(), BTreeMap::new());
     let mut moves = 0;
     let mut changes: Vec<String> = Vec::new();
+    let mut recent: std::collections::VecDeque<BTreeMap<String, f64>> = Default::default();
     while started.elapsed() < Duration::from_secs(240) {
         let all = table.scan().await.unwrap();
         let now = owners(&all);
@@ -183,16 +202,24 @@ async fn three_workers_balance_a_skewed_stream_by_load_and_then_stay_put() {
             (seen, stable_since) = (now, Instant::now());
         }
         last = loads(&all);
-        if last.len() == 3 && spread(&last) <= 1.3 && stable_since.elapsed() >= SETTLED {
+        recent.push_back(last.clone());
+        if recent.len() > 20 {
+            recent.pop_front();
+        }
+        if last.len() == 3
+            && spread(&averaged(&recent)) <= BALANCED
+            && stable_since.elapsed() >= SETTLED
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let took = started.elapsed();
+    let average = averaged(&recent);
     assert!(
-        last.len() == 3 && spread(&last) <= 1.3 && stable_since.elapsed() >= SETTLED,
-        "balanced by load and settled within 240 s: {last:?} (spread {:.2}); owner changes: {changes:#?}",
-        spread(&last)
+        last.len() == 3 && spread(&average) <= BALANCED && stable_since.elapsed() >= SETTLED,
+        "balanced by load and settled within 240 s: {average:?} (spread {:.2} averaged over the last 10 s); owner changes: {changes:#?}",
+        spread(&average)
     );
     eprintln!(
         "balanced and settled in {took:?} after {moves} owner changes seen: {last:?} (spread {:.2})",
