@@ -87,6 +87,12 @@ fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
 /// The likely fix for a service error code, in a few words.
 fn fix_for_code(service: &str, op: &str, code: &str) -> Option<String> {
     Some(match code {
+        "ResourceNotFoundException" if op == "SubscribeToShard" => {
+            "the consumer (reader.consumer_name) was deregistered, or the shard is gone: restart the workers to register the consumer again".into()
+        }
+        "ResourceInUseException" if op == "SubscribeToShard" => {
+            "another subscription of this consumer to the shard is open (a reader that just stopped, or another fleet with the same reader.consumer_name); retried".into()
+        }
         "ResourceNotFoundException" if service == "Kinesis" => {
             "check the stream names (`streams.<kind>` / `--stream`) and the region, or create the streams".into()
         }

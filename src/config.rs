@@ -718,11 +718,11 @@ impl ReaderPolicy {
             r.quiet_timeout.as_deref(),
             Duration::from_secs(30),
         )?;
-        if quiet_timeout < Duration::from_secs(2) {
+        if quiet_timeout < Duration::from_secs(2) || quiet_timeout > Duration::from_secs(300) {
             return Err(invalid(
                 "reader.quiet_timeout",
-                format!("{} is too short", humantime::format_duration(quiet_timeout)),
-                "use 2s or more (Kinesis sends an event at least every 5 s; below ~10s healthy subscriptions of idle shards are renewed for nothing)",
+                format!("{} is out of range", humantime::format_duration(quiet_timeout)),
+                "use 2s to 5m; 10s or more on AWS (Kinesis sends an event at least every 5 s, so shorter renews healthy subscriptions of idle shards), and at most a subscription's 5 minutes (longer leaves a half-open one stalled)",
             ));
         }
         Ok(ReaderPolicy {

@@ -197,6 +197,51 @@ pub async fn shard_presence(
     }
 }
 
+/// Whether a closed shard has nothing after the sequence number `after`: GetRecords from
+/// just after it returns no records and no next iterator (the end of a closed shard), within
+/// a few calls. `false` when records follow, or when the answers do not say yet (an empty
+/// answer of a closed shard is not always its end).
+pub async fn ended_after(
+    client: &Client,
+    stream: &str,
+    shard_id: &str,
+    after: &str,
+) -> Result<bool, ServiceError> {
+    let mut iterator = client
+        .get_shard_iterator()
+        .stream_name(stream)
+        .shard_id(shard_id)
+        .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+        .starting_sequence_number(after)
+        .send()
+        .await
+        .map_err(|e| ServiceError::kinesis("GetShardIterator", e))?
+        .shard_iterator
+        .ok_or_else(|| ServiceError {
+            service: "Kinesis",
+            op: "GetShardIterator",
+            code: None,
+            message: format!("no iterator returned for {stream}/{shard_id}"),
+        })?;
+    for _ in 0..5 {
+        let out = client
+            .get_records()
+            .shard_iterator(&iterator)
+            .limit(1)
+            .send()
+            .await
+            .map_err(|e| ServiceError::kinesis("GetRecords", e))?;
+        if !out.records().is_empty() {
+            return Ok(false);
+        }
+        match out.next_shard_iterator {
+            None => return Ok(true),
+            Some(next) => iterator = next,
+        }
+    }
+    Ok(false)
+}
+
 /// Where a reader starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartAt {

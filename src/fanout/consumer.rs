@@ -12,6 +12,9 @@ use tokio::time::Instant;
 
 use crate::aws::ServiceError;
 
+/// The most consumers a stream can have registered (a Kinesis limit).
+const MAX_CONSUMERS: usize = 20;
+
 /// A registered consumer of a stream.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Consumer {
@@ -40,7 +43,6 @@ pub async fn ensure(
     let arn = stream_arn(client, stream).await?;
     let deadline = Instant::now() + timeout;
     let mut registered = false;
-    let mut limited = 0;
     loop {
         match describe(client, stream, &arn, name).await {
             Ok(c) if c.status == ConsumerStatus::Active.as_str() => return Ok(c),
@@ -57,11 +59,13 @@ pub async fn ensure(
                     }
                     // Another worker registered it between our describe and our register.
                     Err(e) if e.code_is("ResourceInUseException") => {}
-                    // Both "too many registrations per second" and "the stream has its 20
-                    // consumers": a few tries tell them apart.
+                    // Either "too many registrations at once" (wait and try again) or "the
+                    // stream has its 20 consumers" (give up): the list tells them apart.
                     Err(e) if e.code_is("LimitExceededException") => {
-                        limited += 1;
-                        if limited >= 3 {
+                        if list(client, stream)
+                            .await
+                            .is_ok_and(|all| all.len() >= MAX_CONSUMERS)
+                        {
                             return Err(e);
                         }
                     }

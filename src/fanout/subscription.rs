@@ -64,6 +64,8 @@ pub struct ShardSubscription {
     events: Option<Events>,
     /// Why the next subscription is opened.
     reason: Reason,
+    /// Whether the open subscription has sent an event.
+    got_event: bool,
     /// The last record handed out: nothing at or before it is handed out again.
     last_handed_out: Option<String>,
 }
@@ -90,6 +92,7 @@ impl ShardSubscription {
             quiet_timeout,
             events: None,
             reason: Reason::Start,
+            got_event: false,
             last_handed_out,
         }
     }
@@ -109,11 +112,23 @@ impl ShardSubscription {
                     tracing::warn!(stream = %self.stream, shard_id = %self.shard_id, quiet_for = ?self.quiet_timeout, "no event on the subscription (half-open?); subscribing again");
                     self.renew(Reason::Quiet);
                 }
+                Ok(Ok(None)) if !self.got_event => {
+                    // Ended before saying anything: not a subscription's normal end. The
+                    // caller backs off before the next one.
+                    self.renew(Reason::Error);
+                    return Err(ServiceError {
+                        service: "Kinesis",
+                        op: "SubscribeToShard",
+                        code: None,
+                        message: "the subscription ended before its first event".into(),
+                    });
+                }
                 Ok(Ok(None)) => {
                     tracing::debug!(stream = %self.stream, shard_id = %self.shard_id, "subscription ended; subscribing again");
                     self.renew(Reason::Ended);
                 }
                 Ok(Ok(Some(SubscribeToShardEventStream::SubscribeToShardEvent(event)))) => {
+                    self.got_event = true;
                     return Ok(self.hand_out(event));
                 }
                 // An event type newer than this SDK: nothing to read in it.
@@ -126,11 +141,21 @@ impl ShardSubscription {
         }
     }
 
+    /// The sequence number the next subscription starts after (the last event's
+    /// continuation), if an event or the lease's checkpoint gave one.
+    pub fn continuation(&self) -> Option<&str> {
+        match &self.start {
+            StartAt::AfterSequence(s) => Some(s),
+            _ => None,
+        }
+    }
+
     /// Drops the open subscription (closing its connection frees the consumer's slot on
     /// the shard); the next call subscribes again.
     fn renew(&mut self, reason: Reason) {
         self.events = None;
         self.reason = reason;
+        self.got_event = false;
     }
 
     /// Opens a subscription at `start`. The SDK's answer comes with the first event (the

@@ -114,7 +114,7 @@ pub(super) async fn read_shard(
                 }
             }
             Err(e) => {
-                if e.is_throttle() {
+                if e.is_throttle() && !source.is_pushed() {
                     metrics::counter!("pinstream_get_records_throttles_total", "stream" => stream_label.clone()).increment(1);
                 }
                 let transient = source.is_transient(&e);
@@ -225,6 +225,11 @@ fn caught_up(records: usize, millis_behind: Option<i64>) -> bool {
 /// lease is handed back with an error, and taken again after a growing backoff.
 const PERMANENT_FAILURES: u32 = 3;
 
+/// How many retryable failures in a row are backed off quietly (about 5 s of them, with
+/// the backoff's growth): a fan-out subscription is refused for a few seconds after the
+/// previous one of the shard closed, and that is not worth a warning.
+const QUIET_FAILURES: u32 = 6;
+
 /// After a failed call: backs off (`None`: try again), or gives the shard up when the
 /// errors are not `transient` and keep coming (`Some(exit)`), or the lease is gone. The
 /// wait grows per failure, with jitter (75-100 %) so that readers failing together do not
@@ -238,7 +243,11 @@ async fn retry_or_give_up(
 ) -> Option<ShardExit> {
     *failures += 1;
     let wait = backoff(*failures).mul_f64(0.75 + rand::random::<f64>() * 0.25);
-    if transient {
+    if transient && *failures >= QUIET_FAILURES {
+        // About 5 s of failures: worth a line (a subscription refused this long is held by
+        // another reader with the same consumer name, or a throttle that does not let up).
+        tracing::warn!(error = %e, failures = *failures, retry_in = ?wait, "reading keeps failing; backing off");
+    } else if transient {
         tracing::debug!(error = %e, retry_in = ?wait, "reading failed; backing off");
     } else {
         *permanent += 1;

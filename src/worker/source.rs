@@ -38,8 +38,10 @@ impl Source {
         }
     }
 
-    /// The next answer. A fan-out event of a shard the last listing saw closed, with no
-    /// records and no lag, is its end: some emulators never send ChildShards.
+    /// The next answer. Some emulators never send ChildShards: a fan-out event with no
+    /// records and no lag, of a shard the last listing saw closed, is its end once
+    /// GetRecords confirms that nothing follows the event's continuation (the event may be
+    /// older than the listing: records written before the shard closed can still follow).
     pub(super) async fn next(
         &mut self,
         shared: &Arc<Shared>,
@@ -49,12 +51,18 @@ impl Source {
             Source::Polling(r) => r.next().await,
             Source::FanOut(s) => {
                 let mut f = s.next().await?;
-                if !f.end_of_shard
+                let candidate = !f.end_of_shard
                     && f.records.is_empty()
                     && f.millis_behind_latest == Some(0)
-                    && shared.closed_shards.borrow().contains(&lease.key)
-                {
-                    f.end_of_shard = true;
+                    && shared.closed_shards.borrow().contains(&lease.key);
+                if let (true, Some(after)) = (candidate, s.continuation()) {
+                    f.end_of_shard = crate::kinesis::ended_after(
+                        &shared.aws.kinesis,
+                        &lease.stream,
+                        &lease.shard_id,
+                        after,
+                    )
+                    .await?;
                 }
                 Ok(f)
             }

@@ -195,6 +195,7 @@ fn loadtest_reads_by_fan_out_on_kinesis_local_and_reports_the_read_delay() {
         r["read_delay_p50_ms"].as_f64().unwrap(),
         r["read_delay_p99_ms"].as_f64().unwrap(),
     );
-    // kinesis-local pushes an event every second: records wait up to about that long.
-    assert!(p50 > 0.0 && p99 >= p50 && p99 < 2_500.0, "{r}");
+    // kinesis-local pushes an event every second: records wait up to about that long (a
+    // busy machine adds to it).
+    assert!(p50 > 0.0 && p99 >= p50 && p99 < 5_000.0, "{r}");
 }

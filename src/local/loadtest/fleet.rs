@@ -84,7 +84,11 @@ impl Fleet {
             .filter_map(|w| {
                 let text = std::fs::read_to_string(&w.log).ok()?;
                 let line = text.lines().find(|l| l.contains("serving /metrics"))?;
-                let addr = line.split("addr=").nth(1)?.split_whitespace().next()?;
+                // Text logs say `addr=HOST:PORT`, JSON logs `"addr":"HOST:PORT"`.
+                let addr = match line.split("addr=").nth(1) {
+                    Some(rest) => rest.split_whitespace().next()?,
+                    None => line.split("\"addr\":\"").nth(1)?.split('"').next()?,
+                };
                 Some(addr.trim_matches('"').to_owned())
             })
             .collect()

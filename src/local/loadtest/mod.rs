@@ -78,9 +78,10 @@ pub struct LoadtestReport {
     pub latency_p99_ms: f64,
     pub latency_max_ms: f64,
     /// From arrival in Kinesis to the worker having the record in hand, from the workers'
-    /// `pinstream_read_delay_seconds` histograms at the end (estimated within buckets).
-    pub read_delay_p50_ms: f64,
-    pub read_delay_p99_ms: f64,
+    /// `pinstream_read_delay_seconds` histograms at the end (estimated within buckets);
+    /// `None` when no worker's metrics could be read.
+    pub read_delay_p50_ms: Option<f64>,
+    pub read_delay_p99_ms: Option<f64>,
     pub missing: u64,
     pub duplicates: u64,
     pub delta_files: u64,
@@ -227,8 +228,7 @@ async fn run_in(
         "pinstream_read_delay_seconds",
         &[0.5, 0.99],
     )
-    .await
-    .unwrap_or_default();
+    .await;
     fleet.sample_usage();
     let usage = fleet.usage();
     fleet.stop().await;
@@ -445,9 +445,14 @@ fn build_report(
     emulator_cores: f64,
     chaos: Option<ChaosReport>,
     (read_units, write_units): (f64, f64),
-    read_delay_seconds: Vec<f64>,
+    read_delay_seconds: Option<Vec<f64>>,
 ) -> LoadtestReport {
-    let read_delay_ms = |i: usize| read_delay_seconds.get(i).map_or(0.0, |s| s * 1000.0);
+    let read_delay_ms = |i: usize| {
+        read_delay_seconds
+            .as_ref()
+            .and_then(|q| q.get(i))
+            .map(|s| s * 1000.0)
+    };
     // Every stream has `shards` leases (a split adds children: counted as the original).
     let shard_hours = (3 * opts.shards.max(1)) as f64 * times.end_to_end.as_secs_f64() / 3600.0;
     let seconds = times.end_to_end.as_secs_f64().max(1e-9);
@@ -607,11 +612,14 @@ async fn committed_rows(root: &TableRoot, open: &mut HashMap<&'static str, Delta
 /// The report as text.
 pub fn to_text(r: &LoadtestReport) -> String {
     let mut s = format!(
-        "loadtest: {} worker(s) reading by {}, {} shards per stream\n  produced   {:>10} records in {:.1}s ({:.0} rec/s)\n  committed  {:>10} records, {:.0} rec/s end to end ({:.1}s from first send to last commit)\n  latency    arrival -> commit p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n  read delay arrival -> in the worker's hands p50 {:.0} ms, p99 {:.0} ms\n  delta      {} files, {:.1} MiB\n  exactly once: {} missing, {} duplicated\n",
+        "loadtest: {} worker(s) reading by {}, {} shards per stream\n  produced   {:>10} records in {:.1}s ({:.0} rec/s)\n  committed  {:>10} records, {:.0} rec/s end to end ({:.1}s from first send to last commit)\n  latency    arrival -> commit p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms, max {:.0} ms\n  read delay arrival -> in the worker's hands {}\n  delta      {} files, {:.1} MiB\n  exactly once: {} missing, {} duplicated\n",
         r.workers, r.reader, r.shards_per_stream, r.produced, r.produce_seconds, r.produced_per_second,
         r.committed, r.committed_per_second, r.end_to_end_seconds,
         r.latency_p50_ms, r.latency_p95_ms, r.latency_p99_ms, r.latency_max_ms,
-        r.read_delay_p50_ms, r.read_delay_p99_ms,
+        match (r.read_delay_p50_ms, r.read_delay_p99_ms) {
+            (Some(p50), Some(p99)) => format!("p50 {p50:.0} ms, p99 {p99:.0} ms"),
+            _ => "not measured (no worker's /metrics could be read)".to_owned(),
+        },
         r.delta_files, r.delta_bytes as f64 / 1048576.0, r.missing, r.duplicates
     );
     s.push_str(&format!(
