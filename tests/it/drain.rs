@@ -151,35 +151,36 @@ async fn a_stream_recreated_under_the_same_name_is_read_from_its_start() {
 
     let pin = settings.streams[&Kind::Pin].clone();
     // Streams are told apart by their creation time, which kinesalite keeps in whole
-    // seconds: a stream deleted and created again within the same second (only an
-    // emulator is that fast; AWS takes many seconds for each) would look like the old one.
+    // seconds (of its clock less 2 s): a stream deleted and created again within the same
+    // second (only an emulator is that fast; AWS takes many seconds for each) would look
+    // like the old one. Delete and create until the new stream's creation time differs.
     let old_created = pinstream::kinesis::stream_created(&aws.kinesis, &pin)
         .await
         .unwrap();
-    support::wait_for(
-        "a new second on the clock",
-        Duration::from_secs(5),
-        || async {
-            (chrono::Utc::now().timestamp_millis() / 1000 > old_created / 1000).then_some(())
-        },
-    )
-    .await;
-    aws.kinesis
-        .delete_stream()
-        .stream_name(&pin)
-        .send()
-        .await
-        .unwrap();
-    support::wait_for("pin deleted", Duration::from_secs(30), || async {
-        pinstream::kinesis::stream_created(&aws.kinesis, &pin)
+    loop {
+        aws.kinesis
+            .delete_stream()
+            .stream_name(&pin)
+            .send()
             .await
-            .is_err()
-            .then_some(())
-    })
-    .await;
-    pinstream::kinesis::ensure_stream(&aws.kinesis, &pin, 1, Duration::from_secs(30))
-        .await
-        .unwrap();
+            .unwrap();
+        support::wait_for("pin deleted", Duration::from_secs(30), || async {
+            pinstream::kinesis::stream_created(&aws.kinesis, &pin)
+                .await
+                .is_err()
+                .then_some(())
+        })
+        .await;
+        pinstream::kinesis::ensure_stream(&aws.kinesis, &pin, 1, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let created = pinstream::kinesis::stream_created(&aws.kinesis, &pin)
+            .await
+            .unwrap();
+        if created != old_created {
+            break;
+        }
+    }
     let mut opts = support::produce_options(&settings, 65, 0.0, per_stream);
     opts.streams.retain(|k, _| *k == Kind::Pin);
     let report = producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
