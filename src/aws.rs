@@ -182,6 +182,17 @@ impl ServiceError {
         Self::from_sdk("DynamoDB", op, err)
     }
 
+    /// A failure the service did not name with an error code: an answer without what it
+    /// must carry, or no answer in time.
+    pub fn uncoded(service: &'static str, op: &'static str, message: impl Into<String>) -> Self {
+        ServiceError {
+            service,
+            op,
+            code: None,
+            message: message.into(),
+        }
+    }
+
     pub fn code_is(&self, code: &str) -> bool {
         self.code.as_deref() == Some(code)
     }

@@ -63,12 +63,11 @@ pub async fn ensure_stream(
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(ServiceError {
-                service: "Kinesis",
-                op: "DescribeStreamSummary",
-                code: None,
-                message: format!("stream {name} not ACTIVE after {timeout:?}"),
-            });
+            return Err(ServiceError::uncoded(
+                "Kinesis",
+                "DescribeStreamSummary",
+                format!("stream {name} not ACTIVE after {timeout:?}"),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -85,11 +84,12 @@ pub async fn describe_summary(
         .send()
         .await
         .map_err(|e| ServiceError::kinesis("DescribeStreamSummary", e))?;
-    out.stream_description_summary.ok_or_else(|| ServiceError {
-        service: "Kinesis",
-        op: "DescribeStreamSummary",
-        code: None,
-        message: format!("no description of stream {stream}"),
+    out.stream_description_summary.ok_or_else(|| {
+        ServiceError::uncoded(
+            "Kinesis",
+            "DescribeStreamSummary",
+            format!("no description of stream {stream}"),
+        )
     })
 }
 
@@ -100,11 +100,12 @@ pub async fn stream_created(client: &Client, stream: &str) -> Result<i64, Servic
         .await?
         .stream_creation_timestamp()
         .to_millis()
-        .map_err(|_| ServiceError {
-            service: "Kinesis",
-            op: "DescribeStreamSummary",
-            code: None,
-            message: format!("no creation time for stream {stream}"),
+        .map_err(|_| {
+            ServiceError::uncoded(
+                "Kinesis",
+                "DescribeStreamSummary",
+                format!("no creation time for stream {stream}"),
+            )
         })
 }
 
@@ -217,11 +218,12 @@ pub async fn ended_after(
         .await
         .map_err(|e| ServiceError::kinesis("GetShardIterator", e))?
         .shard_iterator
-        .ok_or_else(|| ServiceError {
-            service: "Kinesis",
-            op: "GetShardIterator",
-            code: None,
-            message: format!("no iterator returned for {stream}/{shard_id}"),
+        .ok_or_else(|| {
+            ServiceError::uncoded(
+                "Kinesis",
+                "GetShardIterator",
+                format!("no iterator returned for {stream}/{shard_id}"),
+            )
         })?;
     for _ in 0..5 {
         let out = client
@@ -310,14 +312,13 @@ impl ShardReader {
             .send()
             .await
             .map_err(|e| ServiceError::kinesis("GetShardIterator", e))?;
-        out.shard_iterator()
-            .map(str::to_owned)
-            .ok_or_else(|| ServiceError {
-                service: "Kinesis",
-                op: "GetShardIterator",
-                code: None,
-                message: format!("no iterator returned for {}/{}", self.stream, self.shard_id),
-            })
+        out.shard_iterator().map(str::to_owned).ok_or_else(|| {
+            ServiceError::uncoded(
+                "Kinesis",
+                "GetShardIterator",
+                format!("no iterator returned for {}/{}", self.stream, self.shard_id),
+            )
+        })
     }
 
     /// Fetches the next records. Throttling and other retryable errors are returned to the

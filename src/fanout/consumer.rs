@@ -77,12 +77,11 @@ pub async fn ensure(
             Err(e) => return Err(e),
         }
         if Instant::now() >= deadline {
-            return Err(ServiceError {
-                service: "Kinesis",
-                op: "DescribeStreamConsumer",
-                code: None,
-                message: format!("consumer {name} of stream {stream} not ACTIVE after {timeout:?}"),
-            });
+            return Err(ServiceError::uncoded(
+                "Kinesis",
+                "DescribeStreamConsumer",
+                format!("consumer {name} of stream {stream} not ACTIVE after {timeout:?}"),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -101,11 +100,12 @@ async fn describe(
         .send()
         .await
         .map_err(|e| ServiceError::kinesis("DescribeStreamConsumer", e))?;
-    let d = out.consumer_description().ok_or_else(|| ServiceError {
-        service: "Kinesis",
-        op: "DescribeStreamConsumer",
-        code: None,
-        message: format!("no description of consumer {name}"),
+    let d = out.consumer_description().ok_or_else(|| {
+        ServiceError::uncoded(
+            "Kinesis",
+            "DescribeStreamConsumer",
+            format!("no description of consumer {name}"),
+        )
     })?;
     Ok(Consumer {
         stream: stream.to_owned(),
@@ -181,14 +181,11 @@ pub async fn deregister(
             _ => {}
         }
         if Instant::now() >= deadline {
-            return Err(ServiceError {
-                service: "Kinesis",
-                op: "DeregisterStreamConsumer",
-                code: None,
-                message: format!(
-                    "consumer {name} of stream {stream} still there after {timeout:?}"
-                ),
-            });
+            return Err(ServiceError::uncoded(
+                "Kinesis",
+                "DeregisterStreamConsumer",
+                format!("consumer {name} of stream {stream} still there after {timeout:?}"),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -116,12 +116,11 @@ impl ShardSubscription {
                     // Ended before saying anything: not a subscription's normal end. The
                     // caller backs off before the next one.
                     self.renew(Reason::Error);
-                    return Err(ServiceError {
-                        service: "Kinesis",
-                        op: "SubscribeToShard",
-                        code: None,
-                        message: "the subscription ended before its first event".into(),
-                    });
+                    return Err(ServiceError::uncoded(
+                        "Kinesis",
+                        "SubscribeToShard",
+                        "the subscription ended before its first event",
+                    ));
                 }
                 Ok(Ok(None)) => {
                     tracing::debug!(stream = %self.stream, shard_id = %self.shard_id, "subscription ended; subscribing again");
@@ -181,15 +180,14 @@ impl ShardSubscription {
             Err(_) => {
                 tracing::warn!(stream = %self.stream, shard_id = %self.shard_id, quiet_for = ?self.quiet_timeout, "no answer to SubscribeToShard (half-open?); subscribing again");
                 self.reason = Reason::Quiet;
-                return Err(ServiceError {
-                    service: "Kinesis",
-                    op: "SubscribeToShard",
-                    code: None,
-                    message: format!(
+                return Err(ServiceError::uncoded(
+                    "Kinesis",
+                    "SubscribeToShard",
+                    format!(
                         "no answer within {} (reader.quiet_timeout)",
                         humantime::format_duration(self.quiet_timeout)
                     ),
-                });
+                ));
             }
         };
         match answer {

@@ -148,6 +148,37 @@ fn start_worker(
         .unwrap()
 }
 
+/// `pinstream run --available-now` on `config` (Kinesis at `endpoint` when given, else the
+/// suite's), plain text logs.
+fn drain_process(
+    config: &std::path::Path,
+    endpoint: Option<&str>,
+    args: &[&str],
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_pinstream"));
+    cmd.args(["run", "--available-now"])
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("NO_COLOR", "1");
+    if let Some(e) = endpoint {
+        cmd.env("AWS_ENDPOINT_URL_KINESIS", e);
+    }
+    cmd.output().unwrap()
+}
+
+/// The run failed with exactly one error line, which says every one of `says`.
+fn assert_refused_in_one_line(out: &std::process::Output, says: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    let errors: Vec<_> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "one error line: {stderr}");
+    assert!(
+        says.iter().all(|w| errors[0].contains(w)),
+        "the line names the call and the fix ({says:?}): {stderr}"
+    );
+}
+
 /// Sends `count` synthetic records (seeded by `seed`) to every stream of `settings`.
 async fn produce(aws: &AwsClients, settings: &Settings, seed: u64, count: u64) {
     let opts = support::produce_options(settings, seed, 0.05, count);
@@ -393,22 +424,9 @@ async fn a_stream_refusing_consumers_stops_the_worker_or_is_polled_when_fallback
     produce(&aws, &settings, 91, 20).await;
     let run = |extra: &str| {
         let config = support::write_config(dir.path(), &settings, extra);
-        std::process::Command::new(env!("CARGO_BIN_EXE_pinstream"))
-            .args(["run", "--reader", "fan-out", "--available-now", "--config"])
-            .arg(config)
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap()
+        drain_process(&config, None, &["--reader", "fan-out"])
     };
-    let refused = run("");
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "{stderr}");
-    let errors: Vec<_> = stderr.lines().filter(|l| l.contains("error")).collect();
-    assert_eq!(errors.len(), 1, "one error line: {stderr}");
-    assert!(
-        errors[0].contains("StreamConsumer") && errors[0].contains("reader.fallback"),
-        "the line names the call and the fix: {stderr}"
-    );
+    assert_refused_in_one_line(&run(""), &["StreamConsumer", "reader.fallback"]);
     assert!(!root.join("pin").exists(), "nothing was read");
 
     let polled = run("[reader]\nfallback = \"polling\"\n");
@@ -444,23 +462,9 @@ async fn a_stream_with_its_twenty_consumers_taken_is_refused_or_polled_with_the_
     produce(&aws, &settings, 101, 20).await;
     let run = |extra: &str| {
         let config = support::write_config(dir.path(), &settings, &format!("{FANOUT}{extra}"));
-        std::process::Command::new(env!("CARGO_BIN_EXE_pinstream"))
-            .args(["run", "--available-now", "--config"])
-            .arg(config)
-            .env("AWS_ENDPOINT_URL_KINESIS", &endpoint)
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap()
+        drain_process(&config, Some(&endpoint), &[])
     };
-    let refused = run("");
-    let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success(), "{stderr}");
-    let errors: Vec<_> = stderr.lines().filter(|l| l.contains("error")).collect();
-    assert_eq!(errors.len(), 1, "one error line: {stderr}");
-    assert!(
-        errors[0].contains("LimitExceededException") && errors[0].contains("at most 20"),
-        "the line names the limit and the fix: {stderr}"
-    );
+    assert_refused_in_one_line(&run(""), &["LimitExceededException", "at most 20"]);
 
     let polled = run("fallback = \"polling\"\n");
     let stderr = String::from_utf8_lossy(&polled.stderr);
