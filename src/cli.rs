@@ -297,9 +297,10 @@ pub struct LoadtestArgs {
     /// Worker processes.
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// Share of malformed records.
-    #[arg(long, default_value_t = 0.01, value_parser = crate::config::parse_share)]
-    pub dirty_rate: f64,
+    /// Share of malformed records [default: 0.01; with --backlog 0, so that the pandas
+    /// baseline reads the file at its fastest].
+    #[arg(long, value_parser = crate::config::parse_share)]
+    pub dirty_rate: Option<f64>,
     /// Where the run's tables, worker logs and the emulators' state go.
     #[arg(long, default_value = "pinstream-data")]
     pub data_dir: PathBuf,
@@ -330,6 +331,16 @@ pub struct LoadtestArgs {
     /// kinesis-local for fan-out]. Compare the readers on the same one.
     #[arg(long, value_parser = ["kinesalite", "kinesis-local"])]
     pub emulator: Option<String>,
+    /// Drain benchmark instead of a load: put N generated pin records into the pin stream
+    /// (--shards shards) first, then drain them with one `pinstream run --available-now`
+    /// and report its CPU seconds per million records and peak RSS, measured from outside
+    /// (the emulators not counted), beside the pandas baseline (benches/pandas_baseline.py:
+    /// pandas + write_deltalake) cleaning the same records, and the ratio of the two.
+    #[arg(long, value_name = "N", conflicts_with_all = ["rate", "duration", "workers", "chaos", "reader", "emulator"])]
+    pub backlog: Option<u64>,
+    /// With --backlog: do not run the pandas baseline.
+    #[arg(long, requires = "backlog")]
+    pub no_baseline: bool,
     /// Output of the final report.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub report: ReportFormat,

@@ -362,12 +362,15 @@ async fn loadtest_command(args: LoadtestArgs, shutdown: CancellationToken) -> Re
         }
         None => String::new(),
     };
+    if let Some(records) = args.backlog {
+        return backlog_command(args, records, worker_config, shutdown).await;
+    }
     let opts = pinstream::local::loadtest::LoadtestOptions {
         shards: args.shards,
         rate: args.rate,
         duration: args.duration,
         workers: args.workers,
-        dirty_rate: args.dirty_rate,
+        dirty_rate: args.dirty_rate.unwrap_or(0.01),
         data_dir: args.data_dir,
         drain_timeout: args.drain_timeout,
         worker_config,
@@ -388,6 +391,38 @@ async fn loadtest_command(args: LoadtestArgs, shutdown: CancellationToken) -> Re
             missing: report.missing,
             duplicates: report.duplicates,
             unfinished: report.unfinished_closed_shards,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// `loadtest --backlog N`: the drain benchmark.
+async fn backlog_command(
+    args: LoadtestArgs,
+    records: u64,
+    worker_config: String,
+    shutdown: CancellationToken,
+) -> Result<(), Error> {
+    use pinstream::local::loadtest::{backlog, LoadtestError};
+    let opts = backlog::BacklogOptions {
+        records,
+        shards: args.shards,
+        dirty_rate: args.dirty_rate.unwrap_or(0.0),
+        data_dir: args.data_dir,
+        worker_config,
+        baseline: !args.no_baseline,
+    };
+    let report = backlog::run(opts, shutdown).await?;
+    match args.report {
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        ReportFormat::Text => print!("{}", backlog::to_text(&report)),
+    }
+    if report.missing > 0 || report.duplicates > 0 {
+        return Err(LoadtestError::NotExactlyOnce {
+            missing: report.missing,
+            duplicates: report.duplicates,
+            unfinished: Vec::new(),
         }
         .into());
     }

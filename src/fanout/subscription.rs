@@ -20,7 +20,7 @@ use aws_sdk_kinesis::types::{
 use aws_sdk_kinesis::Client;
 
 use crate::aws::ServiceError;
-use crate::kinesis::{Fetched, StartAt};
+use crate::kinesis::{Fetched, Records, StartAt};
 
 type Events = aws_sdk_kinesis::primitives::event_stream::EventReceiver<
     SubscribeToShardEventStream,
@@ -209,9 +209,9 @@ impl ShardSubscription {
             millis_behind_latest,
             ..
         } = event;
-        let records = after(records, self.last_handed_out.as_deref());
+        let records = Records::from_sdk(&after(records, self.last_handed_out.as_deref()));
         if let Some(last) = records.last() {
-            self.last_handed_out = Some(last.sequence_number().to_owned());
+            self.last_handed_out = Some(last.sequence_number.to_owned());
         }
         if !continuation_sequence_number.is_empty() {
             self.start = StartAt::AfterSequence(continuation_sequence_number);
@@ -312,7 +312,7 @@ mod tests {
         let mut s = subscription(StartAt::AfterSequence("100".into()));
         // A renewed subscription that starts at (not after) a position sends it again.
         let f = s.hand_out(event(&["99", "100", "101", "1000"], "1000", &[]));
-        let seqs: Vec<_> = f.records.iter().map(|r| r.sequence_number()).collect();
+        let seqs: Vec<_> = f.records.iter().map(|r| r.sequence_number).collect();
         assert_eq!(seqs, ["101", "1000"], "numbers compare as numbers");
         let f = s.hand_out(event(&["1000", "1001"], "1001", &[]));
         assert_eq!(f.records.len(), 1);

@@ -98,6 +98,11 @@ impl LocalStack {
         })
     }
 
+    /// The `infra/local` directory the stack was started from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn var(&self, key: &str) -> Option<&str> {
         self.env
             .iter()

@@ -44,11 +44,6 @@ fn at_or_before(a: (&str, i64), b: &Position) -> bool {
     (a.0.len(), a.0, a.1) <= (b.0.len(), b.0.as_str(), b.1)
 }
 
-fn arrival_micros(r: &aws_sdk_kinesis::types::Record) -> Option<i64> {
-    r.approximate_arrival_timestamp()
-        .map(|t| t.secs() * 1_000_000 + i64::from(t.subsec_nanos() / 1_000))
-}
-
 /// Reads one shard until the lease is lost, shutdown, the shard ends, or (draining) it has
 /// caught up.
 pub(super) async fn read_shard(
@@ -86,7 +81,7 @@ pub(super) async fn read_shard(
                         tracing::warn!(error = %e, "the shard no longer exists in the stream (aged out past its retention); treating it as ended so that its children are read");
                         metrics::counter!("pinstream_shards_vanished_total", "stream" => stream_label.clone()).increment(1);
                         kinesis::Fetched {
-                            records: Vec::new(),
+                            records: kinesis::Records::default(),
                             millis_behind_latest: None,
                             end_of_shard: true,
                         }
@@ -124,11 +119,7 @@ pub(super) async fn read_shard(
                 }
             }
         };
-        let bytes: usize = fetched
-            .records
-            .iter()
-            .map(|r| r.data().as_ref().len())
-            .sum();
+        let bytes = fetched.records.data_bytes();
         lease.note_read(fetched.records.len(), bytes, fetched.millis_behind_latest);
         observe_read_delay(&fetched.records, &stream_label);
         if let Some(ms) = fetched.millis_behind_latest {
@@ -199,7 +190,7 @@ const READ_DELAY_SAMPLES: usize = 100;
 /// `pinstream_read_delay_seconds`: from each record's arrival in Kinesis to now, when the
 /// worker has it in hand, for up to [`READ_DELAY_SAMPLES`] records of the answer (every
 /// record of the small answers a reader that keeps up gets; a sample of a backlog's).
-fn observe_read_delay(records: &[aws_sdk_kinesis::types::Record], stream: &str) {
+fn observe_read_delay(records: &kinesis::Records, stream: &str) {
     if records.is_empty() {
         return;
     }
@@ -207,7 +198,7 @@ fn observe_read_delay(records: &[aws_sdk_kinesis::types::Record], stream: &str) 
     let step = records.len().div_ceil(READ_DELAY_SAMPLES);
     let delay = metrics::histogram!("pinstream_read_delay_seconds", "stream" => stream.to_owned());
     for r in records.iter().step_by(step) {
-        if let Some(arrived) = arrival_micros(r) {
+        if let Some(arrived) = r.arrival_micros {
             delay.record((now - arrived).max(0) as f64 / 1e6);
         }
     }
@@ -274,11 +265,7 @@ fn build_chunk(
     rejects_done: Option<&Position>,
 ) -> Result<Chunk, deltalake::arrow::error::ArrowError> {
     let kind = rows.kind();
-    let input: usize = fetched
-        .records
-        .iter()
-        .map(|r| r.data().as_ref().len())
-        .sum();
+    let input = fetched.records.data_bytes();
     rows.reserve(fetched.records.len(), input);
     let mut rejects = RejectsColumns::default();
     // Rejects at or before `rejects_done` were committed before a crash: cleaned rows of
@@ -287,14 +274,13 @@ fn build_chunk(
     let mut rejected = [0u64; RejectReason::ALL.len()];
     let mut last: Option<(&str, i64)> = None;
     let mut oldest_arrival: Option<i64> = None;
-    for r in &fetched.records {
-        let data = r.data().as_ref();
-        let seq = r.sequence_number();
+    for r in fetched.records.iter() {
+        let (data, seq) = (r.data, r.sequence_number);
         let meta = RecordMeta {
             shard_id: &lease.shard_id,
             sequence_number: seq,
             sub_sequence_number: 0,
-            arrival_micros: arrival_micros(r),
+            arrival_micros: r.arrival_micros,
         };
         if let Some(a) = meta.arrival_micros {
             oldest_arrival = Some(oldest_arrival.map_or(a, |o: i64| o.min(a)));

@@ -199,3 +199,65 @@ fn loadtest_reads_by_fan_out_on_kinesis_local_and_reports_the_read_delay() {
     // busy machine adds to it).
     assert!(p50 > 0.0 && p99 >= p50 && p99 < 5_000.0, "{r}");
 }
+
+/// `loadtest --backlog`: the drain benchmark on a small backlog with malformed records.
+/// The worker drains it exactly once (checked again here with this suite's own reader),
+/// its CPU and memory are measured from outside, and the pandas baseline cleans the same
+/// records to the same number of rows, so the ratio compares equal work.
+#[test]
+fn a_backlog_is_drained_once_and_measured_beside_the_pandas_baseline() {
+    let dir = crate::support::tempdir();
+    let out = crate::support::pinstream()
+        .args([
+            "loadtest",
+            "--backlog",
+            "3000",
+            "--shards",
+            "3",
+            "--dirty-rate",
+            "0.02",
+        ])
+        .args(["--report", "json", "--data-dir"])
+        .arg(dir.path())
+        .env("PINSTREAM_STACK_PORT_BASE", "auto")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "loadtest --backlog failed: {stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["records"], 3000, "{r}");
+    assert_eq!(
+        (r["missing"].as_u64(), r["duplicates"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    let rows = r["worker_rows"].as_u64().unwrap();
+    assert!(
+        (2800..3000).contains(&rows),
+        "about 2 % of the records are malformed and rejected: {r}"
+    );
+    assert_eq!(
+        r["baseline_rows"].as_u64(),
+        Some(rows),
+        "the baseline cleans the same records to the same rows: {r}"
+    );
+    for who in ["worker", "baseline"] {
+        let cost = &r[who];
+        assert!(cost["cpu_seconds"].as_f64().unwrap() > 0.0, "{who}: {r}");
+        assert!(cost["peak_rss_mib"].as_f64().unwrap() > 5.0, "{who}: {r}");
+    }
+    assert!(r["ratio"].as_f64().unwrap() > 0.0, "{r}");
+    let run = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("loadtest-"))
+        .expect("the run directory")
+        .path();
+    let distinct = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(independent_count(&run.join("tables")));
+    assert_eq!(
+        distinct, 3000,
+        "records in the tables, read independently: {r}"
+    );
+}

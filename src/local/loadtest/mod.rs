@@ -21,8 +21,10 @@ use crate::producer::{self, ProduceOptions, Source};
 use crate::read::query;
 
 mod analysis;
+pub mod backlog;
 mod chaos;
 mod fleet;
+pub mod measure;
 mod scrape;
 
 pub use analysis::{analyse, Analysis};
@@ -181,8 +183,15 @@ async fn run_in(
         crate::kinesis::ensure_stream(&aws.kinesis, s, opts.shards, Duration::from_secs(60))
             .await?;
     }
-    let (config, settings) =
-        write_worker_config(opts, &session.run_id, run_dir, &tables, &streams)?;
+    let (config, settings) = write_worker_config(
+        &opts.worker_config,
+        opts.reader,
+        opts.chaos.is_some(),
+        &session.run_id,
+        run_dir,
+        &tables,
+        &streams,
+    )?;
     // Workers: separate processes, so memory and CPU are theirs alone, read from outside.
     let mut fleet = Fleet::start(opts.workers, &config, stack.env.clone(), run_dir)?;
     announce(opts, &fleet, run_dir);
@@ -512,15 +521,16 @@ fn build_report(
 /// user's `--worker-config`, and (with `--chaos`) [`chaos::worker_defaults`] where the
 /// user's file does not set them. Returns its path and the settings it resolves to.
 fn write_worker_config(
-    opts: &LoadtestOptions,
+    worker_config: &str,
+    mode: ReadMode,
+    chaos: bool,
     run_id: &str,
     run_dir: &Path,
     tables: &Path,
     streams: &[(Kind, String)],
 ) -> Result<(PathBuf, crate::config::Settings), LoadtestError> {
     let bad = |e: String| LoadtestError::Io(format!("the worker config: {e}"));
-    let mut doc: toml::Table = opts
-        .worker_config
+    let mut doc: toml::Table = worker_config
         .parse()
         .map_err(|e: toml::de::Error| bad(e.to_string()))?;
     doc.insert("application".into(), format!("loadtest-{run_id}").into());
@@ -535,9 +545,9 @@ fn write_worker_config(
         .entry("reader")
         .or_insert_with(|| toml::Table::new().into());
     if let Some(t) = reader.as_table_mut() {
-        t.insert("mode".into(), opts.reader.as_str().into());
+        t.insert("mode".into(), mode.as_str().into());
     }
-    if opts.chaos.is_some() {
+    if chaos {
         for (section, key, value) in chaos::worker_defaults() {
             let table = doc
                 .entry(section)
@@ -597,16 +607,20 @@ async fn committed_rows(root: &TableRoot, open: &mut HashMap<&'static str, Delta
         }
         if let Some(t) = open.get_mut(name) {
             let _ = t.update_state().await;
-            if let Ok(s) = t.snapshot() {
-                total += s
-                    .log_data()
-                    .iter()
-                    .filter_map(|f| f.num_records())
-                    .sum::<usize>() as u64;
-            }
+            total += rows_in(t);
         }
     }
     total
+}
+
+/// Rows in a table's loaded state, from the file statistics in its log.
+fn rows_in(table: &DeltaTable) -> u64 {
+    table.snapshot().map_or(0, |s| {
+        s.log_data()
+            .iter()
+            .filter_map(|f| f.num_records())
+            .sum::<usize>() as u64
+    })
 }
 
 /// The report as text.

@@ -5,10 +5,17 @@
 use std::time::Duration;
 
 use aws_sdk_kinesis::primitives::DateTime;
-use aws_sdk_kinesis::types::{Record, ShardIteratorType, StreamStatus};
+use aws_sdk_kinesis::types::{ShardIteratorType, StreamStatus};
 use aws_sdk_kinesis::Client;
 
 use crate::aws::ServiceError;
+
+mod records;
+mod tap;
+mod wire;
+
+pub use records::{micros, RecordRef, Records};
+use tap::RecordsTap;
 
 /// A shard and its parents (present after a split or merge).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -254,10 +261,10 @@ pub enum StartAt {
     AfterSequence(String),
 }
 
-/// One GetRecords answer.
+/// One GetRecords answer (or fan-out event).
 #[derive(Debug)]
 pub struct Fetched {
-    pub records: Vec<Record>,
+    pub records: Records,
     pub millis_behind_latest: Option<i64>,
     /// The shard is closed and every record has been returned.
     pub end_of_shard: bool,
@@ -329,6 +336,7 @@ impl ShardReader {
             Some(it) => it,
             None => self.acquire_iterator().await?,
         };
+        let tap = RecordsTap::new();
         let res = self
             .client
             .get_records()
@@ -341,6 +349,7 @@ impl ShardReader {
                 aws_sdk_kinesis::config::Builder::default()
                     .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled()),
             )
+            .interceptor(tap.clone())
             .send()
             .await;
         let out = match res {
@@ -352,7 +361,7 @@ impl ShardReader {
                     let fresh = self.acquire_iterator().await?;
                     self.iterator = Some(fresh);
                     return Ok(Fetched {
-                        records: Vec::new(),
+                        records: Records::default(),
                         millis_behind_latest: None,
                         end_of_shard: false,
                     });
@@ -362,9 +371,13 @@ impl ShardReader {
                 return Err(e);
             }
         };
-        let records = out.records().to_vec();
+        // pinstream's decoder took the records out of the answer, or (an answer it did not
+        // understand) the SDK decoded them.
+        let records = tap
+            .take()
+            .unwrap_or_else(|| Records::from_sdk(out.records()));
         if let Some(last) = records.last() {
-            self.start = StartAt::AfterSequence(last.sequence_number().to_owned());
+            self.start = StartAt::AfterSequence(last.sequence_number.to_owned());
         }
         let end_of_shard = out.next_shard_iterator().is_none();
         self.iterator = out.next_shard_iterator().map(str::to_owned);

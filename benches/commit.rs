@@ -1,0 +1,180 @@
+//! What one sink flush's Delta append costs as a table grows: `delta::append` (refresh the
+//! table state, check the shards' fence, write the Parquet file, commit at the next
+//! version, load the state after it) of 1,000 pin rows, on tables that already hold 100,
+//! 1,000 and 10,000 data files (no compaction).
+//!
+//! The tables are built as the sink builds them, only faster: commits of 100 files each
+//! (copies of one small Parquet file), each carrying a txn for one of 12 shards, and a log
+//! checkpoint every 100 commits and at the end (as `maintenance.checkpoint_interval` does).
+//! Each measured append adds one file, so the table grows by the sample count at most.
+//!
+//! Run: `cargo bench --bench commit`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::{Action, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::DeltaTable;
+use pinstream::clean::{clean_into, Kind, RecordMeta, RejectsColumns, TableColumns};
+use pinstream::config::TableRoot;
+use pinstream::delta::{self, ShardCommit};
+
+const SHARDS: usize = 12;
+const FILES_PER_COMMIT: usize = 100;
+const ROWS_PER_FLUSH: usize = 1_000;
+
+/// `n` real pin records (tests/data) cleaned into one batch, with sequence numbers from
+/// `first`.
+fn pin_batch(n: usize, first: usize) -> RecordBatch {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/pin.ndjson");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut rows = TableColumns::new(Kind::Pin);
+    let mut rejects = RejectsColumns::default();
+    for (i, line) in text.lines().cycle().take(n).enumerate() {
+        let seq = format!("4965{:052}", first + i);
+        let meta = RecordMeta {
+            shard_id: "shardId-000000000000",
+            sequence_number: &seq,
+            sub_sequence_number: 0,
+            arrival_micros: Some(1_700_000_000_000_000),
+        };
+        clean_into(
+            Kind::Pin,
+            line.as_bytes(),
+            &meta,
+            "pin",
+            &mut rows,
+            &mut rejects,
+        )
+        .unwrap();
+    }
+    rows.finish().unwrap()
+}
+
+fn shard(i: usize, expected: i64) -> ShardCommit {
+    ShardCommit {
+        app_id: format!("bench/pin/shard-{i}"),
+        lease_key: format!("pin/shard-{i}"),
+        expected,
+        last_sequence: format!("{}", 1000 + i),
+        last_sub_sequence: 0,
+        shard_end: false,
+    }
+}
+
+/// A pin table under `root` holding `files` data files, checkpointed; returns it and each
+/// shard's txn version.
+async fn table_with_files(root: &TableRoot, name: &str, files: usize) -> (DeltaTable, Vec<i64>) {
+    let mut table = delta::open_or_create(root, name, &Kind::Pin.schema())
+        .await
+        .unwrap();
+    let mut versions = vec![0i64; SHARDS];
+    // One real file written by an append; the rest are copies of it.
+    let v = match delta::append(&mut table, "bench", &[pin_batch(10, 0)], &[shard(0, 0)])
+        .await
+        .unwrap()
+    {
+        delta::Appended::Committed(v) => v,
+        other => panic!("{other:?}"),
+    };
+    versions[0] = v;
+    let template = table
+        .snapshot()
+        .unwrap()
+        .log_data()
+        .iter()
+        .next()
+        .map(|f| f.add_action())
+        .unwrap();
+    let TableRoot::Local(dir) = root else {
+        unreachable!()
+    };
+    let source = dir.join(name).join(&template.path);
+    let mut made = 1;
+    let mut commits = 0;
+    while made < files {
+        let batch = FILES_PER_COMMIT.min(files - made);
+        let mut actions = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            let path = format!("part-copy-{made:06}.parquet");
+            std::fs::copy(&source, dir.join(name).join(&path)).unwrap();
+            let mut add = template.clone();
+            add.path = path;
+            actions.push(Action::Add(add));
+            made += 1;
+        }
+        let version = table.version().unwrap_or(0) as i64 + 1;
+        let s = commits % SHARDS;
+        versions[s] = version;
+        let props = CommitProperties::default()
+            .with_create_checkpoint(false)
+            .with_application_transactions([Transaction::new(
+                format!("bench/pin/shard-{s}"),
+                version,
+            )]);
+        let op = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: None,
+            predicate: None,
+        };
+        delta::commit_next(&mut table, actions, props, op)
+            .await
+            .unwrap()
+            .expect("no other writer");
+        commits += 1;
+        if commits % 100 == 0 {
+            deltalake::checkpoints::create_checkpoint(&table, None)
+                .await
+                .unwrap();
+        }
+    }
+    deltalake::checkpoints::create_checkpoint(&table, None)
+        .await
+        .unwrap();
+    table.update_state().await.unwrap();
+    (table, versions)
+}
+
+fn append_as_the_table_grows(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let root = TableRoot::Local(dir.path().to_path_buf());
+    let batch = pin_batch(ROWS_PER_FLUSH, 1_000_000);
+    let mut g = c.benchmark_group("append");
+    g.sample_size(20).measurement_time(Duration::from_secs(10));
+    for files in [100, 1_000, 10_000] {
+        let (mut table, mut versions) =
+            rt.block_on(table_with_files(&root, &format!("pin_{files}"), files));
+        let mut next_shard = 0;
+        g.bench_with_input(BenchmarkId::new("files", files), &files, |b, _| {
+            b.iter(|| {
+                let s = next_shard % SHARDS;
+                next_shard += 1;
+                let commit = shard(s, versions[s]);
+                let done = rt
+                    .block_on(delta::append(
+                        &mut table,
+                        "bench",
+                        std::slice::from_ref(&batch),
+                        &[commit],
+                    ))
+                    .unwrap();
+                match done {
+                    delta::Appended::Committed(v) => versions[s] = v,
+                    other => panic!("{other:?}"),
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, append_as_the_table_grows);
+criterion_main!(benches);
