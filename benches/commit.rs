@@ -6,7 +6,8 @@
 //! The tables are built as the sink builds them, only faster: commits of 100 files each
 //! (copies of one small Parquet file), each carrying a txn for one of 12 shards, and a log
 //! checkpoint every 100 commits and at the end (as `maintenance.checkpoint_interval` does).
-//! Each measured append adds one file, so the table grows by the sample count at most.
+//! Each measured append adds one file, so the table grows by the sample count at most;
+//! a checkpoint follows every 100th version, as in the sink.
 //!
 //! Run: `cargo bench --bench commit`.
 
@@ -16,7 +17,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::CommitProperties;
-use deltalake::kernel::{Action, Transaction};
+use deltalake::kernel::{Action, Add, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::DeltaTable;
 use pinstream::clean::{clean_into, Kind, RecordMeta, RejectsColumns, TableColumns};
@@ -82,17 +83,17 @@ async fn table_with_files(root: &TableRoot, name: &str, files: usize) -> (DeltaT
         other => panic!("{other:?}"),
     };
     versions[0] = v;
-    let template = table
-        .snapshot()
-        .unwrap()
-        .log_data()
-        .iter()
-        .next()
-        .map(|f| f.add_action())
-        .unwrap();
     let TableRoot::Local(dir) = root else {
         unreachable!()
     };
+    // The add action of that file, from its commit in the log.
+    let log = dir.join(name).join(format!("_delta_log/{v:020}.json"));
+    let template: Add = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find_map(|a| serde_json::from_value(a.get("add")?.clone()).ok())
+        .unwrap();
     let source = dir.join(name).join(&template.path);
     let mut made = 1;
     let mut commits = 0;
@@ -112,7 +113,7 @@ async fn table_with_files(root: &TableRoot, name: &str, files: usize) -> (DeltaT
         versions[s] = version;
         let props = CommitProperties::default()
             .with_create_checkpoint(false)
-            .with_application_transactions([Transaction::new(
+            .with_application_transactions(vec![Transaction::new(
                 format!("bench/pin/shard-{s}"),
                 version,
             )]);
@@ -167,7 +168,14 @@ fn append_as_the_table_grows(c: &mut Criterion) {
                     ))
                     .unwrap();
                 match done {
-                    delta::Appended::Committed(v) => versions[s] = v,
+                    delta::Appended::Committed(v) => {
+                        versions[s] = v;
+                        // The sink's log checkpoints (maintenance.checkpoint_interval).
+                        if v % 100 == 0 {
+                            rt.block_on(deltalake::checkpoints::create_checkpoint(&table, None))
+                                .unwrap();
+                        }
+                    }
                     other => panic!("{other:?}"),
                 }
             })

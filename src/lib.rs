@@ -13,7 +13,8 @@
 //!   handle the reader and the sink share, whose keeper task renews, checkpoints and
 //!   releases it.
 //! - [`kinesis`]: stream administration, shard lineage, and [`kinesis::ShardReader`]
-//!   (GetRecords polling with iterator renewal).
+//!   (GetRecords polling with iterator renewal; each answer's records decoded by
+//!   pinstream's own reader into one packed [`kinesis::Records`], the rest by the SDK).
 //! - [`fanout`]: enhanced fan-out: stream consumers (registered once per fleet; listed and
 //!   deregistered by `pinstream consumers`) and one shard's SubscribeToShard reader,
 //!   renewed when it ends, fails or goes quiet.

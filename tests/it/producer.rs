@@ -54,8 +54,8 @@ async fn read_back(aws: &pinstream::aws::AwsClients, stream: &str) -> BTreeMap<V
         );
         loop {
             let f = reader.next().await.unwrap();
-            for r in &f.records {
-                match kpl::decode(r.data().as_ref()).unwrap() {
+            for r in f.records.iter() {
+                match kpl::decode(r.data).unwrap() {
                     Decoded::Plain(d) => *out.entry(d.to_vec()).or_insert(0) += 1,
                     Decoded::Aggregated(users) => {
                         for d in users {
