@@ -22,17 +22,6 @@ import pandas as pd
 import pyarrow
 from deltalake import write_deltalake
 
-TEXT = [
-    "unique_id",
-    "title",
-    "description",
-    "poster_name",
-    "tag_list",
-    "is_image_or_video",
-    "image_src",
-    "save_location",
-    "category",
-]
 COLUMNS = [
     "ind",
     "unique_id",
@@ -46,6 +35,7 @@ COLUMNS = [
     "save_location",
     "category",
 ]
+TEXT = [c for c in COLUMNS if c not in ("ind", "follower_count")]
 PLACEHOLDERS = {
     "title": ["No Title Data Available"],
     "description": ["No description available", "No description available Story format"],

@@ -9,34 +9,45 @@
 /// test's count); panics with the workers' logs if it fails.
 fn loadtest(args: &[&str]) -> serde_json::Value {
     let dir = crate::support::tempdir();
-    let out = crate::support::pinstream()
-        .arg("loadtest")
-        .args(args)
-        .args(["--report", "json", "--data-dir"])
-        .arg(dir.path())
-        .env("PINSTREAM_STACK_PORT_BASE", "auto")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    if !out.status.success() {
-        panic!("loadtest failed: {stderr}\n{}", worker_logs(dir.path()));
-    }
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let run = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("loadtest-"))
-        .expect("the run directory")
-        .path();
+    let report = run_with_json_report(args, dir.path());
     let produced = report["produced"].as_u64().unwrap() as usize;
     let distinct = tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(independent_count(&run.join("tables")));
+        .block_on(independent_count(&tables_of_the_run(dir.path())));
     assert_eq!(
         distinct, produced,
         "records in the tables, read independently: {report}"
     );
     report
+}
+
+/// `pinstream loadtest ARGS --report json` with its data under `data_dir`, on a free port
+/// range; its report, or a panic with its output and the workers' logs.
+fn run_with_json_report(args: &[&str], data_dir: &std::path::Path) -> serde_json::Value {
+    let out = crate::support::pinstream()
+        .arg("loadtest")
+        .args(args)
+        .args(["--report", "json", "--data-dir"])
+        .arg(data_dir)
+        .env("PINSTREAM_STACK_PORT_BASE", "auto")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        panic!("loadtest failed: {stderr}\n{}", worker_logs(data_dir));
+    }
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The tables of the one load test run under `data_dir`.
+fn tables_of_the_run(data_dir: &std::path::Path) -> std::path::PathBuf {
+    std::fs::read_dir(data_dir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("loadtest-"))
+        .expect("the run directory")
+        .path()
+        .join("tables")
 }
 
 /// Distinct records over the six tables, each kind's cleaned and rejects tables together;
@@ -207,24 +218,8 @@ fn loadtest_reads_by_fan_out_on_kinesis_local_and_reports_the_read_delay() {
 #[test]
 fn a_backlog_is_drained_once_and_measured_beside_the_pandas_baseline() {
     let dir = crate::support::tempdir();
-    let out = crate::support::pinstream()
-        .args([
-            "loadtest",
-            "--backlog",
-            "3000",
-            "--shards",
-            "3",
-            "--dirty-rate",
-            "0.02",
-        ])
-        .args(["--report", "json", "--data-dir"])
-        .arg(dir.path())
-        .env("PINSTREAM_STACK_PORT_BASE", "auto")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "loadtest --backlog failed: {stderr}");
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let args = ["--backlog", "3000", "--shards", "3", "--dirty-rate", "0.02"];
+    let r = run_with_json_report(&args, dir.path());
     assert_eq!(r["records"], 3000, "{r}");
     assert_eq!(
         (r["missing"].as_u64(), r["duplicates"].as_u64()),
@@ -247,15 +242,9 @@ fn a_backlog_is_drained_once_and_measured_beside_the_pandas_baseline() {
         assert!(cost["peak_rss_mib"].as_f64().unwrap() > 5.0, "{who}: {r}");
     }
     assert!(r["ratio"].as_f64().unwrap() > 0.0, "{r}");
-    let run = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("loadtest-"))
-        .expect("the run directory")
-        .path();
     let distinct = tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(independent_count(&run.join("tables")));
+        .block_on(independent_count(&tables_of_the_run(dir.path())));
     assert_eq!(
         distinct, 3000,
         "records in the tables, read independently: {r}"

@@ -238,7 +238,12 @@ fn baseline_command(
     out: &Path,
 ) -> Result<tokio::process::Command, String> {
     let python = infra_local.join(".venv/bin/python");
-    let script = infra_local.join("../../benches/pandas_baseline.py");
+    // infra/local is two levels below the checkout's root.
+    let root = infra_local
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| format!("no checkout around {}", infra_local.display()))?;
+    let script = root.join("benches").join("pandas_baseline.py");
     if !python.is_file() {
         return Err(format!("no Python environment at {}", python.display()));
     }

@@ -173,15 +173,7 @@ pub(super) fn consumed_units(logs: &Path) -> (f64, f64) {
 
 /// Peak RSS and CPU seconds of a live process, from `/proc` (Linux).
 pub(super) fn read_usage(pid: u32) -> Option<WorkerUsage> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let hwm_kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
+    let hwm_kib = super::measure::peak_rss_kib(pid)? as f64;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name (which may contain spaces) start at field 3 (state);
     // utime and stime are fields 14 and 15, in clock ticks (USER_HZ = 100 on Linux).

@@ -51,7 +51,7 @@ pub async fn run_measured(
 }
 
 /// `VmHWM` of a live process, KiB.
-fn peak_rss_kib(pid: u32) -> Option<u64> {
+pub(super) fn peak_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
