@@ -22,6 +22,10 @@ use http_body::{Body, Frame, SizeHint};
 use super::records::Records;
 use super::wire;
 
+/// More than a GetRecords answer holds: 10 MiB of data, base64 (4/3) plus each record's
+/// other members.
+const MAX_ANSWER_BYTES: usize = 32 << 20;
+
 /// The records one GetRecords call's answer held, once the SDK has read it.
 #[derive(Debug, Clone, Default)]
 pub struct RecordsTap {
@@ -35,7 +39,7 @@ impl RecordsTap {
 
     /// The records decoded from the answer, if the decoder read it (else the SDK did).
     pub fn take(&self) -> Option<Records> {
-        self.slot.lock().map(|mut s| s.take()).unwrap_or(None)
+        lock(&self.slot).take()
     }
 }
 
@@ -54,11 +58,14 @@ impl Intercept for RecordsTap {
         if !response.status().is_success() {
             return Ok(());
         }
+        // Room for the whole answer up front, within what a GetRecords answer can be (a
+        // bogus header must not make a huge allocation).
         let length = response
             .headers()
             .get("content-length")
             .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .min(MAX_ANSWER_BYTES);
         let body = response.take_body();
         let slot = self.slot.clone();
         *response.body_mut() = match body.bytes() {
@@ -75,14 +82,20 @@ impl Intercept for RecordsTap {
     }
 }
 
+/// The slot, even if a panic elsewhere poisoned its lock (it holds plain data).
+fn lock(slot: &Mutex<Option<Records>>) -> std::sync::MutexGuard<'_, Option<Records>> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// The body for the SDK: with the records taken into `slot` when the decoder reads them,
 /// else the body as it came.
 fn split(body: &[u8], slot: &Mutex<Option<Records>>) -> Bytes {
     match wire::take_records(body) {
         Ok((records, rest)) => {
-            if let Ok(mut s) = slot.lock() {
-                *s = Some(records);
-            }
+            // Stored before the body is cut: records taken out of the answer always reach
+            // the reader.
+            *lock(slot) = Some(records);
             Bytes::from(rest)
         }
         Err(why) => {

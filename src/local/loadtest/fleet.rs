@@ -175,10 +175,8 @@ pub(super) fn consumed_units(logs: &Path) -> (f64, f64) {
 pub(super) fn read_usage(pid: u32) -> Option<WorkerUsage> {
     let hwm_kib = super::measure::peak_rss_kib(pid)? as f64;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start at field 3 (state);
     // utime and stime are fields 14 and 15, in clock ticks (USER_HZ = 100 on Linux).
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let fields = super::measure::stat_fields(&stat)?;
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(WorkerUsage {
         pid,

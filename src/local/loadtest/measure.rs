@@ -73,13 +73,18 @@ fn reaped_children_cpu_seconds() -> std::io::Result<f64> {
 }
 
 fn parse_children_ticks(stat: &str) -> Option<u64> {
-    // The command name (field 2) may hold spaces and parentheses: fields after the last `)`
-    // start at field 3 (state), so cutime and cstime are the 14th and 15th of them.
-    let rest = stat.get(stat.rfind(')')? + 2..)?;
-    let mut fields = rest.split_whitespace().skip(13);
-    let cutime: u64 = fields.next()?.parse().ok()?;
-    let cstime: u64 = fields.next()?.parse().ok()?;
+    let fields = stat_fields(stat)?;
+    let cutime: u64 = fields.get(13)?.parse().ok()?;
+    let cstime: u64 = fields.get(14)?.parse().ok()?;
     Some(cutime + cstime)
+}
+
+/// The fields of a `/proc/PID/stat` line from field 3 (state) on: the command name
+/// (field 2) may hold spaces and parentheses, so they start after its last `)`. Field N
+/// of proc(5) is at index N - 3.
+pub(super) fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    Some(rest.split_whitespace().collect())
 }
 
 #[cfg(test)]
