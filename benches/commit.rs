@@ -9,6 +9,11 @@
 //! Each measured append adds one file, so the table grows by the sample count at most;
 //! a checkpoint follows every 100th version, as in the sink.
 //!
+//! A second group measures the same append after `AGE` appends through one handle, as the
+//! sink's handle on a table ages: through the sink's [`SinkTable`] (loaded afresh every 100
+//! versions) and through a `DeltaTable` that is never reloaded (delta-rs keeps one batch of
+//! file metadata per commit seen and re-reads them all at each update).
+//!
 //! Run: `cargo bench --bench commit`.
 
 use std::path::Path;
@@ -23,10 +28,14 @@ use deltalake::DeltaTable;
 use pinstream::clean::{clean_into, Kind, RecordMeta, RejectsColumns, TableColumns};
 use pinstream::config::TableRoot;
 use pinstream::delta::{self, ShardCommit};
+use pinstream::sink::SinkTable;
 
 const SHARDS: usize = 12;
 const FILES_PER_COMMIT: usize = 100;
 const ROWS_PER_FLUSH: usize = 1_000;
+/// Appends through one handle before the aged group measures (a few in test mode, where
+/// benches run once unoptimised).
+const AGE: usize = if cfg!(debug_assertions) { 3 } else { 400 };
 
 /// `n` real pin records (tests/data) cleaned into one batch, with sequence numbers from
 /// `first`.
@@ -140,6 +149,37 @@ async fn table_with_files(root: &TableRoot, name: &str, files: usize) -> (DeltaT
     (table, versions)
 }
 
+/// One sink append to `table` for shard `s` (fenced on its last version), then the log
+/// checkpoint the sink writes every 100 versions and, through a [`SinkTable`], its reload.
+fn sink_append(
+    rt: &tokio::runtime::Runtime,
+    table: &mut DeltaTable,
+    versions: &mut [i64],
+    s: usize,
+    batch: &RecordBatch,
+) {
+    let commit = shard(s, versions[s]);
+    let done = rt
+        .block_on(delta::append(
+            table,
+            "bench",
+            std::slice::from_ref(batch),
+            &[commit],
+        ))
+        .unwrap();
+    match done {
+        delta::Appended::Committed(v) => {
+            versions[s] = v;
+            // The sink's log checkpoints (maintenance.checkpoint_interval).
+            if v % 100 == 0 {
+                rt.block_on(deltalake::checkpoints::create_checkpoint(table, None))
+                    .unwrap();
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
 fn append_as_the_table_grows(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -151,34 +191,43 @@ fn append_as_the_table_grows(c: &mut Criterion) {
     let mut g = c.benchmark_group("append");
     g.sample_size(20).measurement_time(Duration::from_secs(10));
     for files in [100, 1_000, 10_000] {
-        let (mut table, mut versions) =
+        let (table, mut versions) =
             rt.block_on(table_with_files(&root, &format!("pin_{files}"), files));
+        let mut handle = SinkTable::new(table);
         let mut next_shard = 0;
         g.bench_with_input(BenchmarkId::new("files", files), &files, |b, _| {
             b.iter(|| {
                 let s = next_shard % SHARDS;
                 next_shard += 1;
-                let commit = shard(s, versions[s]);
-                let done = rt
-                    .block_on(delta::append(
-                        &mut table,
-                        "bench",
-                        std::slice::from_ref(&batch),
-                        &[commit],
-                    ))
-                    .unwrap();
-                match done {
-                    delta::Appended::Committed(v) => {
-                        versions[s] = v;
-                        // The sink's log checkpoints (maintenance.checkpoint_interval).
-                        if v % 100 == 0 {
-                            rt.block_on(deltalake::checkpoints::create_checkpoint(&table, None))
-                                .unwrap();
-                        }
-                    }
-                    other => panic!("{other:?}"),
-                }
+                sink_append(&rt, handle.table_mut(), &mut versions, s, &batch);
+                rt.block_on(handle.reload_if_aged()).unwrap();
             })
+        });
+    }
+    g.finish();
+
+    // The same append once the handle has made AGE appends, reloaded or not.
+    let mut g = c.benchmark_group("append_aged");
+    g.sample_size(20).measurement_time(Duration::from_secs(10));
+    for reload in [true, false] {
+        let name = if reload { "reloaded" } else { "never_reloaded" };
+        let (table, mut versions) =
+            rt.block_on(table_with_files(&root, &format!("aged_{name}"), 100));
+        let mut handle = SinkTable::new(table);
+        let mut next_shard = 0;
+        let mut one = |handle: &mut SinkTable| {
+            let s = next_shard % SHARDS;
+            next_shard += 1;
+            sink_append(&rt, handle.table_mut(), &mut versions, s, &batch);
+            if reload {
+                rt.block_on(handle.reload_if_aged()).unwrap();
+            }
+        };
+        for _ in 0..AGE {
+            one(&mut handle);
+        }
+        g.bench_function(BenchmarkId::new("files_100", name), |b| {
+            b.iter(|| one(&mut handle))
         });
     }
     g.finish();

@@ -8,6 +8,10 @@
 //! - `arrow_build`: the builders' `finish` alone;
 //! - `parquet_encode`: those batches to one Parquet file in memory, with the sink's writer
 //!   settings (`delta::writer_properties`);
+//! - `parquet_settings`: the same encoding of 100,000 generated pin records (the producer's
+//!   generator: values as distinct as real traffic's, unlike the cycled samples) with the
+//!   sink's settings and with delta-rs's defaults (dictionaries on every column, page
+//!   statistics);
 //! - `worker_path`: all of it from raw bytes (decode + clean + build + encode), the
 //!   figure the per-core target is about;
 //! - `full_flush`: decode + clean + build, then one Delta append (Parquet file written
@@ -88,7 +92,13 @@ fn clean_all(
 
 /// One Parquet file of `batches` with the sink's writer settings, in memory.
 fn encode(batches: &[RecordBatch]) -> Vec<u8> {
-    let props = delta::writer_properties();
+    encode_with(batches, delta::writer_properties())
+}
+
+fn encode_with(
+    batches: &[RecordBatch],
+    props: deltalake::parquet::file::properties::WriterProperties,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(16 << 20);
     let mut w = ArrowWriter::try_new(&mut out, batches[0].schema(), Some(props)).unwrap();
     for b in batches.iter().filter(|b| b.num_rows() > 0) {
@@ -207,6 +217,35 @@ fn stages(c: &mut Criterion) {
     g.finish();
 }
 
+/// Parquet settings compared on records as distinct as real traffic's.
+fn parquet_settings(c: &mut Criterion) {
+    use deltalake::parquet::basic::Compression;
+    use deltalake::parquet::file::properties::WriterProperties;
+    let mut generator = pinstream::producer::generator::Generator::new(7, 0.0);
+    let data: Vec<Vec<u8>> = (0..N)
+        .map(|_| generator.next_triple().1[0].1.clone())
+        .collect();
+    let (batches, _) = clean_all(Kind::Pin, &data, &sequences());
+    let defaults = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .build();
+    let mut g = c.benchmark_group("parquet_settings");
+    g.sample_size(10).throughput(Throughput::Elements(N as u64));
+    for (name, props) in [
+        ("sink", delta::writer_properties()),
+        ("delta_rs_defaults", defaults),
+    ] {
+        eprintln!(
+            "parquet_settings/{name}: {} Parquet bytes",
+            encode_with(&batches, props.clone()).len()
+        );
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(encode_with(&batches, props.clone())))
+        });
+    }
+    g.finish();
+}
+
 fn worker_path(c: &mut Criterion) {
     let seqs = sequences();
     let mut g = c.benchmark_group("worker_path");
@@ -266,5 +305,5 @@ fn full_flush(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, stages, worker_path, full_flush);
+criterion_group!(benches, stages, parquet_settings, worker_path, full_flush);
 criterion_main!(benches);

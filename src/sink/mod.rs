@@ -7,6 +7,9 @@
 //! Rows of a shard whose lease was lost are dropped, never committed.
 
 pub mod budget;
+mod table;
+
+pub use table::{SinkTable, RELOAD_AFTER_VERSIONS};
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deltalake::arrow::record_batch::RecordBatch;
-use deltalake::DeltaTable;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -116,8 +118,8 @@ pub struct TableSink {
     pub application: String,
     /// This worker's id, recorded in each commit's info.
     pub writer: String,
-    pub table: DeltaTable,
-    pub rejects_table: DeltaTable,
+    pub table: SinkTable,
+    pub rejects_table: SinkTable,
     pub policy: FlushPolicy,
     pub progress: Arc<crate::progress::RunProgress>,
     /// Crash tests only: abort at a chosen point of a flush.
@@ -319,7 +321,7 @@ impl TableSink {
             .map(|k| buf[k].lease.app_id(&self.application))
             .collect();
         let app_refs: Vec<&str> = app_ids.iter().map(String::as_str).collect();
-        let versions = delta::txn_versions(&mut self.table, &app_refs)
+        let versions = delta::txn_versions(self.table.table_mut(), &app_refs)
             .await
             .map_err(|source| SinkError::Commit {
                 table: self.kind.name().into(),
@@ -506,12 +508,16 @@ impl TableSink {
             (&mut self.table, self.kind.name())
         };
         let started = Instant::now();
-        let res = delta::append(table, &self.writer, batches, shards).await;
+        let res = delta::append(table.table_mut(), &self.writer, batches, shards).await;
         metrics::histogram!("pinstream_delta_commit_duration_seconds", "table" => name)
             .record(started.elapsed().as_secs_f64());
         match res {
             Ok(Appended::Committed(version)) => {
-                crate::maintenance::after_commit(table, version as u64, &self.maintenance).await;
+                crate::maintenance::after_commit(table.table(), version as u64, &self.maintenance)
+                    .await;
+                if let Err(e) = table.reload_if_aged().await {
+                    tracing::warn!(table = name, error = %e, "reloading the table state failed; the next commit tries again");
+                }
                 metrics::counter!("pinstream_delta_commits_total", "table" => name).increment(1);
                 tracing::info!(
                     table = name,

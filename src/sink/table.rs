@@ -1,0 +1,160 @@
+//! The sink's handle on one Delta table, reloaded from the latest log checkpoint every
+//! [`RELOAD_AFTER_VERSIONS`] versions.
+//!
+//! Why: a loaded delta-rs table keeps its file list as one batch of file metadata per
+//! commit it has seen since it was loaded, and every update (the refresh before each append
+//! and the state after each commit) re-reads all of those batches. An append's cost would
+//! grow with the age of the handle, without bound: measured 5 ms at the first append and
+//! 160 ms after 350 appends to a 100-file table (docs/benchmarks.md, "Commit cost"). A
+//! fresh load reads the latest checkpoint (one batch for the whole file list) and the
+//! commits after it, so reloading every so often bounds the cost whatever the uptime.
+
+use deltalake::table::state::DeltaTableState;
+use deltalake::{DeltaTable, DeltaTableError};
+
+/// Versions a handle advances (by anyone's commits) before it is loaded afresh: the default
+/// log checkpoint interval, so a reload reads at most about that many commits after the
+/// latest checkpoint.
+pub const RELOAD_AFTER_VERSIONS: u64 = 100;
+
+pub struct SinkTable {
+    table: DeltaTable,
+    /// The version the state was last loaded at from scratch.
+    loaded_at: u64,
+    reload_after: u64,
+}
+
+impl SinkTable {
+    pub fn new(table: DeltaTable) -> Self {
+        let loaded_at = table.version().unwrap_or(0);
+        Self {
+            table,
+            loaded_at,
+            reload_after: RELOAD_AFTER_VERSIONS,
+        }
+    }
+
+    pub fn table(&self) -> &DeltaTable {
+        &self.table
+    }
+
+    pub fn table_mut(&mut self) -> &mut DeltaTable {
+        &mut self.table
+    }
+
+    /// The version the state was last loaded at from scratch.
+    pub fn loaded_at(&self) -> u64 {
+        self.loaded_at
+    }
+
+    /// Loads the table's state afresh once it has advanced [`RELOAD_AFTER_VERSIONS`] since
+    /// the last load. On failure the current state stays (it is correct, only slower to
+    /// update) and the next commit tries again.
+    pub async fn reload_if_aged(&mut self) -> Result<bool, DeltaTableError> {
+        let version = self.table.version().unwrap_or(0);
+        if version < self.loaded_at + self.reload_after {
+            return Ok(false);
+        }
+        let log_store = self.table.log_store();
+        let state = DeltaTableState::try_new(log_store.as_ref(), None).await?;
+        self.loaded_at = state.version() as u64;
+        self.table.state = Some(state);
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clean::{clean_into, Kind, RecordMeta, RejectsColumns, TableColumns};
+    use crate::config::TableRoot;
+    use crate::delta::{self, Appended, ShardCommit};
+
+    fn one_row(i: usize) -> deltalake::arrow::record_batch::RecordBatch {
+        let (mut rows, mut rejects) = (TableColumns::new(Kind::Pin), RejectsColumns::default());
+        let seq = format!("4965{i:06}");
+        let meta = RecordMeta {
+            shard_id: "shardId-000000000000",
+            sequence_number: &seq,
+            sub_sequence_number: 0,
+            arrival_micros: Some(1),
+        };
+        let data = format!(r#"{{"index": {i}, "title": "t{i}"}}"#);
+        clean_into(
+            Kind::Pin,
+            data.as_bytes(),
+            &meta,
+            "pin",
+            &mut rows,
+            &mut rejects,
+        )
+        .unwrap();
+        rows.finish().unwrap()
+    }
+
+    fn shard(expected: i64, i: usize) -> ShardCommit {
+        ShardCommit {
+            app_id: "test/pin/shardId-000000000000".into(),
+            lease_key: "pin:shardId-000000000000".into(),
+            expected,
+            last_sequence: format!("4965{i:06}"),
+            last_sub_sequence: 0,
+            shard_end: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handle_is_loaded_afresh_as_it_ages_and_keeps_the_table_and_the_fence() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = TableRoot::Local(dir.path().to_path_buf());
+        let table = delta::open_or_create(&root, "pin", &Kind::Pin.schema())
+            .await
+            .unwrap();
+        let mut handle = SinkTable::new(table);
+        handle.reload_after = 4;
+        let (mut expected, mut reloads) = (0, 0);
+        for i in 0..10 {
+            let done = delta::append(
+                handle.table_mut(),
+                "test",
+                &[one_row(i)],
+                &[shard(expected, i)],
+            )
+            .await
+            .unwrap();
+            let Appended::Committed(v) = done else {
+                panic!("fenced: {done:?}")
+            };
+            expected = v;
+            reloads += usize::from(handle.reload_if_aged().await.unwrap());
+        }
+        // Versions 1..=10 committed on a table created at 0: loaded afresh at 4 and 8.
+        assert_eq!(reloads, 2);
+        assert_eq!(handle.loaded_at(), 8);
+        // The reloaded state is the table's: every file, and the shard's txn version.
+        assert_eq!(
+            handle.table().snapshot().unwrap().log_data().num_files(),
+            10
+        );
+        let app_id = "test/pin/shardId-000000000000";
+        assert_eq!(
+            delta::txn_version(handle.table_mut(), app_id)
+                .await
+                .unwrap(),
+            Some(expected)
+        );
+        // A writer with a stale expectation is still fenced after the reloads.
+        let stale = delta::append(
+            handle.table_mut(),
+            "test",
+            &[one_row(99)],
+            &[shard(expected - 1, 99)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            stale,
+            Appended::Fenced(vec!["pin:shardId-000000000000".into()])
+        );
+    }
+}
