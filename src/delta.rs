@@ -503,23 +503,22 @@ fn shard_entry_in(ours: &Value, lease_key: &str, version: i64) -> Option<ShardPo
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::clean::{clean_into, Kind, RecordMeta, RejectsColumns, TableColumns};
     use deltalake::parquet::arrow::ArrowWriter;
     use deltalake::parquet::file::reader::{FileReader as _, SerializedFileReader};
 
-    #[test]
-    fn distinct_columns_are_written_without_a_dictionary_and_repeated_ones_with_one() {
+    /// Pin rows of one shard, record `i` of `indexes` titled "title {i}" in category "art",
+    /// with sequence number `4965{i:06}`.
+    pub(crate) fn pin_rows(indexes: std::ops::Range<usize>) -> RecordBatch {
         let mut rows = TableColumns::new(Kind::Pin);
         let mut rejects = RejectsColumns::default();
-        let seqs: Vec<String> = (0..100)
-            .map(|i| format!("4965000000000000{i:04}"))
-            .collect();
-        for (i, seq) in seqs.iter().enumerate() {
+        for i in indexes {
+            let seq = format!("4965{i:06}");
             let meta = RecordMeta {
                 shard_id: "shardId-000000000000",
-                sequence_number: seq,
+                sequence_number: &seq,
                 sub_sequence_number: 0,
                 arrival_micros: Some(1),
             };
@@ -534,7 +533,24 @@ mod tests {
             )
             .unwrap();
         }
-        let batch = rows.finish().unwrap();
+        rows.finish().unwrap()
+    }
+
+    /// Shard `shardId-000000000000`'s part in an append, its rows ending at record `last`.
+    pub(crate) fn shard_commit(expected: i64, last: usize) -> ShardCommit {
+        ShardCommit {
+            app_id: "test/pin/shardId-000000000000".into(),
+            lease_key: "pin:shardId-000000000000".into(),
+            expected,
+            last_sequence: format!("4965{last:06}"),
+            last_sub_sequence: 0,
+            shard_end: false,
+        }
+    }
+
+    #[test]
+    fn distinct_columns_are_written_without_a_dictionary_and_repeated_ones_with_one() {
+        let batch = pin_rows(0..100);
         let mut file = Vec::new();
         let mut w =
             ArrowWriter::try_new(&mut file, batch.schema(), Some(writer_properties())).unwrap();
@@ -573,36 +589,8 @@ mod tests {
         let mut table = open_or_create(&root, "pin", &Kind::Pin.schema())
             .await
             .unwrap();
-        let mut rows = TableColumns::new(Kind::Pin);
-        let mut rejects = RejectsColumns::default();
-        for i in 0..10 {
-            let seq = format!("4965{i:04}");
-            let meta = RecordMeta {
-                shard_id: "shardId-000000000000",
-                sequence_number: &seq,
-                sub_sequence_number: 0,
-                arrival_micros: Some(1),
-            };
-            let data = format!(r#"{{"index": {i}, "title": "title {i}", "category": "art"}}"#);
-            clean_into(
-                Kind::Pin,
-                data.as_bytes(),
-                &meta,
-                "pin",
-                &mut rows,
-                &mut rejects,
-            )
-            .unwrap();
-        }
-        let batch = rows.finish().unwrap();
-        let pos = ShardCommit {
-            app_id: "test/pin/shardId-000000000000".into(),
-            lease_key: "pin:shardId-000000000000".into(),
-            expected: 0,
-            last_sequence: "49650009".into(),
-            last_sub_sequence: 0,
-            shard_end: false,
-        };
+        let batch = pin_rows(0..10);
+        let pos = shard_commit(0, 9);
         append(&mut table, "test", &[batch], &[pos]).await.unwrap();
         let log =
             std::fs::read_to_string(dir.path().join("pin/_delta_log/00000000000000000001.json"))

@@ -66,42 +66,10 @@ impl SinkTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clean::{clean_into, Kind, RecordMeta, RejectsColumns, TableColumns};
+    use crate::clean::Kind;
     use crate::config::TableRoot;
-    use crate::delta::{self, Appended, ShardCommit};
-
-    fn one_row(i: usize) -> deltalake::arrow::record_batch::RecordBatch {
-        let (mut rows, mut rejects) = (TableColumns::new(Kind::Pin), RejectsColumns::default());
-        let seq = format!("4965{i:06}");
-        let meta = RecordMeta {
-            shard_id: "shardId-000000000000",
-            sequence_number: &seq,
-            sub_sequence_number: 0,
-            arrival_micros: Some(1),
-        };
-        let data = format!(r#"{{"index": {i}, "title": "t{i}"}}"#);
-        clean_into(
-            Kind::Pin,
-            data.as_bytes(),
-            &meta,
-            "pin",
-            &mut rows,
-            &mut rejects,
-        )
-        .unwrap();
-        rows.finish().unwrap()
-    }
-
-    fn shard(expected: i64, i: usize) -> ShardCommit {
-        ShardCommit {
-            app_id: "test/pin/shardId-000000000000".into(),
-            lease_key: "pin:shardId-000000000000".into(),
-            expected,
-            last_sequence: format!("4965{i:06}"),
-            last_sub_sequence: 0,
-            shard_end: false,
-        }
-    }
+    use crate::delta::tests::{pin_rows, shard_commit};
+    use crate::delta::{self, Appended};
 
     #[tokio::test]
     async fn a_handle_is_loaded_afresh_as_it_ages_and_keeps_the_table_and_the_fence() {
@@ -117,8 +85,8 @@ mod tests {
             let done = delta::append(
                 handle.table_mut(),
                 "test",
-                &[one_row(i)],
-                &[shard(expected, i)],
+                &[pin_rows(i..i + 1)],
+                &[shard_commit(expected, i)],
             )
             .await
             .unwrap();
@@ -147,8 +115,8 @@ mod tests {
         let stale = delta::append(
             handle.table_mut(),
             "test",
-            &[one_row(99)],
-            &[shard(expected - 1, 99)],
+            &[pin_rows(99..100)],
+            &[shard_commit(expected - 1, 99)],
         )
         .await
         .unwrap();
