@@ -149,31 +149,30 @@ async fn table_with_files(root: &TableRoot, name: &str, files: usize) -> (DeltaT
     (table, versions)
 }
 
-/// One sink append to `table` for shard `s` (fenced on its last version), then the log
-/// checkpoint the sink writes every 100 versions and, through a [`SinkTable`], its reload.
+/// One sink append through `handle` for shard `s` (fenced on its last version, with the
+/// txn versions the handle keeps), then the log checkpoint the sink writes every 100
+/// versions.
 fn sink_append(
     rt: &tokio::runtime::Runtime,
-    table: &mut DeltaTable,
+    handle: &mut SinkTable,
     versions: &mut [i64],
     s: usize,
     batch: &RecordBatch,
 ) {
     let commit = shard(s, versions[s]);
     let done = rt
-        .block_on(delta::append(
-            table,
-            "bench",
-            std::slice::from_ref(batch),
-            &[commit],
-        ))
+        .block_on(handle.append("bench", std::slice::from_ref(batch), &[commit]))
         .unwrap();
     match done {
         delta::Appended::Committed(v) => {
             versions[s] = v;
             // The sink's log checkpoints (maintenance.checkpoint_interval).
             if v % 100 == 0 {
-                rt.block_on(deltalake::checkpoints::create_checkpoint(table, None))
-                    .unwrap();
+                rt.block_on(deltalake::checkpoints::create_checkpoint(
+                    handle.table(),
+                    None,
+                ))
+                .unwrap();
             }
         }
         other => panic!("{other:?}"),
@@ -199,7 +198,7 @@ fn append_as_the_table_grows(c: &mut Criterion) {
             b.iter(|| {
                 let s = next_shard % SHARDS;
                 next_shard += 1;
-                sink_append(&rt, handle.table_mut(), &mut versions, s, &batch);
+                sink_append(&rt, &mut handle, &mut versions, s, &batch);
                 rt.block_on(handle.reload_if_aged()).unwrap();
             })
         });
@@ -218,7 +217,7 @@ fn append_as_the_table_grows(c: &mut Criterion) {
         let mut one = |handle: &mut SinkTable| {
             let s = next_shard % SHARDS;
             next_shard += 1;
-            sink_append(&rt, handle.table_mut(), &mut versions, s, &batch);
+            sink_append(&rt, handle, &mut versions, s, &batch);
             if reload {
                 rt.block_on(handle.reload_if_aged()).unwrap();
             }

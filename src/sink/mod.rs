@@ -508,7 +508,7 @@ impl TableSink {
             (&mut self.table, self.kind.name())
         };
         let started = Instant::now();
-        let res = delta::append(table.table_mut(), &self.writer, batches, shards).await;
+        let res = table.append(&self.writer, batches, shards).await;
         metrics::histogram!("pinstream_delta_commit_duration_seconds", "table" => name)
             .record(started.elapsed().as_secs_f64());
         match res {

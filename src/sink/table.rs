@@ -9,8 +9,11 @@
 //! fresh load reads the latest checkpoint (one batch for the whole file list) and the
 //! commits after it, so reloading every so often bounds the cost whatever the uptime.
 
+use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::table::state::DeltaTableState;
 use deltalake::{DeltaTable, DeltaTableError};
+
+use crate::delta::{self, Appended, ShardCommit, TxnVersions};
 
 /// Versions a handle advances (by anyone's commits) before it is loaded afresh: the default
 /// log checkpoint interval, so a reload reads at most about that many commits after the
@@ -19,6 +22,8 @@ pub const RELOAD_AFTER_VERSIONS: u64 = 100;
 
 pub struct SinkTable {
     table: DeltaTable,
+    /// The txn versions the sink's fences read, kept between appends.
+    txns: TxnVersions,
     /// The version the state was last loaded at from scratch.
     loaded_at: u64,
     reload_after: u64,
@@ -29,6 +34,7 @@ impl SinkTable {
         let loaded_at = table.version().unwrap_or(0);
         Self {
             table,
+            txns: TxnVersions::default(),
             loaded_at,
             reload_after: RELOAD_AFTER_VERSIONS,
         }
@@ -40,6 +46,16 @@ impl SinkTable {
 
     pub fn table_mut(&mut self) -> &mut DeltaTable {
         &mut self.table
+    }
+
+    /// One fenced append ([`delta::append`]) with the txn versions kept between appends.
+    pub async fn append(
+        &mut self,
+        writer: &str,
+        batches: &[RecordBatch],
+        shards: &[ShardCommit],
+    ) -> Result<Appended, DeltaTableError> {
+        delta::append_with(&mut self.table, &mut self.txns, writer, batches, shards).await
     }
 
     /// The version the state was last loaded at from scratch.
@@ -69,7 +85,6 @@ mod tests {
     use crate::clean::Kind;
     use crate::config::TableRoot;
     use crate::delta::tests::{pin_rows, shard_commit};
-    use crate::delta::{self, Appended};
 
     #[tokio::test]
     async fn a_handle_is_loaded_afresh_as_it_ages_and_keeps_the_table_and_the_fence() {
@@ -82,14 +97,10 @@ mod tests {
         handle.reload_after = 4;
         let (mut expected, mut reloads) = (0, 0);
         for i in 0..10 {
-            let done = delta::append(
-                handle.table_mut(),
-                "test",
-                &[pin_rows(i..i + 1)],
-                &[shard_commit(expected, i)],
-            )
-            .await
-            .unwrap();
+            let done = handle
+                .append("test", &[pin_rows(i..i + 1)], &[shard_commit(expected, i)])
+                .await
+                .unwrap();
             let Appended::Committed(v) = done else {
                 panic!("fenced: {done:?}")
             };
@@ -112,14 +123,14 @@ mod tests {
             Some(expected)
         );
         // A writer with a stale expectation is still fenced after the reloads.
-        let stale = delta::append(
-            handle.table_mut(),
-            "test",
-            &[pin_rows(99..100)],
-            &[shard_commit(expected - 1, 99)],
-        )
-        .await
-        .unwrap();
+        let stale = handle
+            .append(
+                "test",
+                &[pin_rows(99..100)],
+                &[shard_commit(expected - 1, 99)],
+            )
+            .await
+            .unwrap();
         assert_eq!(
             stale,
             Appended::Fenced(vec!["pin:shardId-000000000000".into()])
