@@ -1,7 +1,7 @@
-//! What one sink flush's Delta append costs as a table grows: `delta::append` (refresh the
-//! table state, check the shards' fence, write the Parquet file, commit at the next
-//! version, load the state after it) of 1,000 pin rows, on tables that already hold 100,
-//! 1,000 and 10,000 data files (no compaction).
+//! What one sink flush's Delta append costs as a table grows: `SinkTable::append` (refresh
+//! the table state, check the fence of the 12 shards the flush carries, write the Parquet
+//! file, commit at the next version with a txn per shard, load the state after it) of 1,000
+//! pin rows, on tables that already hold 100, 1,000 and 10,000 data files (no compaction).
 //!
 //! The tables are built as the sink builds them, only faster: commits of 100 files each
 //! (copies of one small Parquet file), each carrying a txn for one of 12 shards, and a log
@@ -149,23 +149,22 @@ async fn table_with_files(root: &TableRoot, name: &str, files: usize) -> (DeltaT
     (table, versions)
 }
 
-/// One sink append through `handle` for shard `s` (fenced on its last version, with the
-/// txn versions the handle keeps), then the log checkpoint the sink writes every 100
-/// versions.
+/// One sink flush through `handle` carrying every shard (each fenced on its last version,
+/// with the txn versions the handle keeps), then the log checkpoint the sink writes every
+/// 100 versions.
 fn sink_append(
     rt: &tokio::runtime::Runtime,
     handle: &mut SinkTable,
     versions: &mut [i64],
-    s: usize,
     batch: &RecordBatch,
 ) {
-    let commit = shard(s, versions[s]);
+    let commits: Vec<ShardCommit> = (0..SHARDS).map(|s| shard(s, versions[s])).collect();
     let done = rt
-        .block_on(handle.append("bench", std::slice::from_ref(batch), &[commit]))
+        .block_on(handle.append("bench", std::slice::from_ref(batch), &commits))
         .unwrap();
     match done {
         delta::Appended::Committed(v) => {
-            versions[s] = v;
+            versions.fill(v);
             // The sink's log checkpoints (maintenance.checkpoint_interval).
             if v % 100 == 0 {
                 rt.block_on(deltalake::checkpoints::create_checkpoint(
@@ -193,12 +192,9 @@ fn append_as_the_table_grows(c: &mut Criterion) {
         let (table, mut versions) =
             rt.block_on(table_with_files(&root, &format!("pin_{files}"), files));
         let mut handle = SinkTable::new(table);
-        let mut next_shard = 0;
         g.bench_with_input(BenchmarkId::new("files", files), &files, |b, _| {
             b.iter(|| {
-                let s = next_shard % SHARDS;
-                next_shard += 1;
-                sink_append(&rt, &mut handle, &mut versions, s, &batch);
+                sink_append(&rt, &mut handle, &mut versions, &batch);
                 rt.block_on(handle.reload_if_aged()).unwrap();
             })
         });
@@ -213,11 +209,8 @@ fn append_as_the_table_grows(c: &mut Criterion) {
         let (table, mut versions) =
             rt.block_on(table_with_files(&root, &format!("aged_{name}"), 100));
         let mut handle = SinkTable::new(table);
-        let mut next_shard = 0;
         let mut one = |handle: &mut SinkTable| {
-            let s = next_shard % SHARDS;
-            next_shard += 1;
-            sink_append(&rt, handle, &mut versions, s, &batch);
+            sink_append(&rt, handle, &mut versions, &batch);
             if reload {
                 rt.block_on(handle.reload_if_aged()).unwrap();
             }
