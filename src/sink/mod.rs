@@ -9,7 +9,7 @@
 pub mod budget;
 mod table;
 
-pub use table::{SinkTable, RELOAD_AFTER_VERSIONS};
+pub use table::SinkTable;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::backoff::backoff;
 use crate::clean::Kind;
 use crate::config::FlushPolicy;
-use crate::delta::{self, Appended, ShardCommit};
+use crate::delta::{Appended, ShardCommit};
 use crate::fault::FaultPoint;
 use crate::lease::{Checkpoint, HeldLease, LeaseError};
 
@@ -321,12 +321,14 @@ impl TableSink {
             .map(|k| buf[k].lease.app_id(&self.application))
             .collect();
         let app_refs: Vec<&str> = app_ids.iter().map(String::as_str).collect();
-        let versions = delta::txn_versions(self.table.table_mut(), &app_refs)
-            .await
-            .map_err(|source| SinkError::Commit {
-                table: self.kind.name().into(),
-                source,
-            })?;
+        let versions =
+            self.table
+                .txn_versions(&app_refs)
+                .await
+                .map_err(|source| SinkError::Commit {
+                    table: self.kind.name().into(),
+                    source,
+                })?;
         let mut fenced = Vec::new();
         for (key, t) in planned.iter().zip(versions) {
             let expected = buf[key].lease.versions().batch_version;

@@ -58,6 +58,16 @@ impl SinkTable {
         delta::append_with(&mut self.table, &mut self.txns, writer, batches, shards).await
     }
 
+    /// The txn versions of `app_ids` after one refresh of the table state, answered from
+    /// the versions kept between appends (as [`delta::txn_versions`] answers them).
+    pub async fn txn_versions(
+        &mut self,
+        app_ids: &[&str],
+    ) -> Result<Vec<Option<i64>>, DeltaTableError> {
+        self.table.update_state().await?;
+        self.txns.of(&self.table, app_ids).await
+    }
+
     /// The version the state was last loaded at from scratch.
     pub fn loaded_at(&self) -> u64 {
         self.loaded_at
@@ -121,6 +131,11 @@ mod tests {
                 .await
                 .unwrap(),
             Some(expected)
+        );
+        // The sink's pre-flush fence reads the kept versions: the same answer.
+        assert_eq!(
+            handle.txn_versions(&[app_id]).await.unwrap(),
+            [Some(expected)]
         );
         // A writer with a stale expectation is still fenced after the reloads.
         let stale = handle
