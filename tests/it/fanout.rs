@@ -232,12 +232,11 @@ async fn fan_out_reads_every_record_once_through_cut_and_half_open_subscriptions
         .lines()
         .filter(|l| l.contains("WARN") || l.contains("ERROR"))
         .collect();
+    let subs = cutter.subscribed();
     assert!(
         !warned.is_empty() && warned.iter().all(|l| l.contains("half-open")),
-        "worker log:\n{log}"
+        "worker log:\n{log}\nsubscriptions: {subs:#?}"
     );
-
-    let subs = cutter.subscribed();
     assert!(
         subs.len() >= 9,
         "subscriptions were cut and renewed: {subs:#?}"
