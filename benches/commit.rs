@@ -1,18 +1,20 @@
-//! What one sink flush's Delta append costs as a table grows: `SinkTable::append` (refresh
-//! the table state, check the fence of the 12 shards the flush carries, write the Parquet
-//! file, commit at the next version with a txn per shard, load the state after it) of 1,000
-//! pin rows, on tables that already hold 100, 1,000 and 10,000 data files (no compaction).
+//! What one sink flush's Delta append costs as a table grows: the fence before the flush
+//! (`Appender::txn_versions` of the 12 shards it carries) and `Appender::append` (list the
+//! log for newer versions, fence again, write the Parquet file, write the commit entry at
+//! the next version with a txn per shard) of 1,000 pin rows, on tables that already hold
+//! 100, 1,000 and 10,000 data files (no compaction).
 //!
 //! The tables are built as the sink builds them, only faster: commits of 100 files each
 //! (copies of one small Parquet file), each carrying a txn for one of 12 shards, and a log
 //! checkpoint every 100 commits and at the end (as `maintenance.checkpoint_interval` does).
-//! Each measured append adds one file, so the table grows by the sample count at most;
-//! a checkpoint follows every 100th version, as in the sink.
+//! Each measured append adds one file, so the table grows by the sample count at most; a
+//! log checkpoint follows every 100th version, as in the sink (the appender loads the
+//! whole state for it: its share is in the mean).
 //!
-//! A second group measures the same append after `AGE` appends through one handle, as the
-//! sink's handle on a table ages: through the sink's [`SinkTable`] (loaded afresh every 100
-//! versions) and through a `DeltaTable` that is never reloaded (delta-rs keeps one batch of
-//! file metadata per commit seen and re-reads them all at each update).
+//! A second group measures the same append after `AGE` appends: through one [`Appender`],
+//! and through `delta::append` on a `DeltaTable` whose delta-rs state follows every commit
+//! (it keeps one batch of file metadata per commit seen and re-reads them all at each
+//! update: what the sink did before it kept an appender).
 //!
 //! Run: `cargo bench --bench commit`.
 
@@ -27,8 +29,7 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::DeltaTable;
 use pinstream::clean::{clean_into, Kind, RecordMeta, RejectsColumns, TableColumns};
 use pinstream::config::TableRoot;
-use pinstream::delta::{self, ShardCommit};
-use pinstream::sink::SinkTable;
+use pinstream::delta::{self, Appender, ShardCommit};
 
 const SHARDS: usize = 12;
 const FILES_PER_COMMIT: usize = 100;
@@ -149,16 +150,22 @@ async fn table_with_files(root: &TableRoot, name: &str, files: usize) -> (DeltaT
     (table, versions)
 }
 
-/// One sink flush through `handle` carrying every shard (each fenced on its last version,
-/// with the txn versions the handle keeps), then the log checkpoint the sink writes every
-/// 100 versions.
+/// One sink flush through `handle` carrying every shard: the fence before the flush, then
+/// the append fenced on each shard's last version, then the log checkpoint the sink writes
+/// every 100 versions.
 fn sink_append(
     rt: &tokio::runtime::Runtime,
-    handle: &mut SinkTable,
+    handle: &mut Appender,
     versions: &mut [i64],
     batch: &RecordBatch,
 ) {
     let commits: Vec<ShardCommit> = (0..SHARDS).map(|s| shard(s, versions[s])).collect();
+    let app_ids: Vec<&str> = commits.iter().map(|s| s.app_id.as_str()).collect();
+    let fence = rt.block_on(handle.txn_versions(&app_ids)).unwrap();
+    assert!(fence
+        .iter()
+        .zip(versions.iter())
+        .all(|(t, v)| t.unwrap_or(0) == *v));
     let done = rt
         .block_on(handle.append("bench", std::slice::from_ref(batch), &commits))
         .unwrap();
@@ -167,13 +174,33 @@ fn sink_append(
             versions.fill(v);
             // The sink's log checkpoints (maintenance.checkpoint_interval).
             if v % 100 == 0 {
-                rt.block_on(deltalake::checkpoints::create_checkpoint(
-                    handle.table(),
-                    None,
-                ))
-                .unwrap();
+                let table = rt.block_on(handle.loaded()).unwrap();
+                rt.block_on(deltalake::checkpoints::create_checkpoint(table, None))
+                    .unwrap();
             }
         }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The same flush through `delta::append` on a table whose state follows every commit.
+fn state_following_append(
+    rt: &tokio::runtime::Runtime,
+    table: &mut DeltaTable,
+    versions: &mut [i64],
+    batch: &RecordBatch,
+) {
+    let commits: Vec<ShardCommit> = (0..SHARDS).map(|s| shard(s, versions[s])).collect();
+    let done = rt
+        .block_on(delta::append(
+            table,
+            "bench",
+            std::slice::from_ref(batch),
+            &commits,
+        ))
+        .unwrap();
+    match done {
+        delta::Appended::Committed(v) => versions.fill(v),
         other => panic!("{other:?}"),
     }
 }
@@ -191,37 +218,32 @@ fn append_as_the_table_grows(c: &mut Criterion) {
     for files in [100, 1_000, 10_000] {
         let (table, mut versions) =
             rt.block_on(table_with_files(&root, &format!("pin_{files}"), files));
-        let mut handle = SinkTable::new(table);
+        let mut handle = Appender::new(table);
         g.bench_with_input(BenchmarkId::new("files", files), &files, |b, _| {
-            b.iter(|| {
-                sink_append(&rt, &mut handle, &mut versions, &batch);
-                rt.block_on(handle.reload_if_aged()).unwrap();
-            })
+            b.iter(|| sink_append(&rt, &mut handle, &mut versions, &batch))
         });
     }
     g.finish();
 
-    // The same append once the handle has made AGE appends, reloaded or not.
+    // The same append after AGE appends, through one appender or a state following them.
     let mut g = c.benchmark_group("append_aged");
     g.sample_size(20).measurement_time(Duration::from_secs(10));
-    for reload in [true, false] {
-        let name = if reload { "reloaded" } else { "never_reloaded" };
-        let (table, mut versions) =
-            rt.block_on(table_with_files(&root, &format!("aged_{name}"), 100));
-        let mut handle = SinkTable::new(table);
-        let mut one = |handle: &mut SinkTable| {
-            sink_append(&rt, handle, &mut versions, &batch);
-            if reload {
-                rt.block_on(handle.reload_if_aged()).unwrap();
-            }
-        };
-        for _ in 0..AGE {
-            one(&mut handle);
-        }
-        g.bench_function(BenchmarkId::new("files_100", name), |b| {
-            b.iter(|| one(&mut handle))
-        });
+    let (table, mut versions) = rt.block_on(table_with_files(&root, "aged_appender", 100));
+    let mut handle = Appender::new(table);
+    for _ in 0..AGE {
+        sink_append(&rt, &mut handle, &mut versions, &batch);
     }
+    g.bench_function(BenchmarkId::new("files_100", "appender"), |b| {
+        b.iter(|| sink_append(&rt, &mut handle, &mut versions, &batch))
+    });
+    let (mut table, mut versions) = rt.block_on(table_with_files(&root, "aged_state", 100));
+    for _ in 0..AGE {
+        state_following_append(&rt, &mut table, &mut versions, &batch);
+    }
+    g.bench_function(
+        BenchmarkId::new("files_100", "state_following_commits"),
+        |b| b.iter(|| state_following_append(&rt, &mut table, &mut versions, &batch)),
+    );
     g.finish();
 }
 

@@ -255,13 +255,27 @@ pub async fn checkpoint_and_clean(
     cleanup_expired_logs_for(version, table.log_store().as_ref(), cutoff, None).await
 }
 
-/// Called by the sink after each commit: checkpoints on every `checkpoint_interval`-th
-/// version. A failure is logged, never fatal: the commit itself has landed.
+/// Called by the sink after each of its appends: checkpoints on every
+/// `checkpoint_interval`-th version, from the whole state loaded at that version (the
+/// appender's own state lags its commits; loaded once per interval). A failure is logged,
+/// never fatal: the commit itself has landed.
+pub async fn after_append(table: &mut delta::Appender, version: u64, policy: &MaintenancePolicy) {
+    if !checkpoint_due(version, policy) {
+        return;
+    }
+    match table.loaded().await {
+        Ok(loaded) => after_commit(loaded, version, policy).await,
+        Err(e) => {
+            tracing::warn!(version, error = %e, "loading the table for a log checkpoint failed; the next interval tries again")
+        }
+    }
+}
+
+/// After a commit at `version` on `table` (loaded at it): checkpoints on every
+/// `checkpoint_interval`-th version. A failure is logged, never fatal: the commit itself
+/// has landed.
 pub async fn after_commit(table: &DeltaTable, version: u64, policy: &MaintenancePolicy) {
-    if policy.checkpoint_interval == 0
-        || version == 0
-        || !version.is_multiple_of(policy.checkpoint_interval)
-    {
+    if !checkpoint_due(version, policy) {
         return;
     }
     match checkpoint_and_clean(table, policy.log_retention).await {
@@ -274,6 +288,12 @@ pub async fn after_commit(table: &DeltaTable, version: u64, policy: &Maintenance
             tracing::warn!(version, error = %e, "log checkpoint failed; the next interval tries again")
         }
     }
+}
+
+fn checkpoint_due(version: u64, policy: &MaintenancePolicy) -> bool {
+    policy.checkpoint_interval != 0
+        && version != 0
+        && version.is_multiple_of(policy.checkpoint_interval)
 }
 
 /// `pinstream maintain`: compact, checkpoint, clean logs and (when `vacuum` is given) vacuum

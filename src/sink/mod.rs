@@ -7,9 +7,6 @@
 //! Rows of a shard whose lease was lost are dropped, never committed.
 
 pub mod budget;
-mod table;
-
-pub use table::SinkTable;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,7 +20,7 @@ use tokio::time::Instant;
 use crate::backoff::backoff;
 use crate::clean::Kind;
 use crate::config::FlushPolicy;
-use crate::delta::{Appended, ShardCommit};
+use crate::delta::{self, Appended, ShardCommit};
 use crate::fault::FaultPoint;
 use crate::lease::{Checkpoint, HeldLease, LeaseError};
 
@@ -118,8 +115,8 @@ pub struct TableSink {
     pub application: String,
     /// This worker's id, recorded in each commit's info.
     pub writer: String,
-    pub table: SinkTable,
-    pub rejects_table: SinkTable,
+    pub table: delta::Appender,
+    pub rejects_table: delta::Appender,
     pub policy: FlushPolicy,
     pub progress: Arc<crate::progress::RunProgress>,
     /// Crash tests only: abort at a chosen point of a flush.
@@ -515,11 +512,7 @@ impl TableSink {
             .record(started.elapsed().as_secs_f64());
         match res {
             Ok(Appended::Committed(version)) => {
-                crate::maintenance::after_commit(table.table(), version as u64, &self.maintenance)
-                    .await;
-                if let Err(e) = table.reload_if_aged().await {
-                    tracing::warn!(table = name, error = %e, "reloading the table state failed; the next commit tries again");
-                }
+                crate::maintenance::after_append(table, version as u64, &self.maintenance).await;
                 metrics::counter!("pinstream_delta_commits_total", "table" => name).increment(1);
                 tracing::info!(
                     table = name,

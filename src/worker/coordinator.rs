@@ -18,7 +18,7 @@ use crate::clean::{self, Kind};
 use crate::delta::{self};
 use crate::kinesis::StartAt;
 use crate::lease::{self, ExpiryTracker, HeldLease, KeeperSettings, Lease, LeaseError, TakeKind};
-use crate::sink::{SinkHandle, SinkTable, TableSink};
+use crate::sink::{SinkHandle, TableSink};
 
 use super::recovery::resume_position;
 use super::shard::{read_shard, Position, ShardExit};
@@ -120,8 +120,8 @@ impl Coordinator {
             kind,
             application: settings.application.clone(),
             writer: self.opts.worker_id.clone(),
-            table: SinkTable::new(table),
-            rejects_table: SinkTable::new(rejects_table),
+            table: delta::Appender::new(table),
+            rejects_table: delta::Appender::new(rejects_table),
             policy: settings.flush.clone(),
             progress: self.opts.progress.clone(),
             fault: self.opts.fault.clone(),

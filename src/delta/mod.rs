@@ -1,13 +1,17 @@
 //! Delta tables: open or create a table from its Arrow schema, append a micro-batch as
 //! ONE fenced commit carrying a `txn` per shard and each shard's position in the commit
-//! metadata, commit any actions at exactly one version (`commit_next`, also used by
+//! metadata ([`Appender`], in `append.rs`: a writer's appends without delta-rs rebuilding
+//! the file list at each), commit any actions at exactly one version (`commit_next`, used by
 //! compaction), and read back a shard's txn version and position for recovery. Knows
 //! nothing of leases, sinks or cleaning.
 //!
 //! Local disk and S3 (conditional-put commits; unsafe renames are never enabled).
 
+mod append;
+
 use std::collections::HashMap;
 
+pub use append::{Appender, StagedAppend};
 use deltalake::arrow::datatypes::SchemaRef;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
@@ -18,7 +22,6 @@ use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::StreamExt as _;
 use serde_json::{json, Value};
@@ -80,14 +83,6 @@ pub enum Appended {
     /// These shards' txn versions are not the expected ones (lease keys): another writer
     /// committed for them. Nothing was committed.
     Fenced(Vec<String>),
-}
-
-/// Data files written for an append, not yet committed.
-pub struct StagedAppend {
-    adds: Vec<Action>,
-    shards: Vec<ShardCommit>,
-    /// Who commits (a worker id), recorded in the commit info.
-    writer: String,
 }
 
 /// How many times a commit goes back to the latest version after losing a race to another
@@ -237,98 +232,12 @@ async fn loaded_txn_versions(
     Ok(out)
 }
 
-/// The txn versions of the app ids a writer fences on, kept between its appends: each fence
-/// reads only the commits after the version they were last exact at (one commit entry
-/// each, normally the writer's own last commit), instead of delta-rs replaying every commit
-/// since the last log checkpoint once per app id (12 shards: 14-40 ms per append). An app
-/// id seen for the first time, or any doubt (a commit entry that cannot be read or parsed,
-/// a table going back in versions, a table with a txn retention), goes to delta-rs.
-#[derive(Debug, Default)]
-pub struct TxnVersions {
-    /// The table version `known` is exact at.
-    at: Option<u64>,
-    known: HashMap<String, Option<i64>>,
-}
-
-impl TxnVersions {
-    /// The txn version of each of `app_ids` in `table`'s loaded snapshot, in order.
-    pub async fn of(
-        &mut self,
-        table: &DeltaTable,
-        app_ids: &[&str],
-    ) -> Result<Vec<Option<i64>>, DeltaTableError> {
-        let state = table.snapshot()?;
-        if state
-            .table_config()
-            .set_transaction_retention_duration
-            .is_some()
-        {
-            // Expired txns are not answered by delta-rs: leave that rule to it.
-            self.known.clear();
-            self.at = None;
-            return loaded_txn_versions(table, app_ids).await;
-        }
-        let version = state.version();
-        let exact = match self.at {
-            Some(at) if at == version => true,
-            Some(at) if at < version => self.catch_up(table, at, version).await,
-            _ => false,
-        };
-        if !exact {
-            self.known.clear();
-        }
-        self.at = Some(version);
-        let missing: Vec<&str> = app_ids
-            .iter()
-            .copied()
-            .filter(|id| !self.known.contains_key(*id))
-            .collect();
-        if !missing.is_empty() {
-            let found = loaded_txn_versions(table, &missing).await?;
-            self.known
-                .extend(missing.iter().map(|id| (*id).to_owned()).zip(found));
-        }
-        Ok(app_ids.iter().map(|id| self.known[*id]).collect())
-    }
-
-    /// Applies the txns of commits `from + 1 ..= to` to the known app ids, newest last;
-    /// false when a commit entry could not be read or parsed.
-    async fn catch_up(&mut self, table: &DeltaTable, from: u64, to: u64) -> bool {
-        let log_store = table.log_store();
-        for version in from + 1..=to {
-            let Ok(Some(entry)) = log_store.read_commit_entry(version).await else {
-                return false;
-            };
-            for line in entry.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                if memchr::memmem::find(line, b"\"txn\"").is_none() {
-                    continue;
-                }
-                let Ok(action) = serde_json::from_slice::<Value>(line) else {
-                    return false;
-                };
-                let Some(txn) = action.get("txn") else {
-                    continue;
-                };
-                let (Some(app_id), Some(txn_version)) = (
-                    txn.get("appId").and_then(Value::as_str),
-                    txn.get("version").and_then(Value::as_i64),
-                ) else {
-                    return false;
-                };
-                if let Some(known) = self.known.get_mut(app_id) {
-                    *known = Some(txn_version);
-                }
-            }
-        }
-        true
-    }
-}
-
 /// Appends `batches` as ONE commit with a txn per shard in `shards`, fenced: the commit
 /// goes in only while every shard's txn version in the table is still its `expected` one,
 /// and each shard's txn version becomes the commit's own table version (so recovery reads
 /// exactly one commit to learn a shard's position, and two writers' commits can never carry
-/// the same txn version). A shard with no rows in this flush still gets its txn.
+/// the same txn version). A shard with no rows in this flush still gets its txn. `table`
+/// is refreshed afterwards. A writer appending again and again keeps an [`Appender`].
 ///
 /// A failed commit means "not committed": the caller keeps the rows and retries.
 pub async fn append(
@@ -337,25 +246,14 @@ pub async fn append(
     batches: &[RecordBatch],
     shards: &[ShardCommit],
 ) -> Result<Appended, DeltaTableError> {
-    let txns = &mut TxnVersions::default();
-    append_with(table, txns, writer, batches, shards).await
+    let done = Appender::new(table.clone())
+        .append(writer, batches, shards)
+        .await?;
+    table.update_state().await?;
+    Ok(done)
 }
 
-/// [`append`] with the writer's [`TxnVersions`] kept between its appends.
-pub async fn append_with(
-    table: &mut DeltaTable,
-    txns: &mut TxnVersions,
-    writer: &str,
-    batches: &[RecordBatch],
-    shards: &[ShardCommit],
-) -> Result<Appended, DeltaTableError> {
-    match stage(table, txns, writer, batches, shards).await? {
-        Ok(staged) => commit(table, txns, staged).await,
-        Err(fenced) => Ok(Appended::Fenced(fenced)),
-    }
-}
-
-/// First step of [`append`]: refreshes the table, checks the fence, and writes the data
+/// First step of [`append`]: checks the fence on the latest version and writes the data
 /// files (not yet part of the table). `Err(lease keys)` when the fence fails already.
 pub async fn stage_append(
     table: &mut DeltaTable,
@@ -363,90 +261,28 @@ pub async fn stage_append(
     batches: &[RecordBatch],
     shards: &[ShardCommit],
 ) -> Result<Result<StagedAppend, Vec<String>>, DeltaTableError> {
-    stage(table, &mut TxnVersions::default(), writer, batches, shards).await
-}
-
-async fn stage(
-    table: &mut DeltaTable,
-    txns: &mut TxnVersions,
-    writer: &str,
-    batches: &[RecordBatch],
-    shards: &[ShardCommit],
-) -> Result<Result<StagedAppend, Vec<String>>, DeltaTableError> {
     table.update_state().await?;
-    let fenced = fenced_shards(table, txns, shards).await?;
-    if !fenced.is_empty() {
-        return Ok(Err(fenced));
-    }
-    let mut files =
-        RecordBatchWriter::for_table(table)?.with_writer_properties(writer_properties());
-    for b in batches.iter().filter(|b| b.num_rows() > 0) {
-        files.write(b.clone()).await?;
-    }
-    let adds = files.flush().await?.into_iter().map(Action::Add).collect();
-    Ok(Ok(StagedAppend {
-        adds,
-        shards: shards.to_vec(),
-        writer: writer.to_owned(),
-    }))
+    Appender::new(table.clone())
+        .stage(writer, batches, shards)
+        .await
 }
 
 /// Second step of [`append`]: commits staged files at exactly the version after the
-/// table's loaded snapshot; when another writer took that version first, reloads, checks
-/// the fence again and tries the next one. delta-rs's own conflict resolution is never
-/// used: whether a commit may go in is decided here, from the latest snapshot.
+/// table's loaded one; when another writer took that version first, checks the fence again
+/// on its commit and tries the next one. `table` is refreshed afterwards.
 pub async fn commit_staged(
     table: &mut DeltaTable,
     staged: StagedAppend,
 ) -> Result<Appended, DeltaTableError> {
-    commit(table, &mut TxnVersions::default(), staged).await
-}
-
-async fn commit(
-    table: &mut DeltaTable,
-    txns: &mut TxnVersions,
-    staged: StagedAppend,
-) -> Result<Appended, DeltaTableError> {
-    let operation = || DeltaOperation::Write {
-        mode: SaveMode::Append,
-        partition_by: None,
-        predicate: None,
-    };
-    for _ in 0..COMMIT_ATTEMPTS {
-        let version = table.version().unwrap_or(0) as i64 + 1;
-        let props = commit_properties(&staged.writer, &staged.shards, version);
-        if let Some(v) = commit_next(table, staged.adds.clone(), props, operation()).await? {
-            return Ok(Appended::Committed(v));
-        }
-        table.update_state().await?;
-        let fenced = fenced_shards(table, txns, &staged.shards).await?;
-        if !fenced.is_empty() {
-            return Ok(Appended::Fenced(fenced));
-        }
-    }
-    Err(lost_every_race())
+    let done = Appender::new(table.clone()).commit(staged).await?;
+    table.update_state().await?;
+    Ok(done)
 }
 
 fn lost_every_race() -> DeltaTableError {
     DeltaTableError::Generic(format!(
         "another writer committed first {COMMIT_ATTEMPTS} times in a row; giving up for now"
     ))
-}
-
-/// The shards (lease keys) whose txn version in the loaded snapshot is not the expected one.
-async fn fenced_shards(
-    table: &DeltaTable,
-    txns: &mut TxnVersions,
-    shards: &[ShardCommit],
-) -> Result<Vec<String>, DeltaTableError> {
-    let app_ids: Vec<&str> = shards.iter().map(|s| s.app_id.as_str()).collect();
-    let versions = txns.of(table, &app_ids).await?;
-    Ok(shards
-        .iter()
-        .zip(versions)
-        .filter(|(s, v)| v.unwrap_or(0) != s.expected)
-        .map(|(s, _)| s.lease_key.clone())
-        .collect())
 }
 
 /// Commit properties of an append at `version` by `writer`: a txn per shard set to
@@ -466,12 +302,7 @@ fn commit_properties(writer: &str, shards: &[ShardCommit], version: i64) -> Comm
             )
         })
         .collect();
-    // Log checkpoints and log cleanup are pinstream's own (maintenance.checkpoint_interval,
-    // after a checkpoint), not delta-rs's: its cleanup lists the whole log after every
-    // commit (a LIST request per commit on S3).
     CommitProperties::default()
-        .with_create_checkpoint(false)
-        .with_cleanup_expired_logs(Some(false))
         .with_application_transactions(txns)
         .with_metadata([(
             COMMIT_INFO_KEY.to_owned(),
@@ -724,88 +555,5 @@ pub(crate) mod tests {
         assert_eq!(stats["maxValues"]["ind"], 9);
         assert_eq!(stats["minValues"]["title"], "title 0");
         assert_eq!(stats["nullCount"]["category"], 0);
-    }
-
-    #[tokio::test]
-    async fn kept_txn_versions_see_another_writers_commits_and_fence_a_stale_writer() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = TableRoot::Local(dir.path().to_path_buf());
-        let mut a = open_or_create(&root, "pin", &Kind::Pin.schema())
-            .await
-            .unwrap();
-        let mut b = open_or_create(&root, "pin", &Kind::Pin.schema())
-            .await
-            .unwrap();
-        let mut kept = TxnVersions::default();
-        // Writer a commits for the shard twice through its kept versions (the second fence
-        // answered from them and from a's own commit entry).
-        let first = append_with(
-            &mut a,
-            &mut kept,
-            "a",
-            &[pin_rows(0..1)],
-            &[shard_commit(0, 0)],
-        )
-        .await
-        .unwrap();
-        assert_eq!(first, Appended::Committed(1));
-        let second = append_with(
-            &mut a,
-            &mut kept,
-            "a",
-            &[pin_rows(1..2)],
-            &[shard_commit(1, 1)],
-        )
-        .await
-        .unwrap();
-        assert_eq!(second, Appended::Committed(2));
-        // The shard moves to writer b, which commits for it; then two commits for another
-        // shard follow, so the kept versions are two commits behind.
-        let took = append(&mut b, "b", &[pin_rows(2..3)], &[shard_commit(2, 2)])
-            .await
-            .unwrap();
-        assert_eq!(took, Appended::Committed(3));
-        for (i, expected) in [(3, 0), (4, 4)] {
-            let mut other = shard_commit(expected, i);
-            other.app_id = "test/pin/shardId-000000000001".into();
-            other.lease_key = "pin:shardId-000000000001".into();
-            let done = append(&mut b, "b", &[pin_rows(i..i + 1)], &[other])
-                .await
-                .unwrap();
-            assert_eq!(done, Appended::Committed(i as i64 + 1));
-        }
-        // Writer a, still expecting its own version 2, is fenced: nothing committed.
-        let stale = append_with(
-            &mut a,
-            &mut kept,
-            "a",
-            &[pin_rows(9..10)],
-            &[shard_commit(2, 9)],
-        )
-        .await
-        .unwrap();
-        assert_eq!(
-            stale,
-            Appended::Fenced(vec!["pin:shardId-000000000000".into()])
-        );
-        assert_eq!(
-            kept.of(&a, &["test/pin/shardId-000000000000"])
-                .await
-                .unwrap(),
-            [Some(3)]
-        );
-        // And with the version b set, a commits.
-        let resumed = append_with(
-            &mut a,
-            &mut kept,
-            "a",
-            &[pin_rows(9..10)],
-            &[shard_commit(3, 9)],
-        )
-        .await
-        .unwrap();
-        assert_eq!(resumed, Appended::Committed(6));
-        b.update_state().await.unwrap();
-        assert_eq!(b.snapshot().unwrap().log_data().num_files(), 6);
     }
 }
