@@ -12,8 +12,9 @@
 //! through the log store's conditional put: the same bytes delta-rs's commit writes.
 //!
 //! A commit entry with a `metaData` or `protocol` action (the schema, the table's
-//! configuration or its features changed), one that cannot be read, or a log that no longer
-//! holds the last known version makes the appender load the state afresh before it goes on.
+//! configuration or its features changed), one that is missing or cannot be parsed, or a
+//! log that no longer holds the last known version makes the appender load the state afresh
+//! before it goes on (a storage failure fails the append, which the sink retries).
 //! A shard seen for the first time is answered by delta-rs from a state loaded at the
 //! appender's version. A table with `delta.setTransactionRetentionDuration` is refreshed
 //! and fenced by delta-rs at every append (it expires txns: its rule, not ours).
@@ -41,6 +42,8 @@ pub struct StagedAppend {
     shards: Vec<ShardCommit>,
     /// Who commits (a worker id), recorded in the commit info.
     writer: String,
+    /// The version the fence was checked at.
+    fenced_at: u64,
 }
 
 /// One writer's handle for fenced appends to one table (see the module doc).
@@ -113,6 +116,7 @@ impl Appender {
             adds,
             shards: shards.to_vec(),
             writer: writer.to_owned(),
+            fenced_at: self.version,
         }))
     }
 
@@ -121,9 +125,20 @@ impl Appender {
     /// the next one. delta-rs's conflict resolution is never used: whether a commit may go
     /// in is decided here, from the txns in the log.
     pub async fn commit(&mut self, staged: StagedAppend) -> Result<Appended, DeltaTableError> {
+        if self.version != staged.fenced_at {
+            // The appender learnt of other commits since the fence was checked (or is not
+            // the one that staged): check it again where the commit will land.
+            let fenced = self.fenced(&staged.shards).await?;
+            if !fenced.is_empty() {
+                return Ok(Appended::Fenced(fenced));
+            }
+        }
         for _ in 0..COMMIT_ATTEMPTS {
             let version = self.version + 1;
-            if self.write_commit(version, &staged).await? {
+            if self
+                .write_commit(version, &staged, uuid::Uuid::new_v4())
+                .await?
+            {
                 self.version = version;
                 for s in &staged.shards {
                     self.known.insert(s.app_id.clone(), Some(version as i64));
@@ -259,15 +274,20 @@ impl Appender {
         &self,
         version: u64,
         staged: &StagedAppend,
+        operation_id: uuid::Uuid,
     ) -> Result<bool, DeltaTableError> {
         let operation = DeltaOperation::Write {
             mode: SaveMode::Append,
             partition_by: None,
             predicate: None,
         };
-        let operation_id = uuid::Uuid::new_v4();
         let log_store = self.table.log_store();
-        let props = commit_properties(&staged.writer, &staged.shards, version as i64);
+        let props = commit_properties(
+            &staged.writer,
+            &operation_id.to_string(),
+            &staged.shards,
+            version as i64,
+        );
         let prepared = CommitBuilder::from(props)
             .with_actions(staged.adds.clone())
             .with_operation_id(operation_id)
@@ -286,11 +306,27 @@ impl Appender {
                         .abort_commit_entry(version, entry, operation_id)
                         .await?;
                 }
-                Ok(false)
+                // The store retries a put whose answer was lost (a 5xx after it landed):
+                // the entry found may be ours.
+                is_ours(log_store.as_ref(), version, operation_id).await
             }
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// Whether the commit entry at `version` is the one written with `operation_id` (recorded in
+/// pinstream's part of the commit info).
+async fn is_ours(
+    log_store: &dyn LogStore,
+    version: u64,
+    operation_id: uuid::Uuid,
+) -> Result<bool, DeltaTableError> {
+    let Some(entry) = log_store.read_commit_entry(version).await? else {
+        return Ok(false);
+    };
+    let id = operation_id.to_string();
+    Ok(memchr::memmem::find(&entry, id.as_bytes()).is_some())
 }
 
 /// The txns (app id, version) of the commits in `versions`, oldest first; `None` when one
@@ -375,6 +411,22 @@ mod tests {
         // Five commits, none of them rebuilding the file list: the loaded state is still
         // the one of the table's creation.
         assert_eq!((appender.version(), appender.loaded_version()), (5, 0));
+        // The sink's log checkpoint every 5 versions loads the state at the commit first.
+        let policy = crate::config::MaintenancePolicy {
+            checkpoint_interval: 5,
+            log_retention: std::time::Duration::from_secs(3600),
+            compact_interval: None,
+            compact_min_age: std::time::Duration::ZERO,
+            compact_target_size: 1 << 20,
+            compact_min_files: 2,
+            vacuum_interval: None,
+            vacuum_retention: std::time::Duration::from_secs(3600),
+        };
+        crate::maintenance::after_append(&mut appender, 5, &policy).await;
+        let checkpoint = dir
+            .path()
+            .join("pin/_delta_log/00000000000000000005.checkpoint.parquet");
+        assert!(checkpoint.exists(), "a log checkpoint at version 5");
         let loaded = appender.loaded().await.unwrap();
         assert_eq!(loaded.version(), Some(5));
         assert_eq!(loaded.snapshot().unwrap().log_data().num_files(), 5);
@@ -440,73 +492,157 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn appenders_racing_for_each_version_commit_every_file_once() {
+    async fn two_appenders_per_shard_racing_for_every_version_commit_each_shard_once() {
+        // Six shards, two writers each (an owner and a zombie that both believe they hold
+        // the shard), all racing for the same versions on four threads. Whichever commits
+        // first for a shard owns it: the other is fenced from then on.
         let dir = tempfile::tempdir().unwrap();
-        let (writers, appends) = (6, 8);
+        let (shards, appends) = (6, 6);
         let mut tasks = tokio::task::JoinSet::new();
-        for w in 0..writers {
+        for w in 0..shards * 2 {
             let mut appender = Appender::new(new_table(dir.path()).await);
             tasks.spawn(async move {
-                let mut expected = 0;
+                let (n, mut expected, mut committed) = (w / 2, 0, Vec::new());
                 for i in 0..appends {
                     let row = w * 100 + i;
                     let done = appender
-                        .append("w", &[pin_rows(row..row + 1)], &[shard(w, expected, row)])
+                        .append("w", &[pin_rows(row..row + 1)], &[shard(n, expected, row)])
                         .await
                         .unwrap();
-                    let Appended::Committed(v) = done else {
-                        panic!("writer {w} fenced on its own shard: {done:?}")
-                    };
-                    assert!(v > expected, "versions only grow");
-                    expected = v;
+                    match done {
+                        Appended::Committed(v) => {
+                            expected = v;
+                            committed.push(v);
+                        }
+                        Appended::Fenced(_) => break,
+                    }
                 }
-                (w, expected)
+                (n, committed)
             });
         }
-        let mut table = new_table(dir.path()).await;
+        let mut by_shard: HashMap<usize, Vec<Vec<i64>>> = HashMap::new();
         while let Some(done) = tasks.join_next().await {
-            let (w, last) = done.unwrap();
-            let app_id = format!("test/pin/shardId-{w:012}");
+            let (n, committed) = done.unwrap();
+            by_shard.entry(n).or_default().push(committed);
+        }
+        let mut table = new_table(dir.path()).await;
+        for (n, mut pair) in by_shard {
+            pair.sort_by_key(Vec::len);
+            assert!(
+                pair[0].is_empty() && pair[1].len() == appends,
+                "shard {n}: one writer commits all its appends, the other none: {pair:?}"
+            );
+            let app_id = format!("test/pin/shardId-{n:012}");
+            let last = *pair[1].last().unwrap();
             assert_eq!(txn_version(&mut table, &app_id).await.unwrap(), Some(last));
         }
-        // One commit per append, each with its one file, nothing twice.
-        assert_eq!(table.version(), Some((writers * appends) as u64));
+        // One commit per append that went in, each with its one file, nothing twice.
+        assert_eq!(table.version(), Some((shards * appends) as u64));
         let state = table.snapshot().unwrap();
-        assert_eq!(state.log_data().num_files(), writers * appends);
+        assert_eq!(state.log_data().num_files(), shards * appends);
+    }
+
+    #[tokio::test]
+    async fn a_staged_append_is_fenced_again_when_the_appender_learnt_of_a_newer_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Appender::new(new_table(dir.path()).await);
+        let staged = match a
+            .stage("a", &[pin_rows(0..1)], &[shard(0, 0, 0)])
+            .await
+            .unwrap()
+        {
+            Ok(staged) => staged,
+            Err(f) => panic!("fenced early: {f:?}"),
+        };
+        // Meanwhile another writer commits for the shard, and a learns of it.
+        let mut b = new_table(dir.path()).await;
+        let took = append(&mut b, "b", &[pin_rows(1..2)], &[shard(0, 0, 1)])
+            .await
+            .unwrap();
+        assert_eq!(took, Appended::Committed(1));
+        let app_id = "test/pin/shardId-000000000000";
+        assert_eq!(a.txn_versions(&[app_id]).await.unwrap(), [Some(1)]);
+        // The staged commit would land at version 2 without a conflict: still fenced.
+        let done = a.commit(staged).await.unwrap();
+        assert_eq!(
+            done,
+            Appended::Fenced(vec!["pin:shardId-000000000000".into()])
+        );
+        b.update_state().await.unwrap();
+        assert_eq!(b.version(), Some(1));
+    }
+
+    #[tokio::test]
+    async fn a_put_answered_as_a_conflict_after_it_landed_is_known_as_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Appender::new(new_table(dir.path()).await);
+        let Ok(staged) = a
+            .stage("a", &[pin_rows(0..1)], &[shard(0, 0, 0)])
+            .await
+            .unwrap()
+        else {
+            panic!("fenced early")
+        };
+        let id = uuid::Uuid::new_v4();
+        assert!(a.write_commit(1, &staged, id).await.unwrap());
+        // The store's retry of the same put finds the version taken, by our own entry.
+        assert!(a.write_commit(1, &staged, id).await.unwrap());
+        // Another writer's entry is not ours.
+        assert!(!a
+            .write_commit(1, &staged, uuid::Uuid::new_v4())
+            .await
+            .unwrap());
     }
 
     #[tokio::test]
     async fn another_writers_metadata_change_is_loaded_before_the_next_append() {
         let dir = tempfile::tempdir().unwrap();
         let mut appender = Appender::new(new_table(dir.path()).await);
-        let done = appender
-            .append("a", &[pin_rows(0..1)], &[shard(0, 0, 0)])
-            .await
-            .unwrap();
+        let append_at = |expected: i64, i: usize| (pin_rows(i..i + 1), shard(0, expected, i));
+        let set = |key: &str, value: &str| {
+            let (key, value) = (key.to_owned(), value.to_owned());
+            let dir = dir.path().to_path_buf();
+            async move {
+                new_table(&dir)
+                    .await
+                    .set_tbl_properties()
+                    .with_properties(HashMap::from([(key, value)]))
+                    .await
+                    .unwrap()
+                    .version()
+            }
+        };
+        let (rows, s) = append_at(0, 0);
+        let done = appender.append("a", &[rows], &[s]).await.unwrap();
         assert_eq!(done, Appended::Committed(1));
-        // Another writer sets a txn retention (a metaData action at version 2).
-        let table = new_table(dir.path())
-            .await
-            .set_tbl_properties()
-            .with_properties(HashMap::from([(
-                "delta.setTransactionRetentionDuration".to_owned(),
-                "interval 7 days".to_owned(),
-            )]))
-            .await
-            .unwrap();
-        assert_eq!(table.version(), Some(2));
-        let done = appender
-            .append("a", &[pin_rows(1..2)], &[shard(0, 1, 1)])
-            .await
-            .unwrap();
+        // Another writer changes the table's configuration: a metaData action at version 2.
+        assert_eq!(
+            set("delta.logRetentionDuration", "interval 60 days").await,
+            Some(2)
+        );
+        let (rows, s) = append_at(1, 1);
+        let done = appender.append("a", &[rows], &[s]).await.unwrap();
         assert_eq!(done, Appended::Committed(3));
-        // The appender read the new metadata (and from then on leaves txns to delta-rs).
-        assert!(appender.loaded_version() >= 2);
+        // The appender loaded it, and still fences from its kept versions.
+        assert_eq!(appender.loaded_version(), 2);
+        assert!(!appender.expires_txns().unwrap());
+        let (rows, s) = append_at(1, 2);
+        let stale = appender.append("a", &[rows], &[s]).await.unwrap();
+        assert_eq!(
+            stale,
+            Appended::Fenced(vec!["pin:shardId-000000000000".into()])
+        );
+        // A txn retention (version 4) leaves the fence to delta-rs from then on.
+        assert_eq!(
+            set("delta.setTransactionRetentionDuration", "interval 7 days").await,
+            Some(4)
+        );
+        let (rows, s) = append_at(3, 3);
+        let done = appender.append("a", &[rows], &[s]).await.unwrap();
+        assert_eq!(done, Appended::Committed(5));
         assert!(appender.expires_txns().unwrap());
-        let stale = appender
-            .append("a", &[pin_rows(2..3)], &[shard(0, 1, 2)])
-            .await
-            .unwrap();
+        let (rows, s) = append_at(3, 4);
+        let stale = appender.append("a", &[rows], &[s]).await.unwrap();
         assert_eq!(
             stale,
             Appended::Fenced(vec!["pin:shardId-000000000000".into()])

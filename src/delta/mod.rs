@@ -286,8 +286,13 @@ fn lost_every_race() -> DeltaTableError {
 }
 
 /// Commit properties of an append at `version` by `writer`: a txn per shard set to
-/// `version`, and each shard's position and the writer in the commit info.
-fn commit_properties(writer: &str, shards: &[ShardCommit], version: i64) -> CommitProperties {
+/// `version`, and each shard's position, the writer and the commit's id in the commit info.
+fn commit_properties(
+    writer: &str,
+    commit_id: &str,
+    shards: &[ShardCommit],
+    version: i64,
+) -> CommitProperties {
     let now = chrono::Utc::now().timestamp_millis();
     let txns: Vec<Transaction> = shards
         .iter()
@@ -306,7 +311,7 @@ fn commit_properties(writer: &str, shards: &[ShardCommit], version: i64) -> Comm
         .with_application_transactions(txns)
         .with_metadata([(
             COMMIT_INFO_KEY.to_owned(),
-            json!({ "writer": writer, "shards": positions }),
+            json!({ "writer": writer, "commit": commit_id, "shards": positions }),
         )])
 }
 
