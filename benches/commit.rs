@@ -11,7 +11,11 @@
 //! log checkpoint follows every 100th version, as in the sink (the appender loads the
 //! whole state for it: its share is in the mean).
 //!
-//! A second group measures the same append after `AGE` appends: through one [`Appender`],
+//! `append_long_log` measures it on a 100-file table whose `_delta_log` keeps 20,000
+//! commit entries (log cleanup keeps `maintenance.log_retention` of them: 30 days by
+//! default, 500,000 entries at one commit per 5 s).
+//!
+//! A last group measures the same append after `AGE` appends: through one [`Appender`],
 //! and through `delta::append` on a `DeltaTable` whose delta-rs state follows every commit
 //! (it keeps one batch of file metadata per commit seen and re-reads them all at each
 //! update: what the sink did before it kept an appender).
@@ -37,6 +41,8 @@ const ROWS_PER_FLUSH: usize = 1_000;
 /// Appends through one handle before the aged group measures (a few in test mode, where
 /// benches run once unoptimised).
 const AGE: usize = if cfg!(debug_assertions) { 3 } else { 400 };
+/// Commit entries kept in the long log group's `_delta_log` (a few in test mode).
+const LONG_LOG: usize = if cfg!(debug_assertions) { 20 } else { 20_000 };
 
 /// `n` real pin records (tests/data) cleaned into one batch, with sequence numbers from
 /// `first`.
@@ -150,6 +156,26 @@ async fn table_with_files(root: &TableRoot, name: &str, files: usize) -> (DeltaT
     (table, versions)
 }
 
+/// Writes `n` commit entries holding only a commit info after the table's latest version
+/// (cheaper than real commits; they count the same in a listing of the log), then a log
+/// checkpoint.
+async fn add_empty_commits(table: &mut DeltaTable, root: &TableRoot, name: &str, n: usize) {
+    let TableRoot::Local(dir) = root else {
+        unreachable!()
+    };
+    let first = table.version().unwrap_or(0) + 1;
+    for v in first..first + n as u64 {
+        let path = dir.join(name).join(format!("_delta_log/{v:020}.json"));
+        let info = serde_json::json!({"commitInfo": {"timestamp": 1_700_000_000_000u64 + v, "operation": "WRITE", "operationParameters": {"mode": "Append"}}});
+        std::fs::write(path, info.to_string()).unwrap();
+    }
+    table.update_state().await.unwrap();
+    deltalake::checkpoints::create_checkpoint(table, None)
+        .await
+        .unwrap();
+    table.update_state().await.unwrap();
+}
+
 /// One sink flush through `handle` carrying every shard: the fence before the flush, then
 /// the append fenced on each shard's last version, then the log checkpoint the sink writes
 /// every 100 versions.
@@ -223,6 +249,22 @@ fn append_as_the_table_grows(c: &mut Criterion) {
             b.iter(|| sink_append(&rt, &mut handle, &mut versions, &batch))
         });
     }
+    g.finish();
+
+    // The same append on a 100-file table whose log keeps LONG_LOG commit entries (a log
+    // checkpoint after them, as the sink writes; cleanup keeps `maintenance.log_retention`
+    // of entries: 30 days by default).
+    let mut g = c.benchmark_group("append_long_log");
+    g.sample_size(20).measurement_time(Duration::from_secs(10));
+    let (table, mut versions) = rt.block_on(async {
+        let (mut table, versions) = table_with_files(&root, "long_log", 100).await;
+        add_empty_commits(&mut table, &root, "long_log", LONG_LOG).await;
+        (table, versions)
+    });
+    let mut handle = Appender::new(table);
+    g.bench_function(BenchmarkId::new("files_100_log_entries", LONG_LOG), |b| {
+        b.iter(|| sink_append(&rt, &mut handle, &mut versions, &batch))
+    });
     g.finish();
 
     // The same append after AGE appends, through one appender or a state following them.
