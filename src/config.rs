@@ -358,6 +358,10 @@ pub struct Settings {
 
 pub const DEFAULT_TABLE_ROOT: &str = "pinstream-data/tables";
 
+/// The shortest `maintenance.log_retention`: six times the time a sink's appender trusts
+/// the log version it last knew (`delta::Appender`).
+const MIN_LOG_RETENTION: Duration = Duration::from_secs(3600);
+
 fn duration(key: &str, v: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
     match v {
         None => Ok(default),
@@ -776,6 +780,16 @@ impl MaintenancePolicy {
                 Duration::from_secs(7 * 86_400),
             )?,
         };
+        if maintenance.log_retention < MIN_LOG_RETENTION {
+            return Err(invalid(
+                "maintenance.log_retention",
+                format!(
+                    "{} is below the 1-hour minimum (a writer that knew the latest log version within the last 10 minutes reads the entries after it without listing the log; none of them may be cleaned meanwhile)",
+                    humantime::format_duration(maintenance.log_retention)
+                ),
+                "use 1h or more (time travel reaches back this far; 30d is the default)",
+            ));
+        }
         if maintenance.vacuum_retention < Duration::from_secs(7 * 86_400) {
             return Err(invalid(
                 "maintenance.vacuum_retention",
@@ -914,6 +928,16 @@ mod tests {
         .to_string();
         assert!(
             e.contains("maintenance.vacuum_retention") && e.contains("7d or more"),
+            "{e}"
+        );
+        let e = resolve(
+            "[maintenance]\nlog_retention = \"5m\"\n",
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("maintenance.log_retention") && e.contains("1h or more"),
             "{e}"
         );
         assert!(resolve(

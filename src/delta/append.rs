@@ -28,6 +28,7 @@ use deltalake::kernel::transaction::{CommitBuilder, TransactionError};
 use deltalake::kernel::Action;
 use deltalake::logstore::{CommitOrBytes, LogStore};
 use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::table::config::TablePropertiesExt as _;
 use deltalake::table::state::DeltaTableState;
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
@@ -67,7 +68,9 @@ pub struct Appender {
 /// local disk a listing walks every file the log keeps: up to `maintenance.log_retention`
 /// of commits, hundreds of thousands at one commit per 5 s). A commit written after that
 /// instant is younger than this bound, and log cleanup only deletes entries older than the
-/// table's log retention (days), so none of them can be missing yet. An appender idle for
+/// log retention (at least six times this bound: `maintenance.log_retention` is refused
+/// under an hour, and a table's own shorter retention shortens the bound), so none of
+/// them can be missing yet. An appender idle for
 /// longer lists the log once, which also notices entries cleaned meanwhile.
 const PROBE_TRUST: Duration = Duration::from_secs(600);
 
@@ -198,7 +201,8 @@ impl Appender {
         }
         let checked = Instant::now();
         let log_store = self.table.log_store();
-        let probe = self.confirmed_at.is_some_and(|t| t.elapsed() < PROBE_TRUST);
+        let trust = self.probe_trust()?;
+        let probe = self.confirmed_at.is_some_and(|t| t.elapsed() < trust);
         let latest = if probe {
             None
         } else {
@@ -257,6 +261,19 @@ impl Appender {
             self.version = loaded;
         }
         Ok(())
+    }
+
+    /// How long the appender reads ahead without listing after it last knew its version:
+    /// [`PROBE_TRUST`], shortened for a table whose own `delta.logRetentionDuration` (which
+    /// other engines clean by) is under six times that. pinstream's own cleanup keeps at
+    /// least an hour (`maintenance.log_retention`, checked at start).
+    fn probe_trust(&self) -> Result<Duration, DeltaTableError> {
+        let retention = self
+            .table
+            .snapshot()?
+            .table_config()
+            .log_retention_duration();
+        Ok(PROBE_TRUST.min(retention / 6))
     }
 
     /// Whether the table expires txns (`delta.setTransactionRetentionDuration`).
@@ -752,13 +769,34 @@ mod tests {
         assert_eq!(listed(&store) - opened, 1);
         assert_eq!((appender.version(), expected), (11, 11));
         // An appender idle for longer than it trusts its version lists the log again.
-        appender.confirmed_at = Some(Instant::now() - PROBE_TRUST);
+        appender.confirmed_at = Instant::now().checked_sub(PROBE_TRUST);
         let done = appender
             .append("a", &[pin_rows(9..10)], &[shard(0, expected, 9)])
             .await
             .unwrap();
         assert_eq!(done, Appended::Committed(13));
         assert_eq!(listed(&store) - opened, 2);
+    }
+
+    #[tokio::test]
+    async fn a_table_keeping_its_log_briefly_shortens_the_read_ahead() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = new_table(dir.path()).await;
+        assert_eq!(Appender::new(table).probe_trust().unwrap(), PROBE_TRUST);
+        // Another engine cleaning this table's log after 30 minutes: trusted for 5.
+        let table = new_table(dir.path())
+            .await
+            .set_tbl_properties()
+            .with_properties(HashMap::from([(
+                "delta.logRetentionDuration".to_owned(),
+                "interval 30 minutes".to_owned(),
+            )]))
+            .await
+            .unwrap();
+        assert_eq!(
+            Appender::new(table).probe_trust().unwrap(),
+            Duration::from_secs(300)
+        );
     }
 
     #[tokio::test]
