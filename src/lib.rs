@@ -28,8 +28,8 @@
 //!   recovery, the Parquet settings. Used by the sink, maintenance, recovery and queries;
 //!   depends on none of them.
 //! - [`sink`]: per-table micro-batch buffers flushed by age, rows or bytes (or memory
-//!   pressure) through [`delta`], then a conditional checkpoint per shard; its table
-//!   handles are loaded afresh every 100 versions (`sink/table.rs`).
+//!   pressure) through a [`delta::Appender`] per table (appends that neither rebuild the
+//!   table's file list nor list its log), then a conditional checkpoint per shard.
 //! - [`maintenance`]: Delta log checkpoints, log cleanup and vacuum (after commits and
 //!   `pinstream maintain`).
 //! - [`worker`]: [`worker::run`] wires the layers above: the coordinator loop

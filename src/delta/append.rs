@@ -70,8 +70,8 @@ pub struct Appender {
 /// instant is younger than this bound, and log cleanup only deletes entries older than the
 /// log retention (at least six times this bound: `maintenance.log_retention` is refused
 /// under an hour, and a table's own shorter retention shortens the bound), so none of
-/// them can be missing yet. An appender idle for
-/// longer lists the log once, which also notices entries cleaned meanwhile.
+/// them can be missing yet. An appender idle for longer lists the log once, which also
+/// notices entries cleaned meanwhile.
 const PROBE_TRUST: Duration = Duration::from_secs(600);
 
 impl Appender {
