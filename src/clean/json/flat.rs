@@ -84,8 +84,8 @@ fn expected_key<K: Keys>(b: &[u8], start: usize, guess: usize) -> Option<usize> 
 
 /// `a == b` for two slices of the same length, a word at a time (keys are 3 to 20 bytes:
 /// a call to `memcmp` costs more than the comparison).
-#[inline]
-fn same(a: &[u8], b: &[u8]) -> bool {
+#[inline(always)]
+pub(super) fn same(a: &[u8], b: &[u8]) -> bool {
     debug_assert_eq!(a.len(), b.len());
     let n = a.len();
     let word =
