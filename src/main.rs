@@ -23,8 +23,9 @@ fn main() -> ExitCode {
     // The demo prints its own progress; its workers' info lines would drown it.
     // Queries print results on stdout; only pinstream's own warnings belong on stderr
     // (delta-rs logs a handled time-travel miss as an ERROR). delta-rs's commit logs a
-    // lost race as WARN and ERROR; pinstream commits at one version at a time and handles
-    // that race itself (`delta::commit_next`), so those lines are off.
+    // lost race as WARN and ERROR; pinstream's appends and compactions write their commit
+    // entries at one version at a time and handle that race themselves (`delta::entry`), so
+    // those lines are off.
     let default_filter = match cli.command {
         Command::Demo(_) => "warn,deltalake_core::kernel::transaction=off",
         Command::Query(_) | Command::Report(_) => "off,pinstream=warn",

@@ -8,15 +8,15 @@
 //!
 //! Compaction is safe while workers append and while other compactions run: it rewrites
 //! only files of the snapshot it read and commits their removal and the new files as one
-//! `OPTIMIZE` commit with `dataChange = false` (streaming readers skip it), at exactly the
-//! version after a snapshot in which every input file is still present ([`commit_rewrite`]);
-//! if another writer removed one of them first, it commits nothing and the next run tries
-//! again. Appends only add files, so they never stop a compaction.
+//! `OPTIMIZE` commit with `dataChange = false` (streaming readers skip it), at the first
+//! free version after that snapshot, having read every commit in between
+//! ([`commit_rewrite`]); if another writer removed one of the inputs (or changed the
+//! table's metadata) first, it commits nothing and the next run tries again. Appends only
+//! add files, so they never stop a compaction.
 
 use std::time::Duration;
 
 use deltalake::checkpoints::{cleanup_expired_logs_for, create_checkpoint};
-use deltalake::kernel::transaction::CommitProperties;
 use deltalake::kernel::Action;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::protocol::DeltaOperation;
@@ -25,7 +25,7 @@ use deltalake::{DeltaTable, DeltaTableError};
 
 use deltalake::arrow::datatypes::SchemaRef;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use crate::clean::{self, Kind};
 use crate::config::{MaintenancePolicy, Settings};
@@ -94,8 +94,8 @@ pub async fn compact(
 
 /// Files rewritten by a compaction, not yet committed.
 pub struct Rewrite {
-    /// Paths of the files the new ones replace.
-    inputs: Vec<String>,
+    /// Paths of the files the new ones replace (decoded, as the snapshot gives them).
+    inputs: HashSet<String>,
     actions: Vec<Action>,
     target_size: u64,
     report: Compaction,
@@ -141,7 +141,7 @@ pub async fn rewrite_small_files(
     let store = table.log_store().object_store(None);
     let mut report = Compaction::default();
     let mut actions = Vec::new();
-    let mut inputs = Vec::new();
+    let mut inputs = HashSet::new();
     for bin in &bins {
         let mut writer = RecordBatchWriter::for_table(table)?
             .with_writer_properties(crate::delta::writer_properties());
@@ -161,7 +161,7 @@ pub async fn rewrite_small_files(
             }
             report.files_removed += 1;
             report.bytes_removed += f.size() as u64;
-            inputs.push(f.path().into_owned());
+            inputs.insert(f.path().into_owned());
             actions.push(Action::Remove(f.remove_action(false)));
         }
         for mut add in writer.flush().await? {
@@ -180,15 +180,20 @@ pub async fn rewrite_small_files(
 }
 
 /// Second step of a compaction: commits the swap as ONE OPTIMIZE commit with
-/// `dataChange = false`, at exactly the version after the snapshot it checked, and only
-/// while every input file is still in the table. When another writer commits first, the
-/// check runs again on the new latest snapshot: appends only add files and let the
-/// compaction through; another compaction (or anything else) that removed one of the
-/// inputs makes this one give up (`version: None`, `conflict: true`), so no row is ever
-/// in the table twice. The new files are then orphans that vacuum deletes.
+/// `dataChange = false`, at the version after the snapshot it read, and only while every
+/// input file is still in the table. When another writer took that version first, its
+/// commit entry is read ([`delta::entry::removed_by`]): an append only adds files and the
+/// compaction tries the next version; a commit that removed one of the inputs (another
+/// compaction, a delete) or changed the table's metadata or protocol makes it give up
+/// (`version: None`, `conflict: true`), so no row is ever in the table twice. The new files
+/// are then orphans that vacuum deletes.
 ///
-/// delta-rs's own conflict check is not relied on: it lets a second compaction of the same
-/// files through (it ignores removals with `dataChange = false`).
+/// A lost race costs one read of a small entry, not a reload of the table's state: on a
+/// table taking several appends a second, a reload (a listing and a replay of the log,
+/// 60-220 ms in a loaded test build) let the next append in before every retry, and
+/// compactions starved. delta-rs's own conflict check is not relied on either: it lets a
+/// second compaction of the same files through (it ignores removals with
+/// `dataChange = false`).
 pub async fn commit_rewrite(
     table: &mut DeltaTable,
     rewrite: Rewrite,
@@ -199,15 +204,36 @@ pub async fn commit_rewrite(
         target_size,
         mut report,
     } = rewrite;
-    let operation = || DeltaOperation::Optimize {
-        predicate: None,
-        target_size: target_size as i64,
-    };
-    for _ in 0..COMMIT_ATTEMPTS {
-        if !all_still_in_table(table, &inputs)? {
+    let operation_id = uuid::Uuid::new_v4();
+    let read_at = table.version().unwrap_or(0);
+    for version in (read_at + 1..).take(COMMIT_ATTEMPTS) {
+        let operation = DeltaOperation::Optimize {
+            predicate: None,
+            target_size: target_size as i64,
+        };
+        let props = delta::entry::identified("compaction", operation_id);
+        if delta::entry::write_at(
+            table,
+            version,
+            actions.clone(),
+            props,
+            operation,
+            operation_id,
+        )
+        .await?
+        {
+            report.version = Some(version);
+            if let Err(e) = table.update_state().await {
+                tracing::warn!(version, error = %e, "loading the table after its compaction failed");
+            }
+            return Ok(report);
+        }
+        let removed = delta::entry::removed_by(table, version).await?;
+        if removed.is_none_or(|paths| paths.iter().any(|p| inputs.contains(p))) {
             tracing::info!(
                 files = inputs.len(),
-                "another writer removed files this compaction rewrote; giving it up"
+                version,
+                "another writer removed files this compaction rewrote, or changed the table's metadata; giving it up"
             );
             metrics::counter!("pinstream_compaction_conflicts_total").increment(1);
             return Ok(Compaction {
@@ -216,32 +242,15 @@ pub async fn commit_rewrite(
                 ..Compaction::default()
             });
         }
-        let props = CommitProperties::default().with_create_checkpoint(false);
-        if let Some(v) = delta::commit_next(table, actions.clone(), props, operation()).await? {
-            report.version = Some(v as u64);
-            return Ok(report);
-        }
-        table.update_state().await?;
     }
     Err(DeltaTableError::Generic(format!(
         "compaction lost the race to other writers {COMMIT_ATTEMPTS} times in a row"
     )))
 }
 
-/// How many times a compaction goes back to the latest version after another writer
-/// committed first.
+/// How many times a compaction tries the next version after another writer's append took
+/// the one it tried.
 const COMMIT_ATTEMPTS: usize = 100;
-
-/// Whether every one of `paths` is a file of the table's loaded snapshot.
-fn all_still_in_table(table: &DeltaTable, paths: &[String]) -> Result<bool, DeltaTableError> {
-    let live: std::collections::HashSet<String> = table
-        .snapshot()?
-        .log_data()
-        .iter()
-        .map(|f| f.path().into_owned())
-        .collect();
-    Ok(paths.iter().all(|p| live.contains(p)))
-}
 
 /// Writes a checkpoint at the table's current version and removes log files older than
 /// `log_retention` that the checkpoint makes unnecessary.
@@ -487,4 +496,186 @@ pub fn spawn_scheduled(
             }
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::TableRoot;
+    use crate::delta::tests::{pin_rows, shard_commit};
+    use crate::delta::watched_store::{BeforeCommit, WatchedStore};
+    use crate::delta::{Appended, ShardCommit};
+
+    const EVERY_SMALL_FILE: CompactOptions = CompactOptions {
+        target_size: 1 << 30,
+        min_age: Duration::ZERO,
+        min_files: 2,
+    };
+
+    async fn table_of_appends(dir: &std::path::Path, appends: usize) -> DeltaTable {
+        let root = TableRoot::Local(dir.to_path_buf());
+        let mut table = delta::open_or_create(&root, "pin", &Kind::Pin.schema())
+            .await
+            .unwrap();
+        for i in 0..appends {
+            let shard = shard_commit(i as i64, i);
+            let done = delta::append(&mut table, "a", &[pin_rows(i..i + 1)], &[shard])
+                .await
+                .unwrap();
+            assert_eq!(done, Appended::Committed(i as i64 + 1));
+        }
+        table
+    }
+
+    /// Another writer's handle on the same table appending for shard 1, one row a time.
+    struct OtherWriter {
+        table: tokio::sync::Mutex<(DeltaTable, i64)>,
+        appends_left: AtomicUsize,
+    }
+
+    impl OtherWriter {
+        async fn new(table: &DeltaTable, appends: usize) -> Arc<Self> {
+            let mut table = table.clone();
+            table.update_state().await.unwrap();
+            Arc::new(OtherWriter {
+                table: tokio::sync::Mutex::new((table, 0)),
+                appends_left: AtomicUsize::new(appends),
+            })
+        }
+
+        /// Appends one row unless it has made all its appends.
+        async fn append(&self) {
+            let more = self
+                .appends_left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            if more.is_err() {
+                return;
+            }
+            let mut guard = self.table.lock().await;
+            let (table, expected) = &mut *guard;
+            let i = 100 + *expected as usize;
+            let shard = ShardCommit {
+                app_id: "test/pin/shardId-000000000001".into(),
+                lease_key: "pin:shardId-000000000001".into(),
+                ..shard_commit(*expected, i)
+            };
+            match delta::append(table, "b", &[pin_rows(i..i + 1)], &[shard])
+                .await
+                .unwrap()
+            {
+                Appended::Committed(v) => *expected = v,
+                fenced => panic!("the other writer was fenced: {fenced:?}"),
+            }
+        }
+
+        /// A hook that lets this writer append just before each commit entry is put.
+        fn before_every_commit(self: &Arc<Self>) -> BeforeCommit {
+            let me = self.clone();
+            Box::new(move |_| {
+                let me = me.clone();
+                Box::pin(async move { me.append().await })
+            })
+        }
+    }
+
+    /// An append lands just before each of the compaction's first five puts, as on a table
+    /// taking appends faster than the compaction reloads it. The compaction reads each
+    /// winner's entry, commits at the sixth version it tries, and lists the log once: to
+    /// load the table after its commit. (Reloading the state after each lost race, as
+    /// before, lists the log at every one of them.)
+    #[tokio::test]
+    async fn a_compaction_losing_races_to_appends_reads_their_entries_without_reloading() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = table_of_appends(dir.path(), 4).await;
+        let other = OtherWriter::new(&table, 5).await;
+        let (mut compacting, store) =
+            WatchedStore::open(&table, Some(other.before_every_commit())).await;
+        let rewrite = rewrite_small_files(&mut compacting, &EVERY_SMALL_FILE)
+            .await
+            .unwrap()
+            .expect("four small files");
+        let listed = store.log_listings();
+        let report = commit_rewrite(&mut compacting, rewrite).await.unwrap();
+        assert_eq!(
+            report.version,
+            Some(10),
+            "after the five appends: {report:?}"
+        );
+        assert_eq!((report.files_removed, report.rows), (4, 4));
+        assert_eq!(store.log_listings() - listed, 1, "listings of the log");
+        assert_eq!(compacting.version(), Some(10));
+        let files = compacting.snapshot().unwrap().log_data().num_files();
+        assert_eq!(
+            files,
+            1 + 5,
+            "the compacted file and the five appended after"
+        );
+    }
+
+    /// A commit that changed the table's metadata between the compaction's snapshot and its
+    /// commit makes it give up: its files were written under the old metadata. (Reloading
+    /// the state and checking only that the inputs are still there let it commit.)
+    #[tokio::test]
+    async fn a_compaction_gives_way_to_a_metadata_change_committed_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = table_of_appends(dir.path(), 3).await;
+        let rewrite = rewrite_small_files(&mut table, &EVERY_SMALL_FILE)
+            .await
+            .unwrap()
+            .expect("three small files");
+        let mut other = table.clone();
+        other.update_state().await.unwrap();
+        let other = other
+            .set_tbl_properties()
+            .with_properties(std::collections::HashMap::from([(
+                "delta.logRetentionDuration".to_owned(),
+                "interval 2 days".to_owned(),
+            )]))
+            .await
+            .unwrap();
+        assert_eq!(other.version(), Some(4));
+        let report = commit_rewrite(&mut table, rewrite).await.unwrap();
+        assert_eq!(
+            (report.version, report.conflict),
+            (None, true),
+            "{report:?}"
+        );
+        let log = dir.path().join("pin/_delta_log");
+        assert!(
+            !log.join("00000000000000000005.json").exists(),
+            "nothing committed"
+        );
+    }
+
+    /// A compaction that lost to another compaction of the same files gives up, whichever
+    /// version the other one took after appends.
+    #[tokio::test]
+    async fn a_compaction_gives_way_to_another_that_removed_its_inputs_after_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = table_of_appends(dir.path(), 4).await;
+        let mut first = table.clone();
+        let mut second = table.clone();
+        let a = rewrite_small_files(&mut first, &EVERY_SMALL_FILE)
+            .await
+            .unwrap()
+            .unwrap();
+        let b = rewrite_small_files(&mut second, &EVERY_SMALL_FILE)
+            .await
+            .unwrap()
+            .unwrap();
+        let other = OtherWriter::new(&table, 2).await;
+        other.append().await;
+        assert_eq!(
+            commit_rewrite(&mut first, a).await.unwrap().version,
+            Some(6)
+        );
+        other.append().await;
+        let lost = commit_rewrite(&mut second, b).await.unwrap();
+        assert_eq!((lost.version, lost.conflict), (None, true), "{lost:?}");
+        second.update_state().await.unwrap();
+        assert_eq!(second.version(), Some(7));
+    }
 }

@@ -24,18 +24,16 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use deltalake::kernel::transaction::{CommitBuilder, TransactionError};
 use deltalake::kernel::Action;
-use deltalake::logstore::{CommitOrBytes, LogStore};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::config::TablePropertiesExt as _;
 use deltalake::table::state::DeltaTableState;
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
-use serde_json::Value;
 
 use super::{
-    commit_properties, lost_every_race, writer_properties, Appended, ShardCommit, COMMIT_ATTEMPTS,
+    commit_properties, entry, lost_every_race, writer_properties, Appended, ShardCommit,
+    COMMIT_ATTEMPTS,
 };
 use deltalake::arrow::record_batch::RecordBatch;
 
@@ -230,7 +228,7 @@ impl Appender {
                 }
                 break;
             };
-            match txns_of_commit(&entry) {
+            match entry::txns(&entry) {
                 Some(t) => txns.extend(t),
                 None => {
                     self.load(None).await?;
@@ -323,10 +321,8 @@ impl Appender {
         Ok(app_ids.iter().map(|id| self.known[*id]).collect())
     }
 
-    /// Writes the commit entry of `staged` as `version`. `false`: another writer's commit
-    /// holds that version; nothing of ours is in the log. delta-rs prepares the entry (its
-    /// protocol check, the commit info, the bytes or, for stores without a conditional put,
-    /// a temporary file to rename) exactly as for its own commits; only the write is ours.
+    /// Writes the commit entry of `staged` as `version` ([`entry::write_at`]). `false`:
+    /// another writer's commit holds that version; nothing of ours is in the log.
     async fn write_commit(
         &self,
         version: u64,
@@ -338,75 +334,22 @@ impl Appender {
             partition_by: None,
             predicate: None,
         };
-        let log_store = self.table.log_store();
         let props = commit_properties(
             &staged.writer,
             &operation_id.to_string(),
             &staged.shards,
             version as i64,
         );
-        let prepared = CommitBuilder::from(props)
-            .with_actions(staged.adds.clone())
-            .with_operation_id(operation_id)
-            .build(Some(self.table.snapshot()?), log_store.clone(), operation)
-            .into_prepared_commit_future()
-            .await?;
-        let entry = prepared.commit_or_bytes().clone();
-        match log_store
-            .write_commit_entry(version, entry.clone(), operation_id)
-            .await
-        {
-            Ok(()) => Ok(true),
-            Err(TransactionError::VersionAlreadyExists(_)) => {
-                if matches!(entry, CommitOrBytes::TmpCommit(_)) {
-                    log_store
-                        .abort_commit_entry(version, entry, operation_id)
-                        .await?;
-                }
-                // The store retries a put whose answer was lost (a 5xx after it landed):
-                // the entry found may be ours.
-                is_ours(log_store.as_ref(), version, operation_id).await
-            }
-            Err(e) => Err(e.into()),
-        }
+        entry::write_at(
+            &self.table,
+            version,
+            staged.adds.clone(),
+            props,
+            operation,
+            operation_id,
+        )
+        .await
     }
-}
-
-/// Whether the commit entry at `version` is the one written with `operation_id` (recorded in
-/// pinstream's part of the commit info).
-async fn is_ours(
-    log_store: &dyn LogStore,
-    version: u64,
-    operation_id: uuid::Uuid,
-) -> Result<bool, DeltaTableError> {
-    let Some(entry) = log_store.read_commit_entry(version).await? else {
-        return Ok(false);
-    };
-    let id = operation_id.to_string();
-    Ok(memchr::memmem::find(&entry, id.as_bytes()).is_some())
-}
-
-/// The txns (app id, version) of one commit entry; `None` when it changes the table's
-/// metadata or protocol, or cannot be parsed (the caller loads the state afresh).
-fn txns_of_commit(entry: &[u8]) -> Option<Vec<(String, i64)>> {
-    let mut txns = Vec::new();
-    for line in entry.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        let marked = |m: &[u8]| memchr::memmem::find(line, m).is_some();
-        if !(marked(b"\"txn\"") || marked(b"\"metaData\"") || marked(b"\"protocol\"")) {
-            continue;
-        }
-        let action = serde_json::from_slice::<Value>(line).ok()?;
-        if action.get("metaData").is_some() || action.get("protocol").is_some() {
-            return None;
-        }
-        let Some(txn) = action.get("txn") else {
-            continue;
-        };
-        let app_id = txn.get("appId").and_then(Value::as_str)?;
-        let version = txn.get("version").and_then(Value::as_i64)?;
-        txns.push((app_id.to_owned(), version));
-    }
-    Some(txns)
 }
 
 #[cfg(test)]
@@ -415,11 +358,8 @@ mod tests {
     use crate::clean::Kind;
     use crate::config::TableRoot;
     use crate::delta::tests::{pin_rows, shard_commit};
+    use crate::delta::watched_store::WatchedStore;
     use crate::delta::{append, open_or_create, txn_version};
-    use deltalake::{ObjectMeta, ObjectStore, Path};
-    use futures::stream::BoxStream;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
 
     async fn new_table(dir: &std::path::Path) -> DeltaTable {
         open_or_create(
@@ -640,105 +580,11 @@ mod tests {
             .unwrap());
     }
 
-    /// An object store counting the listings of the Delta log made through it.
-    #[derive(Debug)]
-    struct CountingStore {
-        inner: Arc<dyn ObjectStore>,
-        log_listings: AtomicUsize,
-    }
-
-    impl CountingStore {
-        fn count(&self, prefix: Option<&Path>) {
-            if prefix.is_some_and(|p| p.as_ref().contains("_delta_log")) {
-                self.log_listings.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-    }
-
-    impl std::fmt::Display for CountingStore {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "CountingStore({})", self.inner)
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl ObjectStore for CountingStore {
-        async fn put_opts(
-            &self,
-            location: &Path,
-            payload: object_store::PutPayload,
-            opts: object_store::PutOptions,
-        ) -> object_store::Result<object_store::PutResult> {
-            self.inner.put_opts(location, payload, opts).await
-        }
-        async fn put_multipart_opts(
-            &self,
-            location: &Path,
-            opts: object_store::PutMultipartOptions,
-        ) -> object_store::Result<Box<dyn object_store::MultipartUpload>> {
-            self.inner.put_multipart_opts(location, opts).await
-        }
-        async fn get_opts(
-            &self,
-            location: &Path,
-            options: object_store::GetOptions,
-        ) -> object_store::Result<object_store::GetResult> {
-            self.inner.get_opts(location, options).await
-        }
-        fn delete_stream(
-            &self,
-            locations: BoxStream<'static, object_store::Result<Path>>,
-        ) -> BoxStream<'static, object_store::Result<Path>> {
-            self.inner.delete_stream(locations)
-        }
-        fn list(
-            &self,
-            prefix: Option<&Path>,
-        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-            self.count(prefix);
-            self.inner.list(prefix)
-        }
-        fn list_with_offset(
-            &self,
-            prefix: Option<&Path>,
-            offset: &Path,
-        ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-            self.count(prefix);
-            self.inner.list_with_offset(prefix, offset)
-        }
-        async fn list_with_delimiter(
-            &self,
-            prefix: Option<&Path>,
-        ) -> object_store::Result<object_store::ListResult> {
-            self.count(prefix);
-            self.inner.list_with_delimiter(prefix).await
-        }
-        async fn copy_opts(
-            &self,
-            from: &Path,
-            to: &Path,
-            options: object_store::CopyOptions,
-        ) -> object_store::Result<()> {
-            self.inner.copy_opts(from, to, options).await
-        }
-    }
-
     #[tokio::test]
     async fn appends_following_each_other_read_the_next_entry_and_list_no_log() {
         let dir = tempfile::tempdir().unwrap();
-        let table = new_table(dir.path()).await;
-        let store = Arc::new(CountingStore {
-            inner: table.log_store().root_object_store(None),
-            log_listings: AtomicUsize::new(0),
-        });
-        let url = table.table_url().clone();
-        let table = deltalake::DeltaTableBuilder::from_url(url.clone())
-            .unwrap()
-            .with_storage_backend(store.clone(), url)
-            .load()
-            .await
-            .unwrap();
-        let listed = |store: &CountingStore| store.log_listings.load(Ordering::Relaxed);
+        let (table, store) = WatchedStore::open(&new_table(dir.path()).await, None).await;
+        let listed = |store: &WatchedStore| store.log_listings();
         let opened = listed(&store);
         let mut appender = Appender::new(table);
         let mut other = new_table(dir.path()).await;

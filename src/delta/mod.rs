@@ -1,13 +1,17 @@
 //! Delta tables: open or create a table from its Arrow schema, append a micro-batch as
 //! ONE fenced commit carrying a `txn` per shard and each shard's position in the commit
 //! metadata ([`Appender`], in `append.rs`: a writer's appends without delta-rs rebuilding
-//! the file list at each), commit any actions at exactly one version (`commit_next`, used by
-//! compaction), and read back a shard's txn version and position for recovery. Knows
-//! nothing of leases, sinks or cleaning.
+//! the file list at each), write and read one commit entry at exactly one version
+//! ([`entry`]: how appends and compactions race other writers for the next version), and
+//! read back a shard's txn version and position for recovery. Knows nothing of leases,
+//! sinks or cleaning.
 //!
 //! Local disk and S3 (conditional-put commits; unsafe renames are never enabled).
 
 mod append;
+pub mod entry;
+#[cfg(test)]
+pub(crate) mod watched_store;
 
 use std::collections::HashMap;
 
@@ -315,9 +319,10 @@ fn commit_properties(
         )])
 }
 
-/// Commits `actions` as exactly the version after the table's loaded snapshot, and loads
-/// the result. `Ok(None)`: another writer committed that version first; nothing of ours is
-/// in the log.
+/// Commits `actions` through delta-rs as exactly the version after the table's loaded
+/// snapshot, and loads the result. `Ok(None)`: another writer committed that version first;
+/// nothing of ours is in the log. For writers with no race to run (the commit benchmark
+/// builds its tables with it); racing writers use [`entry::write_at`].
 pub async fn commit_next(
     table: &mut DeltaTable,
     actions: Vec<Action>,

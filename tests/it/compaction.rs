@@ -100,9 +100,12 @@ async fn three_maintain_commands_at_once_keep_every_row_once() {
     );
 }
 
-/// Three workers compact on a 1 s schedule (min age 0) while records arrive for ~10 s and
-/// an operator runs `maintain` (in process) every half second beside them. Every record
-/// lands exactly once, and compactions did commit.
+/// Three workers compact on a 1 s schedule (min age 0) while records arrive in waves of
+/// about 3 s and an operator runs `maintain` (in process) over and over beside them. The
+/// waves go on (at least three, for at most two minutes) until compactions of `pin` have
+/// committed between appends three times and `maintain` has run twice: a test build on a
+/// loaded 2-core machine takes seconds per maintenance pass, so a fixed span of traffic
+/// would test less on a slower machine. Every record lands exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_compacting_on_a_short_schedule_beside_maintain_keep_every_record_once() {
     let aws = support::aws().await;
@@ -114,40 +117,86 @@ async fn workers_compacting_on_a_short_schedule_beside_maintain_keep_every_recor
         "[flush]\nmax_batch_age = \"300ms\"\n[lease]\nfailover_time = \"3s\"\n[reader]\nidle_poll_interval = \"100ms\"\n[maintenance]\ncompact_interval = \"1s\"\ncompact_min_age = \"0s\"\ncompact_min_files = 2\n",
     );
     support::create_streams(&aws, &settings, 2).await;
-    let per_stream = 1000u64;
-    let opts = ProduceOptions {
-        rate: Some(300.0),
-        ..support::produce_options(&settings, 71, 0.02, per_stream)
-    };
-    let client = aws.kinesis.clone();
-    let producing =
-        tokio::spawn(
-            async move { producer::produce(client, opts, CancellationToken::new()).await },
-        );
     let workers: Vec<_> = (0..3)
         .map(|_| support::spawn_worker(&settings, &aws, support::run_options(false)))
         .collect();
-    let mut operator_runs = 0;
-    while !producing.is_finished() {
-        // Tables appear with the workers' first commits.
-        if root.join("pin_rejects/_delta_log").exists() {
-            pinstream::maintenance::run(&settings, None).await.unwrap();
-            operator_runs += 1;
+    let stop_operator = CancellationToken::new();
+    let operator = tokio::spawn(run_maintain_until(settings.clone(), stop_operator.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let (per_wave, mut waves) = (300u64, 0u64);
+    loop {
+        let opts = ProduceOptions {
+            rate: Some(300.0),
+            ..support::produce_options(&settings, 71 + waves, 0.02, per_wave)
+        };
+        let report = producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(report.failed, 0);
+        waves += 1;
+        let between_appends = compactions_between_appends(&root, "pin").await;
+        let operator_runs = operator_runs(&root);
+        if waves >= 3 && between_appends >= 3 && operator_runs >= 2 {
+            break;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "after {waves} waves: {between_appends} compactions of pin between appends, \
+             {operator_runs} maintain runs"
+        );
     }
-    let report = producing.await.unwrap().unwrap();
-    assert_eq!(report.failed, 0);
-    support::wait_all_landed(&root, per_stream as usize, "while compacting").await;
+    let per_stream = (per_wave * waves) as usize;
+    support::wait_all_landed(&root, per_stream, "while compacting").await;
+    stop_operator.cancel();
+    operator.await.unwrap();
     for (stop, running) in workers {
         stop.cancel();
         running.await.unwrap().unwrap();
     }
-    support::assert_exactly_once(&root, per_stream as usize, "compacting fleet").await;
-    assert!(
-        operator_runs >= 2,
-        "maintain ran beside the workers: {operator_runs}"
-    );
-    let compactions = optimize_commits(&root, "pin").await;
-    assert!(compactions >= 3, "compactions committed: {compactions}");
+    support::assert_exactly_once(&root, per_stream, "compacting fleet").await;
+}
+
+/// The operator: `pinstream maintain` (in process) every half second once the tables
+/// exist, until `stop`; each run leaves a mark file under the table root's parent.
+async fn run_maintain_until(settings: pinstream::config::Settings, stop: CancellationToken) {
+    let pinstream::config::TableRoot::Local(root) = &settings.table_root else {
+        panic!("local tables")
+    };
+    let marks = root.with_extension("maintain-runs");
+    std::fs::create_dir_all(&marks).unwrap();
+    let mut runs = 0;
+    while !stop.is_cancelled() {
+        // Tables appear with the workers' first commits.
+        if root.join("pin_rejects/_delta_log").exists() {
+            pinstream::maintenance::run(&settings, None).await.unwrap();
+            runs += 1;
+            std::fs::write(marks.join(runs.to_string()), b"").unwrap();
+        }
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// How many times the operator's `maintain` has run (see [`run_maintain_until`]).
+fn operator_runs(root: &std::path::Path) -> usize {
+    std::fs::read_dir(root.with_extension("maintain-runs")).map_or(0, |d| d.count())
+}
+
+/// How many OPTIMIZE commits of the table have an append after them.
+async fn compactions_between_appends(root: &std::path::Path, table: &str) -> usize {
+    let url =
+        url::Url::from_directory_path(std::fs::canonicalize(root.join(table)).unwrap()).unwrap();
+    let t = deltalake::open_table(url).await.unwrap();
+    let ops: Vec<String> = t
+        .history(None)
+        .filter_map(|c| async move { c.ok().and_then(|c| c.operation) })
+        .collect()
+        .await;
+    // Newest first: the compactions older than the newest append.
+    let newest_append = ops.iter().position(|op| op == "WRITE");
+    newest_append.map_or(0, |i| {
+        ops[i..].iter().filter(|op| *op == "OPTIMIZE").count()
+    })
 }
