@@ -579,11 +579,11 @@ impl FlushPolicy {
                 Duration::from_secs(5),
             )?,
             max_batch_rows: positive("flush.max_batch_rows", f.max_batch_rows, 200_000)?,
-            max_batch_bytes: positive("flush.max_batch_bytes", f.max_batch_bytes, 64 << 20)?,
+            max_batch_bytes: positive("flush.max_batch_bytes", f.max_batch_bytes, 16 << 20)?,
             max_buffered_bytes: positive(
                 "flush.max_buffered_bytes",
                 f.max_buffered_bytes,
-                128 << 20,
+                32 << 20,
             )?,
             failing_commits_unready_after: duration_or_zero(
                 "flush.failing_commits_unready_after",
@@ -861,6 +861,9 @@ mod tests {
         assert_eq!(s.streams[&Kind::Geo], "geo");
         assert_eq!(s.table_root, TableRoot::Local(DEFAULT_TABLE_ROOT.into()));
         assert_eq!(s.flush.max_batch_age, Duration::from_secs(5));
+        // docs/benchmarks.md, "Memory": the budget the drain was measured with.
+        assert_eq!(s.flush.max_batch_bytes, 16 << 20);
+        assert_eq!(s.flush.max_buffered_bytes, 32 << 20);
         assert_eq!(s.lease.failover_time, Duration::from_secs(10));
     }
 
