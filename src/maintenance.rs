@@ -94,6 +94,8 @@ pub async fn compact(
 
 /// Files rewritten by a compaction, not yet committed.
 pub struct Rewrite {
+    /// The version of the snapshot the inputs were picked from.
+    read_at: u64,
     /// Paths of the files the new ones replace (decoded, as the snapshot gives them).
     inputs: HashSet<String>,
     actions: Vec<Action>,
@@ -172,6 +174,7 @@ pub async fn rewrite_small_files(
         }
     }
     Ok(Some(Rewrite {
+        read_at: snapshot.version(),
         inputs,
         actions,
         target_size: opts.target_size,
@@ -199,13 +202,13 @@ pub async fn commit_rewrite(
     rewrite: Rewrite,
 ) -> Result<Compaction, DeltaTableError> {
     let Rewrite {
+        read_at,
         inputs,
         actions,
         target_size,
         mut report,
     } = rewrite;
     let operation_id = uuid::Uuid::new_v4();
-    let read_at = table.version().unwrap_or(0);
     for version in (read_at + 1..).take(COMMIT_ATTEMPTS) {
         let operation = DeltaOperation::Optimize {
             predicate: None,
@@ -648,6 +651,31 @@ mod tests {
             !log.join("00000000000000000005.json").exists(),
             "nothing committed"
         );
+    }
+
+    /// The commits checked are the ones after the snapshot the inputs were picked from, not
+    /// after whatever the handle was loaded at by commit time: a handle refreshed past
+    /// another compaction of the same files still gives way to it.
+    #[tokio::test]
+    async fn a_compaction_checks_every_commit_since_its_own_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let table = table_of_appends(dir.path(), 3).await;
+        let (mut first, mut second) = (table.clone(), table.clone());
+        let a = rewrite_small_files(&mut first, &EVERY_SMALL_FILE)
+            .await
+            .unwrap()
+            .unwrap();
+        let b = rewrite_small_files(&mut second, &EVERY_SMALL_FILE)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            commit_rewrite(&mut second, b).await.unwrap().version,
+            Some(4)
+        );
+        first.update_state().await.unwrap();
+        let lost = commit_rewrite(&mut first, a).await.unwrap();
+        assert_eq!((lost.version, lost.conflict), (None, true), "{lost:?}");
     }
 
     /// A compaction that lost to another compaction of the same files gives up, whichever
