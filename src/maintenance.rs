@@ -533,6 +533,20 @@ mod tests {
         table
     }
 
+    /// Two handles on `table`, each with a rewrite of all its small files staged.
+    async fn two_rewrites(table: &DeltaTable) -> [(DeltaTable, Rewrite); 2] {
+        let mut staged = Vec::new();
+        for _ in 0..2 {
+            let mut t = table.clone();
+            let r = rewrite_small_files(&mut t, &EVERY_SMALL_FILE)
+                .await
+                .unwrap()
+                .expect("small files to compact");
+            staged.push((t, r));
+        }
+        staged.try_into().ok().expect("two rewrites")
+    }
+
     /// Another writer's handle on the same table appending for shard 1, one row a time.
     struct OtherWriter {
         table: tokio::sync::Mutex<(DeltaTable, i64)>,
@@ -660,15 +674,7 @@ mod tests {
     async fn a_compaction_checks_every_commit_since_its_own_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let table = table_of_appends(dir.path(), 3).await;
-        let (mut first, mut second) = (table.clone(), table.clone());
-        let a = rewrite_small_files(&mut first, &EVERY_SMALL_FILE)
-            .await
-            .unwrap()
-            .unwrap();
-        let b = rewrite_small_files(&mut second, &EVERY_SMALL_FILE)
-            .await
-            .unwrap()
-            .unwrap();
+        let [(mut first, a), (mut second, b)] = two_rewrites(&table).await;
         assert_eq!(
             commit_rewrite(&mut second, b).await.unwrap().version,
             Some(4)
@@ -684,16 +690,7 @@ mod tests {
     async fn a_compaction_gives_way_to_another_that_removed_its_inputs_after_appends() {
         let dir = tempfile::tempdir().unwrap();
         let table = table_of_appends(dir.path(), 4).await;
-        let mut first = table.clone();
-        let mut second = table.clone();
-        let a = rewrite_small_files(&mut first, &EVERY_SMALL_FILE)
-            .await
-            .unwrap()
-            .unwrap();
-        let b = rewrite_small_files(&mut second, &EVERY_SMALL_FILE)
-            .await
-            .unwrap()
-            .unwrap();
+        let [(mut first, a), (mut second, b)] = two_rewrites(&table).await;
         let other = OtherWriter::new(&table, 2).await;
         other.append().await;
         assert_eq!(
