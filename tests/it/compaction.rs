@@ -3,6 +3,8 @@
 //! operator runs `maintain` beside them and records keep arriving. Every row once, always.
 //! (The deterministic race, three compactions committing at once, is in `health.rs`.)
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -121,7 +123,12 @@ async fn workers_compacting_on_a_short_schedule_beside_maintain_keep_every_recor
         .map(|_| support::spawn_worker(&settings, &aws, support::run_options(false)))
         .collect();
     let stop_operator = CancellationToken::new();
-    let operator = tokio::spawn(run_maintain_until(settings.clone(), stop_operator.clone()));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let operator = tokio::spawn(run_maintain_until(
+        settings.clone(),
+        runs.clone(),
+        stop_operator.clone(),
+    ));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let (per_wave, mut waves) = (300u64, 0u64);
     loop {
@@ -135,7 +142,7 @@ async fn workers_compacting_on_a_short_schedule_beside_maintain_keep_every_recor
         assert_eq!(report.failed, 0);
         waves += 1;
         let between_appends = compactions_between_appends(&root, "pin").await;
-        let operator_runs = operator_runs(&root);
+        let operator_runs = runs.load(Ordering::Relaxed);
         if waves >= 3 && between_appends >= 3 && operator_runs >= 2 {
             break;
         }
@@ -157,31 +164,26 @@ async fn workers_compacting_on_a_short_schedule_beside_maintain_keep_every_recor
 }
 
 /// The operator: `pinstream maintain` (in process) every half second once the tables
-/// exist, until `stop`; each run leaves a mark file under the table root's parent.
-async fn run_maintain_until(settings: pinstream::config::Settings, stop: CancellationToken) {
+/// exist, until `stop`, counting its runs in `runs`.
+async fn run_maintain_until(
+    settings: pinstream::config::Settings,
+    runs: Arc<AtomicUsize>,
+    stop: CancellationToken,
+) {
     let pinstream::config::TableRoot::Local(root) = &settings.table_root else {
         panic!("local tables")
     };
-    let marks = root.with_extension("maintain-runs");
-    std::fs::create_dir_all(&marks).unwrap();
-    let mut runs = 0;
     while !stop.is_cancelled() {
         // Tables appear with the workers' first commits.
         if root.join("pin_rejects/_delta_log").exists() {
             pinstream::maintenance::run(&settings, None).await.unwrap();
-            runs += 1;
-            std::fs::write(marks.join(runs.to_string()), b"").unwrap();
+            runs.fetch_add(1, Ordering::Relaxed);
         }
         tokio::select! {
             _ = stop.cancelled() => {}
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
-}
-
-/// How many times the operator's `maintain` has run (see [`run_maintain_until`]).
-fn operator_runs(root: &std::path::Path) -> usize {
-    std::fs::read_dir(root.with_extension("maintain-runs")).map_or(0, |d| d.count())
 }
 
 /// How many OPTIMIZE commits of the table have an append after them.
