@@ -8,13 +8,16 @@ RECORDS.ndjson holds one pin record's data a line, exactly as it was put into Ki
 script parses every line, sends the lines it cannot clean to `pin_rejects` (with the reason,
 as pinstream does), cleans the rest with vectorised pandas operations to the columns of
 docs/cleaning.md, appends both to Delta tables under TABLES_DIR, and prints one JSON line:
-{"rows": N, "rejects": M}.
+{"rows": N, "rejects": M, "cpu_seconds": {"start": ..., "read": ..., "clean": ..., "write": ...}},
+the process's CPU time (every thread, user + system) up to the end of each step: "start" is
+the interpreter and the imports of pandas, pyarrow and deltalake.
 
 It reads a file, not Kinesis: the cost of reading the stream (which the worker pays) is not
 counted here, so the ratio the load test reports understates the worker's advantage.
 """
 
 import json
+import resource
 import sys
 
 import numpy as np
@@ -111,16 +114,30 @@ def clean(df):
     return cleaned[COLUMNS].reset_index(drop=True), failed
 
 
+def cpu_so_far():
+    """CPU seconds this process has used, every thread, user and system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def main():
     source, tables = sys.argv[1], sys.argv[2].rstrip("/")
+    steps = {"start": cpu_so_far()}
     frame, rejects = read(source)
+    steps["read"] = cpu_so_far()
     cleaned, failed = clean(frame)
     rejects += failed
+    steps["clean"] = cpu_so_far()
     write_deltalake(f"{tables}/pin", cleaned, mode="append")
     if rejects:
         frame = pd.DataFrame(rejects, columns=["raw_data", "reason", "field"]).astype("string")
         write_deltalake(f"{tables}/pin_rejects", frame, mode="append")
-    print(json.dumps({"rows": len(cleaned), "rejects": len(rejects)}))
+    steps["write"] = cpu_so_far()
+    spent, before = {}, 0.0
+    for step, until in steps.items():
+        spent[step] = round(until - before, 3)
+        before = until
+    print(json.dumps({"rows": len(cleaned), "rejects": len(rejects), "cpu_seconds": spent}))
 
 
 if __name__ == "__main__":

@@ -242,6 +242,20 @@ fn a_backlog_is_drained_once_and_measured_beside_the_pandas_baseline() {
         assert!(cost["peak_rss_mib"].as_f64().unwrap() > 5.0, "{who}: {r}");
     }
     assert!(r["ratio"].as_f64().unwrap() > 0.0, "{r}");
+    // The baseline's own account of its CPU, step by step: every step took some, and
+    // together they are what was measured from outside, less the exit.
+    let steps = &r["baseline_steps"];
+    let mut spent = 0.0;
+    for step in ["start", "read", "clean", "write"] {
+        let s = steps[step].as_f64().unwrap_or(-1.0);
+        assert!(s > 0.0, "{step}: {r}");
+        spent += s;
+    }
+    let measured = r["baseline"]["cpu_seconds"].as_f64().unwrap();
+    assert!(
+        spent <= measured + 0.05 && spent >= measured * 0.5,
+        "the steps add up to {spent} s, measured {measured} s: {r}"
+    );
     let distinct = tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(independent_count(&tables_of_the_run(dir.path())));
