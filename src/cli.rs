@@ -307,7 +307,8 @@ pub struct LoadtestArgs {
     /// Give up if the workers have not committed everything this long after the producer stops.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub drain_timeout: std::time::Duration,
-    /// TOML with [flush], [lease], [reader] or [maintenance] settings for the workers.
+    /// TOML with flush, lease, reader or maintenance sections (as in a worker's config)
+    /// for the workers.
     #[arg(long, value_name = "FILE")]
     pub worker_config: Option<PathBuf>,
     /// Fault run: while the producer runs, kill a random worker with SIGKILL every

@@ -63,7 +63,7 @@ impl Field<'_> {
 /// generator writes keys alphabetically, so its records miss the guess and take the lookup.
 pub trait Keys {
     const NAMES: &'static [&'static str];
-    /// The slot of each name by [`key_hash`] (built at compile time).
+    /// The slot of each name by `key_hash` (built at compile time).
     const BY_HASH: [u8; HASH_SLOTS] = hash_table(Self::NAMES);
 }
 
