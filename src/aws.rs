@@ -3,9 +3,17 @@
 //! error type every AWS call is mapped into, which says whether a retry can help.
 
 use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock};
+use std::time::Duration;
 
+use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, SdkConfig};
-use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::config::interceptors::FinalizerInterceptorContextRef;
+use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_kinesis::error::{BoxError, ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+
+use crate::config::{CallTimeouts, NetworkPolicy};
 
 /// The clients one process needs, built once at start.
 #[derive(Clone, Debug)]
@@ -18,7 +26,17 @@ pub struct AwsClients {
 impl AwsClients {
     /// Clients for local emulators at explicit endpoints, with dummy credentials and
     /// `us-east-1`: what `pinstream demo` uses, whatever the user's AWS environment says.
+    /// The default bounds of [`NetworkPolicy`] apply.
     pub async fn for_emulators(kinesis: &str, dynamodb: &str) -> Self {
+        Self::for_emulators_with(kinesis, dynamodb, &NetworkPolicy::default()).await
+    }
+
+    /// [`AwsClients::for_emulators`] with calls bounded as `network` says.
+    pub async fn for_emulators_with(
+        kinesis: &str,
+        dynamodb: &str,
+        network: &NetworkPolicy,
+    ) -> Self {
         let sdk = aws_config::defaults(BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_kinesis::config::Credentials::new(
@@ -30,33 +48,96 @@ impl AwsClients {
             ))
             .load()
             .await;
-        let k = aws_sdk_kinesis::config::Builder::from(&sdk)
-            .endpoint_url(kinesis)
-            .build();
-        let d = aws_sdk_dynamodb::config::Builder::from(&sdk)
-            .endpoint_url(dynamodb)
-            .build();
-        AwsClients {
-            kinesis: aws_sdk_kinesis::Client::from_conf(k),
-            dynamodb: aws_sdk_dynamodb::Client::from_conf(d),
-            sdk,
-        }
+        Self::bounded(&sdk, network, Some((kinesis, dynamodb)))
     }
 
-    /// Loads region, credentials and endpoints from the standard AWS chain.
-    pub async fn from_env() -> Self {
+    /// Loads region, credentials and endpoints from the standard AWS chain; every call is
+    /// bounded as `network` says (S3's bounds go to delta-rs's storage options).
+    pub async fn from_env(network: &NetworkPolicy) -> Self {
         let sdk = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        Self::bounded(&sdk, network, None)
+    }
+
+    /// Kinesis and DynamoDB clients whose every call is bounded, and counted when it runs
+    /// out of time; `endpoints` overrides the chain's (Kinesis, DynamoDB).
+    fn bounded(sdk: &SdkConfig, network: &NetworkPolicy, endpoints: Option<(&str, &str)>) -> Self {
+        let mut k = aws_sdk_kinesis::config::Builder::from(sdk)
+            .timeout_config(timeout_config(network.connect, network.kinesis))
+            .interceptor(TimeoutCounter);
+        let mut d = aws_sdk_dynamodb::config::Builder::from(sdk)
+            .timeout_config(timeout_config(network.connect, network.dynamodb))
+            .interceptor(TimeoutCounter);
+        if let Some((kinesis, dynamodb)) = endpoints {
+            k = k.endpoint_url(kinesis);
+            d = d.endpoint_url(dynamodb);
+        }
         AwsClients {
-            kinesis: aws_sdk_kinesis::Client::new(&sdk),
-            dynamodb: aws_sdk_dynamodb::Client::new(&sdk),
-            sdk,
+            kinesis: aws_sdk_kinesis::Client::from_conf(k.build()),
+            dynamodb: aws_sdk_dynamodb::Client::from_conf(d.build()),
+            sdk: sdk.clone(),
         }
     }
 }
 
+fn timeout_config(connect: Duration, call: CallTimeouts) -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .connect_timeout(connect)
+        .operation_attempt_timeout(call.attempt)
+        .operation_timeout(call.operation)
+        .build()
+}
+
+/// Counts every attempt of an SDK call that ran out of time
+/// (`pinstream_call_timeouts_total{service,operation}`): the attempt timeout, or the
+/// operation timeout landing mid-attempt. The SDK settles such an attempt too, so this
+/// hook sees each one, whether the SDK retries it or hands the error to the caller.
+#[derive(Debug, Clone, Copy)]
+struct TimeoutCounter;
+
+impl Intercept for TimeoutCounter {
+    fn name(&self) -> &'static str {
+        "pinstream::TimeoutCounter"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let timed_out = matches!(context.output_or_error(), Some(Err(e)) if e.is_timeout_error());
+        if timed_out {
+            let (service, op) = cfg
+                .load::<Metadata>()
+                .map(|m| (m.service().to_owned(), m.name().to_owned()))
+                .unwrap_or_default();
+            count_timeout(service, op);
+        }
+        Ok(())
+    }
+}
+
+/// One call (or attempt) that ran out of time.
+pub fn count_timeout(service: String, op: String) {
+    metrics::counter!("pinstream_call_timeouts_total", "service" => service, "operation" => op)
+        .increment(1);
+}
+
+/// The S3 bounds of this process, for delta-rs's storage options (set once the settings
+/// are known; the defaults otherwise).
+static S3_TIMEOUTS: RwLock<Option<(Duration, CallTimeouts)>> = RwLock::new(None);
+
+/// Sets the bounds of this process's S3 calls, for [`s3_storage_options`].
+pub fn set_s3_timeouts(network: &NetworkPolicy) {
+    *S3_TIMEOUTS.write().unwrap_or_else(PoisonError::into_inner) =
+        Some((network.connect, network.s3));
+}
+
 /// Storage options for delta-rs on S3, from the same environment the SDK reads: an S3
 /// emulator endpoint (`AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`) with plain HTTP allowed
-/// only when that endpoint is `http://`. Credentials are left to delta-rs's own AWS chain.
+/// only when that endpoint is `http://`, and the `[network]` bounds of S3 calls
+/// (object_store's `connect_timeout`, `timeout` per request and `retry_timeout` for a call
+/// with its retries). Credentials are left to delta-rs's own AWS chain.
 pub fn s3_storage_options() -> HashMap<String, String> {
     let mut opts = HashMap::new();
     let endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
@@ -70,6 +151,17 @@ pub fn s3_storage_options() -> HashMap<String, String> {
         // Emulators serve path-style buckets only.
         opts.insert("AWS_VIRTUAL_HOSTED_STYLE_REQUEST".into(), "false".into());
     }
+    let (connect, s3) = S3_TIMEOUTS
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .unwrap_or_else(|| {
+            let d = NetworkPolicy::default();
+            (d.connect, d.s3)
+        });
+    let text = |d: Duration| format!("{}ms", d.as_millis());
+    opts.insert("connect_timeout".into(), text(connect));
+    opts.insert("timeout".into(), text(s3.attempt));
+    opts.insert("retry_timeout".into(), text(s3.operation));
     opts
 }
 

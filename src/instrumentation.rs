@@ -125,6 +125,21 @@ pub const METRICS: &[Metric] = &[
         &["stream", "shard_id"],
         "How far a shard's reader is behind the tip of the shard, in milliseconds.",
     ),
+    gauge(
+        "pinstream_shard_read_age_seconds",
+        &["stream", "shard_id"],
+        "Seconds since this worker's reader of a shard last had an answer (records or none), set at every lease renewal: it keeps growing while the shard is not being read, whatever the reader waits on; 0 once the lease is handed back. Alert when it passes reader.stall_timeout.",
+    ),
+    counter(
+        "pinstream_reader_stalls_total",
+        &["stream"],
+        "Shard readers whose calls all failed for longer than reader.stall_timeout (each run of failures once); at twice it the lease is handed back.",
+    ),
+    counter(
+        "pinstream_call_timeouts_total",
+        &["service", "operation"],
+        "AWS call attempts that ran out of time (network.<service>.attempt_timeout or operation_timeout, a subscription without an answer within reader.quiet_timeout, a read without one within reader.stall_timeout); each is retried on a fresh connection.",
+    ),
     counter(
         "pinstream_shards_vanished_total",
         &["stream"],

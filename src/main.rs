@@ -132,7 +132,7 @@ fn settings_reading(
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
     };
-    Settings::resolve(
+    let settings = Settings::resolve(
         file,
         Overrides {
             application: p.application,
@@ -141,7 +141,10 @@ fn settings_reading(
             table_root: p.table_root,
             reader_mode,
         },
-    )
+    )?;
+    // Every S3 call of this process (delta-rs's storage) is bounded as `[network.s3]` says.
+    pinstream::aws::set_s3_timeouts(&settings.network);
+    Ok(settings)
 }
 
 /// Runs one command; signals stop it gracefully.
@@ -163,7 +166,7 @@ async fn dispatch(command: Command) -> Result<(), Error> {
 
 async fn run_command(args: RunArgs, shutdown: CancellationToken) -> Result<(), Error> {
     let settings = settings_reading(args.pipeline, args.reader)?;
-    let aws = AwsClients::from_env().await;
+    let aws = AwsClients::from_env(&settings.network).await;
     let health = match args.metrics_addr {
         Some(addr) => {
             let handle = pinstream::telemetry::install_recorder().map_err(Error::Metrics)?;
@@ -222,7 +225,7 @@ async fn run_command(args: RunArgs, shutdown: CancellationToken) -> Result<(), E
 async fn consumers_command(args: ConsumersArgs) -> Result<(), Error> {
     use pinstream::fanout::consumer;
     let settings = settings(args.pipeline)?;
-    let aws = AwsClients::from_env().await;
+    let aws = AwsClients::from_env(&settings.network).await;
     let name = args
         .consumer_name
         .unwrap_or_else(|| settings.reader.consumer_name.clone());
@@ -250,7 +253,7 @@ async fn consumers_command(args: ConsumersArgs) -> Result<(), Error> {
 
 async fn ingest_command(args: IngestArgs, shutdown: CancellationToken) -> Result<(), Error> {
     let settings = settings(args.pipeline)?;
-    let aws = AwsClients::from_env().await;
+    let aws = AwsClients::from_env(&settings.network).await;
     let metrics = pinstream::telemetry::install_recorder().map_err(Error::Metrics)?;
     let opts = pinstream::ingest::IngestOptions {
         listen: args.listen,
@@ -262,7 +265,7 @@ async fn ingest_command(args: IngestArgs, shutdown: CancellationToken) -> Result
 
 async fn produce_command(args: ProduceArgs, shutdown: CancellationToken) -> Result<(), Error> {
     let settings = settings(args.pipeline)?;
-    let aws = AwsClients::from_env().await;
+    let aws = AwsClients::from_env(&settings.network).await;
     if let Some(shards) = args.create_streams {
         for stream in settings.streams.values() {
             kinesis::ensure_stream(&aws.kinesis, stream, shards, Duration::from_secs(60)).await?;
@@ -323,7 +326,7 @@ async fn produce_command(args: ProduceArgs, shutdown: CancellationToken) -> Resu
 
 async fn status_command(args: StatusArgs) -> Result<(), Error> {
     let settings = settings(args.pipeline)?;
-    let aws = AwsClients::from_env().await;
+    let aws = AwsClients::from_env(&settings.network).await;
     let table = pinstream::lease::LeaseTable::new(aws.dynamodb.clone(), &settings.lease_table);
     let leases = pinstream::read::status::leases(&table).await?;
     if args.json {

@@ -1,10 +1,12 @@
 //! The operator-facing HTTP endpoint on `--metrics-addr`: `/metrics` (Prometheus text from
 //! the `metrics` facade), `/healthz` (the process is up) and `/readyz` (it can reach its
-//! lease table and its commits are not failing), served with axum.
+//! lease table, its commits are not failing and every shard it holds is being read),
+//! served with axum.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::http::header::CONTENT_TYPE;
@@ -39,6 +41,8 @@ pub struct Health {
     /// Flushes may fail (and be retried) for this long before the worker is not ready
     /// (zero: not ready as soon as one fails).
     commit_bound: Duration,
+    /// Shards whose readers have had no answer past `reader.stall_timeout`, and why.
+    stalled: Mutex<BTreeMap<String, String>>,
 }
 
 impl Health {
@@ -49,7 +53,17 @@ impl Health {
             flush_failing_since: AtomicI64::new(-1),
             lease_bound,
             commit_bound,
+            stalled: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// A shard's reader has had no answer past its bound (`Some(why)`), or reads again.
+    pub fn shard_stalled(&self, lease: &str, why: Option<&str>) {
+        let mut stalled = self.stalled.lock().unwrap_or_else(PoisonError::into_inner);
+        match why {
+            Some(why) => stalled.insert(lease.to_owned(), why.to_owned()),
+            None => stalled.remove(lease),
+        };
     }
 
     fn now_ms(&self) -> i64 {
@@ -86,6 +100,15 @@ impl Health {
                 "the lease table has not answered for {} ms",
                 now - scan
             ));
+        }
+        if let Some((lease, why)) = self
+            .stalled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .next()
+        {
+            return Err(format!("shard {lease} is not being read: {why}"));
         }
         let failing = self.flush_failing_since.load(Ordering::Relaxed);
         if failing >= 0 && now - failing >= self.commit_bound.as_millis() as i64 {
@@ -187,6 +210,14 @@ mod tests {
         h.flush_failed();
         assert!(h.ready().unwrap_err().contains("commits"));
         h.flush_ok();
+        assert!(h.ready().is_ok());
+        h.shard_stalled("pin:shardId-1", Some("no successful GetRecords for 61 s"));
+        let why = h.ready().unwrap_err();
+        assert!(
+            why.contains("pin:shardId-1") && why.contains("GetRecords"),
+            "{why}"
+        );
+        h.shard_stalled("pin:shardId-1", None);
         assert!(h.ready().is_ok());
     }
 }

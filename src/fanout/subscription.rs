@@ -169,16 +169,20 @@ impl ShardSubscription {
             .shard_id(&self.shard_id)
             .starting_position(starting_position(&self.start))
             .customize()
-            // The reader owns the backoff (ResourceInUse is retried at its pace, not the SDK's).
+            // The reader owns the backoff (ResourceInUse is retried at its pace, not the SDK's),
+            // and the quiet timeout bounds the wait (the SDK's call timeouts are for calls
+            // that answer once, not a stream that stays open for 5 minutes).
             .config_override(
                 aws_sdk_kinesis::config::Builder::default()
-                    .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled()),
+                    .retry_config(aws_sdk_kinesis::config::retry::RetryConfig::disabled())
+                    .timeout_config(aws_sdk_kinesis::config::timeout::TimeoutConfig::disabled()),
             )
             .send();
         let answer = match tokio::time::timeout(self.quiet_timeout, request).await {
             Ok(a) => a,
             Err(_) => {
                 tracing::warn!(stream = %self.stream, shard_id = %self.shard_id, quiet_for = ?self.quiet_timeout, "no answer to SubscribeToShard (half-open?); subscribing again");
+                crate::aws::count_timeout("Kinesis".into(), "SubscribeToShard".into());
                 self.reason = Reason::Quiet;
                 return Err(ServiceError::uncoded(
                     "Kinesis",

@@ -90,7 +90,18 @@ pub struct HeldLease {
     initial_load: Load,
     /// The shard's last MillisBehindLatest; `i64::MIN` until the first answer.
     millis_behind: AtomicI64,
+    /// When the reader last had an answer, and why it has had none for long, if so.
+    reading: Mutex<Reading>,
     keeper: mpsc::Sender<KeeperMsg>,
+}
+
+/// How the shard's reading goes, as the keeper reports it with each renewal.
+#[derive(Debug)]
+struct Reading {
+    /// The last answer (GetRecords, or a fan-out event); the take, before the first.
+    last_answer: Instant,
+    /// Set while the reader's calls keep failing past `reader.stall_timeout`.
+    stalled: Option<String>,
 }
 
 impl HeldLease {
@@ -127,6 +138,10 @@ impl HeldLease {
                 bytes_per_second: lease.bytes_per_second.unwrap_or(0.0),
             },
             millis_behind: AtomicI64::new(i64::MIN),
+            reading: Mutex::new(Reading {
+                last_answer: Instant::now(),
+                stalled: None,
+            }),
             keeper: tx,
         });
         let keeper = Keeper {
@@ -198,6 +213,24 @@ impl HeldLease {
         if let Some(ms) = millis_behind {
             self.millis_behind.store(ms, Ordering::Relaxed);
         }
+        let mut reading = self.reading.lock().unwrap_or_else(PoisonError::into_inner);
+        reading.last_answer = Instant::now();
+        reading.stalled = None;
+    }
+
+    /// Notes that the reader's calls have kept failing (`Some(why)`) past its bound; the
+    /// next renewal writes it to the lease, for `pinstream status`. The next answer clears it.
+    pub fn note_stalled(&self, why: Option<String>) {
+        self.reading
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stalled = why;
+    }
+
+    /// How long since the reader last had an answer, and why it is stalled, if it is.
+    fn reading(&self) -> (Duration, Option<String>) {
+        let reading = self.reading.lock().unwrap_or_else(PoisonError::into_inner);
+        (reading.last_answer.elapsed(), reading.stalled.clone())
     }
 
     /// Records a committed position on the lease (through the keeper), conditional on
@@ -300,10 +333,19 @@ impl Keeper {
             Instant::now(),
         );
         let lag = Some(self.lease.millis_behind.load(Ordering::Relaxed)).filter(|ms| *ms >= 0);
+        let (age, stalled) = self.lease.reading();
+        self.read_age_gauge().set(age.as_secs_f64());
         let s = &self.settings;
         self.counter = s
             .table
-            .renew(&self.lease.key, &s.me, self.counter, lag, load)
+            .renew(
+                &self.lease.key,
+                &s.me,
+                self.counter,
+                lag,
+                load,
+                stalled.as_deref(),
+            )
             .await?;
         meter.commit();
         Ok(())
@@ -343,9 +385,17 @@ impl Keeper {
         Ok(())
     }
 
+    /// `pinstream_shard_read_age_seconds` of this lease's shard: set at every renewal, so
+    /// it keeps growing while the reader gets no answer, whatever the reader is stuck on.
+    fn read_age_gauge(&self) -> metrics::Gauge {
+        metrics::gauge!("pinstream_shard_read_age_seconds", "stream" => self.lease.stream.clone(), "shard_id" => self.lease.shard_id.clone())
+    }
+
     /// Hands the lease back if the table still names us at our counter; if someone else
     /// took it, the conditional write changes nothing.
     async fn release(&self) {
+        // Not ours any more: an age here would alert on a shard another worker reads.
+        self.read_age_gauge().set(0.0);
         let s = &self.settings;
         let error = self
             .lease

@@ -98,6 +98,9 @@ pub struct Lease {
     /// Why the last holder gave the lease up with an error (a reader that failed, a shard
     /// that could not be resumed); cleared by the next checkpoint.
     pub last_error: Option<String>,
+    /// Why the holder's reader has had no answer for longer than its bound (calls timing
+    /// out or failing), as its last renewal said; absent while reading goes well.
+    pub read_stall: Option<String>,
 }
 
 impl Lease {
@@ -147,6 +150,7 @@ impl Lease {
             records_per_second: None,
             bytes_per_second: None,
             last_error: None,
+            read_stall: None,
         }
     }
 }

@@ -381,7 +381,8 @@ impl LeaseTable {
     }
 
     /// Renews a held lease (bumps the counter other workers watch). Also records the
-    /// shard's lag and its load (for operators and for balancing), in the same write.
+    /// shard's lag and its load (for operators and for balancing) and why its reader is
+    /// stalled, if it is (removed when it is not), in the same write.
     /// Returns the new counter.
     pub async fn renew(
         &self,
@@ -390,6 +391,7 @@ impl LeaseTable {
         counter: u64,
         millis_behind: Option<i64>,
         load: Load,
+        read_stall: Option<&str>,
     ) -> Result<u64, LeaseError> {
         let mut set = String::from(
             "SET #counter = :next, records_per_second = :rps, bytes_per_second = :bps",
@@ -401,6 +403,13 @@ impl LeaseTable {
         if let Some(ms) = millis_behind {
             set.push_str(", millis_behind_latest = :lag");
             req = req.expression_attribute_values(":lag", n(ms));
+        }
+        match read_stall {
+            Some(why) => {
+                set.push_str(", read_stall = :stall");
+                req = req.expression_attribute_values(":stall", s(why));
+            }
+            None => set.push_str(" REMOVE read_stall"),
         }
         let out = req
             .update_expression(set)
@@ -546,6 +555,7 @@ impl Lease {
             parent_shard_ids: parents,
             stream_created: get_n("stream_created")?,
             last_error: get_s("last_error"),
+            read_stall: get_s("read_stall"),
             txn_app_id: get_s("txn_app_id"),
             owner_switches_since_checkpoint: get_n("owner_switches_since_checkpoint")?.unwrap_or(0),
             millis_behind_latest: get_n("millis_behind_latest")?,

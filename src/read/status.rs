@@ -30,6 +30,7 @@ pub fn to_json(leases: &[Lease]) -> Value {
                     "parent_shard_ids": l.parent_shard_ids,
                     "counter": l.counter,
                     "last_error": l.last_error,
+                    "read_stall": l.read_stall,
                 })
             })
             .collect(),
@@ -100,6 +101,9 @@ pub fn to_text(leases: &[Lease]) -> String {
     for l in leases {
         if let Some(e) = &l.last_error {
             out.push_str(&format!("\nerror  {}:{}: {e}", l.stream, l.shard_id));
+        }
+        if let Some(why) = &l.read_stall {
+            out.push_str(&format!("\nSTALLED {}:{}: {why}", l.stream, l.shard_id));
         }
     }
     for (owner, (n, rps, bps)) in per_worker(leases) {

@@ -478,6 +478,15 @@ impl Coordinator {
                     h.give_up();
                 }
             }
+            ShardExit::Stalled(why) => {
+                // Not a bug: the network or the service. Another worker (or this one, after
+                // the same backoff as a failure) reads it again.
+                let wait = self.retry_after_failure(&key);
+                tracing::warn!(lease = %key, reason = %why, retry_in = ?wait, "handing back the lease of a shard that is not being read");
+                if let Some(h) = self.held.remove(&key) {
+                    h.give_up_with_error(&why);
+                }
+            }
             ShardExit::Failed(why) => {
                 let wait = self.retry_after_failure(&key);
                 tracing::error!(lease = %key, error = %why, retry_in = ?wait, "shard reader failed; releasing its lease");

@@ -24,6 +24,7 @@ mod coordinator;
 mod recovery;
 mod shard;
 mod source;
+mod stall;
 mod sync;
 
 use coordinator::Coordinator;
@@ -99,6 +100,8 @@ pub(super) struct Shared {
     pub(super) consumers: BTreeMap<String, String>,
     /// Lease keys of the shards the last listing saw closed (kept by the coordinator).
     pub(super) closed_shards: tokio::sync::watch::Sender<std::collections::HashSet<String>>,
+    /// Readiness signals for `/readyz`, when served (readers report stalls there).
+    pub(super) health: Option<Arc<crate::telemetry::Health>>,
 }
 
 /// Runs the worker until `shutdown` is cancelled or, with `available_now`, until every
@@ -136,6 +139,7 @@ pub async fn run(
         fault: opts.fault.clone(),
         consumers,
         closed_shards: tokio::sync::watch::Sender::new(Default::default()),
+        health: opts.health.clone(),
     });
     let mut c = Coordinator::start(shared, opts).await?;
     // Compaction and vacuum on a schedule, beside the sinks (never inside a flush), of the

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use super::source::Source;
+use super::stall::{StallWatch, Verdict};
 use super::Shared;
 use crate::aws::ServiceError;
 use crate::backoff::backoff;
@@ -30,6 +31,9 @@ pub(super) enum ShardExit {
     Cancelled,
     /// The reader cannot go on (a bug): its lease must be handed back.
     Failed(String),
+    /// No call has had an answer for twice `reader.stall_timeout`: the lease is handed
+    /// back (with this reason) so that the shard is read again.
+    Stalled(String),
     /// The table sink is gone (it died): the coordinator restarts it and hands back the
     /// leases of its kind.
     SinkGone,
@@ -62,14 +66,27 @@ pub(super) async fn read_shard(
     let stream_label = lease.stream.clone();
     // Kept across GetRecords answers: it sizes each chunk's builders from the last one.
     let mut rows = TableColumns::new(kind);
+    let stall_timeout = shared.settings.reader.stall_timeout;
+    let mut stall = StallWatch::new(lease.clone(), shared.health.clone(), stall_timeout);
     loop {
+        let started = tokio::time::Instant::now();
+        // Every call the source makes is bounded; this bounds the whole of it too (a
+        // subscription that keeps going quiet, a call an SDK setting left unbounded).
         let fetched = tokio::select! {
             _ = lease.token.cancelled() => return ShardExit::Cancelled,
-            f = source.next(&shared, &lease) => f,
+            f = tokio::time::timeout(stall_timeout, source.next(&shared, &lease)) => {
+                f.unwrap_or_else(|_| Err(source.no_answer(stall_timeout)))
+            }
         };
+        if let Err(e) = &fetched {
+            if let Verdict::GiveUp(why) = stall.failed(started, e) {
+                return ShardExit::Stalled(why);
+            }
+        }
         let fetched = match fetched {
             Ok(f) => {
                 (failures, permanent) = (0, 0);
+                stall.answered();
                 f
             }
             Err(e) if e.code_is("ResourceNotFoundException") => {

@@ -69,6 +69,23 @@ impl Source {
         }
     }
 
+    /// The error of a [`Source::next`] that did not end within `bound`.
+    pub(super) fn no_answer(&self, bound: std::time::Duration) -> ServiceError {
+        let op = match self {
+            Source::Polling(_) => "GetRecords",
+            Source::FanOut(_) => "SubscribeToShard",
+        };
+        crate::aws::count_timeout("Kinesis".into(), op.into());
+        ServiceError::uncoded(
+            "Kinesis",
+            op,
+            format!(
+                "no answer within {} (reader.stall_timeout)",
+                humantime::format_duration(bound)
+            ),
+        )
+    }
+
     /// Whether the source paces itself (pushed events): no wait after an empty answer.
     pub(super) fn is_pushed(&self) -> bool {
         matches!(self, Source::FanOut(_))

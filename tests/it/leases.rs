@@ -42,7 +42,7 @@ async fn conditional_writes_fence_every_lease_change() {
     let loser = if winner == "a" { "b" } else { "a" };
     assert!(matches!(
         table
-            .renew(&lease.key, loser, counter, None, Load::default())
+            .renew(&lease.key, loser, counter, None, Load::default(), None)
             .await,
         Err(LeaseError::Lost(_))
     ));
@@ -56,6 +56,7 @@ async fn conditional_writes_fence_every_lease_change() {
                 records_per_second: 12.5,
                 bytes_per_second: 3400.0,
             },
+            None,
         )
         .await
         .unwrap();

@@ -10,6 +10,10 @@ use serde::Deserialize;
 
 use crate::clean::Kind;
 
+mod network;
+
+pub use network::{CallTimeouts, CallTimeoutsConfig, NetworkConfig, NetworkPolicy};
+
 /// A configuration problem, always naming the key and the fix.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -55,6 +59,8 @@ pub struct FileConfig {
     pub maintenance: MaintenanceConfig,
     #[serde(default)]
     pub ingest: IngestConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,6 +130,7 @@ pub struct ReaderConfig {
     pub consumer_name: Option<String>,
     pub fallback: Option<String>,
     pub quiet_timeout: Option<String>,
+    pub stall_timeout: Option<String>,
 }
 
 impl FileConfig {
@@ -295,6 +302,9 @@ pub struct ReaderPolicy {
     /// Fan-out only: a subscription without any event this long is taken as half-open,
     /// dropped and renewed (Kinesis sends an event at least every 5 s, even when idle).
     pub quiet_timeout: Duration,
+    /// A reader whose calls have all failed for this long says so (a warning, `/readyz`,
+    /// `pinstream status`); for twice this long, it hands its lease back.
+    pub stall_timeout: Duration,
 }
 
 /// How the shard readers get records.
@@ -354,6 +364,7 @@ pub struct Settings {
     pub reader: ReaderPolicy,
     pub maintenance: MaintenancePolicy,
     pub ingest: IngestPolicy,
+    pub network: NetworkPolicy,
 }
 
 pub const DEFAULT_TABLE_ROOT: &str = "pinstream-data/tables";
@@ -493,6 +504,8 @@ impl Settings {
                 .unwrap_or_else(|| DEFAULT_TABLE_ROOT.into()),
         )?;
         let reader = ReaderPolicy::resolve(&file.reader, &application, flags.reader_mode)?;
+        let network = NetworkPolicy::resolve(&file.network)?;
+        check_stall_timeout(&reader, &network)?;
         Ok(Settings {
             application,
             streams,
@@ -503,6 +516,7 @@ impl Settings {
             reader,
             maintenance: MaintenancePolicy::resolve(&file.maintenance)?,
             ingest: IngestPolicy::resolve(&file.ingest)?,
+            network,
         })
     }
 
@@ -515,6 +529,24 @@ impl Settings {
             Kind::parse(kind).ok_or_else(|| format!("`{kind}`: KIND is one of pin, geo, user"))?;
         Ok((kind, name.to_owned()))
     }
+}
+
+/// A reader is stalled only once a call could have ended (a Kinesis call, or a quiet
+/// subscription) and been retried.
+fn check_stall_timeout(reader: &ReaderPolicy, network: &NetworkPolicy) -> Result<(), ConfigError> {
+    let longest_call = network.kinesis.operation.max(reader.quiet_timeout);
+    if reader.stall_timeout <= longest_call {
+        return Err(invalid(
+            "reader.stall_timeout",
+            format!(
+                "{} is not longer than the longest call a reader waits on ({}: network.kinesis.operation_timeout or reader.quiet_timeout)",
+                humantime::format_duration(reader.stall_timeout),
+                humantime::format_duration(longest_call)
+            ),
+            "use more than both (twice the longer is a good start; the default is 60s)",
+        ));
+    }
+    Ok(())
 }
 
 fn resolve_application(given: Option<String>) -> Result<String, ConfigError> {
@@ -740,6 +772,11 @@ impl ReaderPolicy {
             consumer_name,
             fallback_to_polling,
             quiet_timeout,
+            stall_timeout: duration(
+                "reader.stall_timeout",
+                r.stall_timeout.as_deref(),
+                Duration::from_secs(60),
+            )?,
         })
     }
 }
