@@ -17,6 +17,9 @@
 //! appender lists the log) a log that no longer holds the last known version makes the
 //! appender load the state afresh before it goes on (a storage failure fails the append,
 //! which the sink retries).
+//! Files are written under the metadata the appender has loaded; when a commit that
+//! changed it (another writer's, read after losing the put to it) comes between the files
+//! and our commit, they are written again under the new metadata, never committed under it.
 //! A shard seen for the first time is answered by delta-rs from a state loaded at the
 //! appender's version. A table with `delta.setTransactionRetentionDuration` is refreshed
 //! and fenced by delta-rs at every append (it expires txns: its rule, not ours).
@@ -37,6 +40,17 @@ use super::{
 };
 use deltalake::arrow::record_batch::RecordBatch;
 
+/// How many times an append writes its files again because another writer changed the
+/// table's metadata while it was committing, before it gives up for now (the sink keeps
+/// its rows and retries).
+const RESTAGE_ATTEMPTS: usize = 5;
+
+fn metadata_keeps_changing() -> DeltaTableError {
+    DeltaTableError::Generic(format!(
+        "the table's metadata changed under {RESTAGE_ATTEMPTS} appends in a row; giving up for now"
+    ))
+}
+
 /// Data files written for an append, not yet committed.
 pub struct StagedAppend {
     adds: Vec<Action>,
@@ -45,6 +59,9 @@ pub struct StagedAppend {
     writer: String,
     /// The version the fence was checked at.
     fenced_at: u64,
+    /// The table's metadata and protocol the files were written under
+    /// ([`Appender::metadata_now`]).
+    metadata: String,
 }
 
 /// One writer's handle for fenced appends to one table (see the module doc).
@@ -101,10 +118,20 @@ impl Appender {
         batches: &[RecordBatch],
         shards: &[ShardCommit],
     ) -> Result<Appended, DeltaTableError> {
-        match self.stage(writer, batches, shards).await? {
-            Ok(staged) => self.commit(staged).await,
-            Err(fenced) => Ok(Appended::Fenced(fenced)),
+        for _ in 0..RESTAGE_ATTEMPTS {
+            let staged = match self.stage(writer, batches, shards).await? {
+                Ok(staged) => staged,
+                Err(fenced) => return Ok(Appended::Fenced(fenced)),
+            };
+            match self.commit_or_restage(staged).await? {
+                Some(done) => return Ok(done),
+                None => tracing::info!(
+                    table = %self.table.table_url(),
+                    "another writer changed the table's metadata while this append was committing; writing its files again under the new metadata"
+                ),
+            }
         }
+        Err(metadata_keeps_changing())
     }
 
     /// First step of an append: reads the commits since the last known version, checks the
@@ -132,20 +159,46 @@ impl Appender {
             shards: shards.to_vec(),
             writer: writer.to_owned(),
             fenced_at: self.version,
+            metadata: self.metadata_now()?,
         }))
+    }
+
+    /// The table's metadata (schema, partitioning, properties) and protocol as loaded, in
+    /// one comparable text: files written under one must not be committed under another.
+    fn metadata_now(&self) -> Result<String, DeltaTableError> {
+        let state = self.table.snapshot()?;
+        Ok(format!("{:?}\n{:?}", state.metadata(), state.protocol()))
     }
 
     /// Second step: commits staged files at exactly the version after the last known one;
     /// when another writer took it first, reads its commit, checks the fence again and tries
     /// the next one. delta-rs's conflict resolution is never used: whether a commit may go
     /// in is decided here, from the txns in the log.
+    /// Files staged under metadata that changed meanwhile are refused (an error: stage
+    /// them again).
     pub async fn commit(&mut self, staged: StagedAppend) -> Result<Appended, DeltaTableError> {
+        self.commit_or_restage(staged).await?.ok_or_else(|| {
+            DeltaTableError::Generic(
+                "another writer changed the table's metadata (schema, partitioning, properties or protocol) after these files were written; stage them again".into(),
+            )
+        })
+    }
+
+    /// [`Appender::commit`]; `None` when the table's metadata is no longer the one the
+    /// files were written under (nothing was committed).
+    async fn commit_or_restage(
+        &mut self,
+        staged: StagedAppend,
+    ) -> Result<Option<Appended>, DeltaTableError> {
+        if self.metadata_now()? != staged.metadata {
+            return Ok(None);
+        }
         if self.version != staged.fenced_at {
             // The appender learnt of other commits since the fence was checked (or is not
             // the one that staged): check it again where the commit will land.
             let fenced = self.fenced(&staged.shards).await?;
             if !fenced.is_empty() {
-                return Ok(Appended::Fenced(fenced));
+                return Ok(Some(Appended::Fenced(fenced)));
             }
         }
         for _ in 0..COMMIT_ATTEMPTS {
@@ -159,12 +212,17 @@ impl Appender {
                 for s in &staged.shards {
                     self.known.insert(s.app_id.clone(), Some(version as i64));
                 }
-                return Ok(Appended::Committed(version as i64));
+                return Ok(Some(Appended::Committed(version as i64)));
             }
+            // Another writer's commit holds that version: a metadata or protocol change
+            // in it makes the refresh load the new state.
             self.refresh().await?;
+            if self.metadata_now()? != staged.metadata {
+                return Ok(None);
+            }
             let fenced = self.fenced(&staged.shards).await?;
             if !fenced.is_empty() {
-                return Ok(Appended::Fenced(fenced));
+                return Ok(Some(Appended::Fenced(fenced)));
             }
         }
         Err(lost_every_race())
@@ -698,5 +756,74 @@ mod tests {
             stale,
             Appended::Fenced(vec!["pin:shardId-000000000000".into()])
         );
+    }
+
+    /// Another engine changes the table's properties (a metaData action) just before our
+    /// commit entry is put, at the version we were about to take. The staged files were
+    /// written under the old metadata: `commit` refuses them (nothing lands; before, they
+    /// were committed at the next version as if nothing had changed), and `append` writes
+    /// them again under the new metadata and commits that, once.
+    #[tokio::test]
+    async fn files_staged_before_another_writers_metadata_change_are_written_again_under_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let table = new_table(&path).await;
+        let changes = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = changes.clone();
+        let hook: crate::delta::watched_store::BeforeCommit = Box::new(move |version| {
+            let (path, c) = (path.clone(), c.clone());
+            Box::pin(async move {
+                // Versions 2 and 4: a property change lands first.
+                if version % 2 == 0 {
+                    let n = c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let landed = new_table(&path)
+                        .await
+                        .set_tbl_properties()
+                        .with_properties(HashMap::from([(
+                            "delta.logRetentionDuration".to_owned(),
+                            format!("interval {} days", 40 + n),
+                        )]))
+                        .await
+                        .unwrap()
+                        .version();
+                    assert_eq!(landed, Some(version));
+                }
+            })
+        });
+        let (watched, _store) = WatchedStore::open(&table, Some(hook)).await;
+        let mut appender = Appender::new(watched);
+        // Version 1: no change before it.
+        let done = appender
+            .append("a", &[pin_rows(0..1)], &[shard(0, 0, 0)])
+            .await
+            .unwrap();
+        assert_eq!(done, Appended::Committed(1));
+        let staged = appender
+            .stage("a", &[pin_rows(1..2)], &[shard(0, 1, 1)])
+            .await
+            .unwrap()
+            .unwrap();
+        let refused = appender.commit(staged).await.unwrap_err().to_string();
+        assert!(refused.contains("metadata"), "{refused}");
+        assert_eq!(
+            new_table(dir.path()).await.version(),
+            Some(2),
+            "nothing of ours landed"
+        );
+        // The change before version 4 makes the append stage again, then land at 5.
+        let done = appender
+            .append("a", &[pin_rows(1..2)], &[shard(0, 1, 1)])
+            .await
+            .unwrap();
+        assert_eq!(done, Appended::Committed(3), "version 3 was free");
+        let done = appender
+            .append("a", &[pin_rows(2..3)], &[shard(0, 3, 2)])
+            .await
+            .unwrap();
+        assert_eq!(done, Appended::Committed(5));
+        assert_eq!(changes.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let mut t = new_table(dir.path()).await;
+        let id = "test/pin/shardId-000000000000";
+        assert_eq!(txn_version(&mut t, id).await.unwrap(), Some(5));
     }
 }
