@@ -25,6 +25,28 @@ fn initial_checkpoint(p: InitialPosition) -> Checkpoint {
     }
 }
 
+/// Where a new lease of a shard with `parents` starts. A child of a reshard starts at
+/// TRIM_HORIZON, so nothing between its parents' end and its own start is skipped: when a
+/// parent is still listed, and when the application already reads the stream (it has
+/// leases of it), even if the parents aged out of the stream before this lease was made (a
+/// fleet down for longer than the retention, a reshard while no sync ran). Only a shard of
+/// a stream the application has never read, whose parents are gone too, starts at
+/// `lease.initial_position`, as every shard of a new application does.
+fn new_lease_start(
+    parents: &[String],
+    listed: &HashSet<&str>,
+    read_before: bool,
+    initial: InitialPosition,
+) -> Checkpoint {
+    let child =
+        parents.iter().any(|p| listed.contains(p.as_str())) || (read_before && !parents.is_empty());
+    if child {
+        Checkpoint::TrimHorizon
+    } else {
+        initial_checkpoint(initial)
+    }
+}
+
 /// What a shard sync listed.
 #[derive(Debug, Default, Clone)]
 pub struct Listing {
@@ -60,13 +82,14 @@ pub async fn sync_shards(
         let theirs: Vec<&Lease> = existing.iter().filter(|l| &l.stream == stream).collect();
         start_over_if_recreated(leases, settings, stream, created, &shards, &theirs).await?;
         let ids: HashSet<&str> = shards.iter().map(|s| s.shard_id.as_str()).collect();
+        let read_before = !theirs.is_empty();
         for s in &shards {
-            let is_child = s.parents.iter().any(|p| ids.contains(p.as_str()));
-            let start = if is_child {
-                Checkpoint::TrimHorizon
-            } else {
-                initial_checkpoint(settings.lease.initial_position)
-            };
+            let start = new_lease_start(
+                &s.parents,
+                &ids,
+                read_before,
+                settings.lease.initial_position,
+            );
             let app_id = Lease::app_id_for(&settings.application, stream, created, &s.shard_id);
             if leases
                 .create_lease(
@@ -200,6 +223,36 @@ mod tests {
             counter,
             ..Lease::for_test(stream, shard, Checkpoint::ShardEnd)
         }
+    }
+
+    #[test]
+    fn a_child_starts_at_trim_horizon_even_when_its_parents_aged_out_of_a_stream_being_read() {
+        let listed: HashSet<&str> = HashSet::from(["parent", "child", "root"]);
+        let parents = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let latest = InitialPosition::Latest;
+        // A parent still listed: TRIM_HORIZON, whether the stream was read before or not.
+        for read_before in [false, true] {
+            assert_eq!(
+                new_lease_start(&parents(&["parent"]), &listed, read_before, latest),
+                Checkpoint::TrimHorizon
+            );
+        }
+        // Parents aged out of a stream this application reads: still TRIM_HORIZON (was
+        // LATEST, skipping the child's records written before its lease was made).
+        assert_eq!(
+            new_lease_start(&parents(&["gone-a", "gone-b"]), &listed, true, latest),
+            Checkpoint::TrimHorizon
+        );
+        // A stream the application never read: its shards start where it is told.
+        assert_eq!(
+            new_lease_start(&parents(&["gone-a"]), &listed, false, latest),
+            Checkpoint::Latest
+        );
+        assert_eq!(
+            new_lease_start(&[], &listed, true, latest),
+            Checkpoint::Latest,
+            "a shard without parents (a new stream's) starts at the initial position"
+        );
     }
 
     #[test]
