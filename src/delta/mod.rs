@@ -10,6 +10,7 @@
 
 mod append;
 pub mod entry;
+mod in_data;
 #[cfg(test)]
 pub(crate) mod watched_store;
 
@@ -28,6 +29,7 @@ use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
 use futures::StreamExt as _;
+pub use in_data::last_record_of_shard;
 use serde_json::{json, Value};
 
 use crate::config::TableRoot;

@@ -11,6 +11,7 @@ mod drain;
 mod fanout;
 mod fence;
 mod flaky;
+mod forgetting;
 mod health;
 mod infra;
 mod ingest;
