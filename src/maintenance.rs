@@ -29,6 +29,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use crate::clean::{self, Kind};
 use crate::config::{MaintenancePolicy, Settings};
+use crate::delta::features::TableUse;
 use crate::delta::{self, DeltaError};
 
 /// What a maintenance pass did to one table.
@@ -112,12 +113,20 @@ pub async fn rewrite_small_files(
     opts: &CompactOptions,
 ) -> Result<Option<Rewrite>, DeltaTableError> {
     table.update_state().await?;
+    let unhonoured = delta::features::unhonoured(table, TableUse::Compact)?;
+    if !unhonoured.is_empty() {
+        tracing::info!(table = %table.table_url(), features = %unhonoured.join(", "), "not compacting: the table uses features compaction does not honour");
+        return Ok(None);
+    }
     let snapshot = table.snapshot()?.clone();
     let cutoff = chrono::Utc::now().timestamp_millis() - opts.min_age.as_millis() as i64;
+    // A file with a deletion vector is left as it is: its Parquet holds rows another
+    // engine deleted, which a rewrite of the file would bring back.
     let mut candidates: Vec<_> = snapshot
         .log_data()
         .iter()
         .filter(|f| (f.size() as u64) < opts.target_size && f.modification_time() <= cutoff)
+        .filter(|f| f.deletion_vector_descriptor().is_none())
         .collect();
     if candidates.len() < opts.min_files.max(2) {
         return Ok(None);
@@ -702,5 +711,47 @@ mod tests {
         assert_eq!((lost.version, lost.conflict), (None, true), "{lost:?}");
         second.update_state().await.unwrap();
         assert_eq!(second.version(), Some(7));
+    }
+
+    /// Another engine turns row tracking on (Databricks does by default on new tables):
+    /// every file must then carry its rows' ids, which a rewrite would renumber and an
+    /// append would leave out. Compaction leaves the table alone; an append is refused with an error naming the feature, the table and the fix,
+    /// which the sink tells from a failure worth retrying. Before, both went ahead (delta-rs
+    /// let the commits through).
+    #[tokio::test]
+    async fn a_table_using_a_feature_pinstream_cannot_honour_is_neither_compacted_nor_appended_to()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = table_of_appends(dir.path(), 4).await;
+        let mut metadata: serde_json::Value =
+            serde_json::to_value(table.snapshot().unwrap().metadata()).unwrap();
+        metadata["configuration"]["delta.enableRowTracking"] = "true".into();
+        let protocol = serde_json::json!({"minReaderVersion": 1, "minWriterVersion": 7,
+            "writerFeatures": ["rowTracking", "domainMetadata"]});
+        let entry = format!(
+            "{}\n{}\n",
+            serde_json::json!({"protocol": protocol}),
+            serde_json::json!({"metaData": metadata})
+        );
+        std::fs::write(
+            dir.path().join("pin/_delta_log/00000000000000000005.json"),
+            entry,
+        )
+        .unwrap();
+        let done = compact(&mut table, &EVERY_SMALL_FILE).await.unwrap();
+        assert_eq!(done.version, None, "not compacted: {done:?}");
+        assert_eq!(table.version(), Some(5));
+        let mut appender = delta::Appender::new(table);
+        let refused = appender
+            .append("a", &[pin_rows(4..5)], &[shard_commit(5, 4)])
+            .await
+            .unwrap_err();
+        assert!(delta::features::is_refusal(&refused), "{refused}");
+        let text = refused.to_string();
+        assert!(
+            text.contains("rowTracking") && text.contains("pin") && text.contains("fix:"),
+            "{text}"
+        );
+        assert_eq!(appender.version(), 5, "nothing appended");
     }
 }

@@ -43,6 +43,9 @@ pub struct Health {
     commit_bound: Duration,
     /// Shards whose readers have had no answer past `reader.stall_timeout`, and why.
     stalled: Mutex<BTreeMap<String, String>>,
+    /// Tables pinstream refuses to write to until they change (a table feature it cannot
+    /// honour), and why.
+    refused: Mutex<BTreeMap<String, String>>,
 }
 
 impl Health {
@@ -54,7 +57,17 @@ impl Health {
             lease_bound,
             commit_bound,
             stalled: Mutex::new(BTreeMap::new()),
+            refused: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Appends to `table` are refused until the table changes (`Some(why)`), or go again.
+    pub fn table_refused(&self, table: &str, why: Option<&str>) {
+        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        match why {
+            Some(why) => refused.insert(table.to_owned(), why.to_owned()),
+            None => refused.remove(table),
+        };
     }
 
     /// A shard's reader has had no answer past its bound (`Some(why)`), or reads again.
@@ -100,6 +113,15 @@ impl Health {
                 "the lease table has not answered for {} ms",
                 now - scan
             ));
+        }
+        if let Some((table, why)) = self
+            .refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .next()
+        {
+            return Err(format!("appends to table {table} are refused: {why}"));
         }
         if let Some((lease, why)) = self
             .stalled

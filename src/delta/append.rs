@@ -34,6 +34,7 @@ use deltalake::table::state::DeltaTableState;
 use deltalake::writer::{DeltaWriter as _, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 
+use super::features::TableUse;
 use super::{
     commit_properties, entry, lost_every_race, writer_properties, Appended, ShardCommit,
     COMMIT_ATTEMPTS,
@@ -144,6 +145,14 @@ impl Appender {
         shards: &[ShardCommit],
     ) -> Result<Result<StagedAppend, Vec<String>>, DeltaTableError> {
         self.refresh().await?;
+        let unhonoured = super::features::unhonoured(&self.table, TableUse::Append)?;
+        if !unhonoured.is_empty() {
+            return Err(super::features::refusal(
+                &self.table,
+                TableUse::Append,
+                &unhonoured,
+            ));
+        }
         let fenced = self.fenced(shards).await?;
         if !fenced.is_empty() {
             return Ok(Err(fenced));

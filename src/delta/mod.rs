@@ -10,6 +10,7 @@
 
 mod append;
 pub mod entry;
+pub mod features;
 mod in_data;
 #[cfg(test)]
 pub(crate) mod watched_store;

@@ -248,11 +248,22 @@ impl TableSink {
         due_at: &mut Option<Instant>,
     ) {
         let res = self.flush(buf, totals).await;
+        let refused = match &res {
+            Err(SinkError::Commit { table, source }) if delta::features::is_refusal(source) => {
+                Some((table.clone(), source.to_string()))
+            }
+            _ => None,
+        };
         if let Some(h) = &self.health {
             if res.is_ok() {
-                h.flush_ok()
+                h.flush_ok();
+                h.table_refused(self.kind.name(), None);
+                h.table_refused(self.kind.rejects_table(), None);
             } else {
                 h.flush_failed()
+            }
+            if let Some((table, why)) = &refused {
+                h.table_refused(table, Some(why));
             }
         }
         match res {
@@ -265,7 +276,20 @@ impl TableSink {
             Err(e) => {
                 *failures += 1;
                 let wait = backoff(*failures);
-                tracing::warn!(table = self.kind.name(), error = %e, retry_in = ?wait, "flush failed; will retry");
+                match refused {
+                    // Said once: retrying cannot help until the table changes. The rows
+                    // stay buffered (readers wait on the memory budget, nothing is lost)
+                    // and the flush is tried again, in case it did.
+                    Some(_) if *failures == 1 => {
+                        tracing::error!(table = self.kind.name(), error = %e, "refusing to append to the table; its rows stay buffered and its shards wait until it changes")
+                    }
+                    Some(_) => {
+                        tracing::debug!(table = self.kind.name(), error = %e, retry_in = ?wait, "still refusing to append to the table")
+                    }
+                    None => {
+                        tracing::warn!(table = self.kind.name(), error = %e, retry_in = ?wait, "flush failed; will retry")
+                    }
+                }
                 *retry_at = Some(Instant::now() + wait);
             }
         }

@@ -7,6 +7,7 @@ mod cli;
 mod compaction;
 mod crash;
 mod cutter;
+mod deletion_vectors;
 mod drain;
 mod fanout;
 mod fence;
