@@ -754,4 +754,55 @@ mod tests {
         );
         assert_eq!(appender.version(), 5, "nothing appended");
     }
+
+    /// Rows the table holds, read through its current files (DataFusion over delta-rs).
+    async fn rows_in(table: &DeltaTable) -> i64 {
+        use deltalake::arrow::array::AsArray as _;
+        let ctx = deltalake::datafusion::prelude::SessionContext::new();
+        ctx.register_table("t", table.table_provider().await.unwrap())
+            .unwrap();
+        let batches = ctx
+            .sql("SELECT count(*) FROM t")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        batches[0]
+            .column(0)
+            .as_primitive::<deltalake::arrow::datatypes::Int64Type>()
+            .value(0)
+    }
+
+    /// The hazard docs/tables.md warns of, pinned: delta-rs's own `optimize`, run by another
+    /// process on a snapshot taken before pinstream's compaction committed, rewrites the
+    /// files that compaction already replaced, and delta-rs's conflict check lets it commit
+    /// (it does not count removals with `dataChange = false` as conflicts): every row of
+    /// the overlap is then in the table twice. So only pinstream (`maintain`, or the
+    /// workers' schedule) compacts pinstream's tables, or an engine whose OPTIMIZE conflicts
+    /// on a concurrent removal (Spark, Databricks). Should delta-rs start refusing such a
+    /// commit, this test fails, and the page can say so.
+    #[tokio::test]
+    async fn delta_rs_optimize_on_a_snapshot_older_than_our_compaction_commits_its_rows_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut table = table_of_appends(dir.path(), 4).await;
+        let stale = table.clone();
+        let ours = compact(&mut table, &EVERY_SMALL_FILE).await.unwrap();
+        assert_eq!(ours.version, Some(5), "{ours:?}");
+        assert_eq!(rows_in(&table).await, 4);
+        let theirs = stale.optimize().await;
+        let mut now = table.clone();
+        now.update_state().await.unwrap();
+        assert!(
+            theirs.is_ok(),
+            "delta-rs now refuses the stale optimize: {:?}",
+            theirs.err()
+        );
+        assert_eq!(now.version(), Some(6), "delta-rs's optimize committed");
+        assert_eq!(
+            rows_in(&now).await,
+            8,
+            "every row of the overlap is there twice"
+        );
+    }
 }
