@@ -239,3 +239,81 @@ async fn a_shard_left_unanswered_shows_everywhere_an_operator_looks_and_is_read_
     .await;
     support::assert_exactly_once(&root, (first + second) as usize, "after the silence").await;
 }
+
+/// Every DynamoDB answer swallowed for a while (lease renewals, checkpoints, scans), a
+/// worker process running: each call times out after its attempt timeout (counted), the
+/// leases are given up once their renewals have failed for the failover time, nothing
+/// hangs (the process stays healthy), and once answers come back the worker takes the
+/// leases again and every record, those put during the silence too, lands once. Before
+/// DynamoDB calls were bounded, a checkpoint left unanswered held the lease's keeper (and
+/// the sink waiting on it) forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_lease_table_calls_time_out_and_the_worker_reads_on_once_they_answer() {
+    let aws = support::aws().await;
+    let proxy = SwallowingKinesis::watching(
+        &std::env::var("AWS_ENDPOINT_URL_DYNAMODB").unwrap(),
+        |target| target.starts_with("DynamoDB_"),
+    )
+    .await;
+    let dir = support::tempdir();
+    let root = dir.path().join("tables");
+    let settings = support::settings(&support::unique("silent-ddb"), &root, "");
+    support::create_streams(&aws, &settings, 1).await;
+    let extra = "[flush]\nmax_batch_age = \"300ms\"\n[lease]\nfailover_time = \"3s\"\n[reader]\nidle_poll_interval = \"100ms\"\n[network.dynamodb]\nattempt_timeout = \"1s\"\noperation_timeout = \"2s\"\n";
+    let config = support::write_config(dir.path(), &settings, extra);
+    let log = dir.path().join("w.log");
+    let _worker = support::KillOnDrop::new(
+        support::pinstream()
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(&config)
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .env("AWS_ENDPOINT_URL_DYNAMODB", &proxy.url)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let addr = support::logged_addr(&log, "serving /metrics").await;
+    let first = 20u64;
+    let opts = support::produce_options(&settings, 74, 0.0, first);
+    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
+        .await
+        .unwrap();
+    support::wait_all_landed(&root, first as usize, "before the silence").await;
+
+    proxy.swallow_all();
+    let second = 30u64;
+    let opts = support::produce_options(&settings, 75, 0.0, second);
+    producer::produce(aws.kinesis.clone(), opts, CancellationToken::new())
+        .await
+        .unwrap();
+    let a = addr.clone();
+    support::wait_for(
+        "timed-out DynamoDB calls and a lease given up",
+        Duration::from_secs(60),
+        || {
+            let scrape = support::http_get(&a, "/metrics")
+                .map(|(_, b)| b)
+                .unwrap_or_default();
+            async move {
+                let timeouts = sample_sum(
+                    &scrape,
+                    "pinstream_call_timeouts_total",
+                    "service=\"DynamoDB\"",
+                );
+                let lost = sample_sum(&scrape, "pinstream_leases_lost_total", "");
+                (timeouts >= 3.0 && lost >= 1.0).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        support::http_get(&addr, "/healthz").map(|(c, _)| c),
+        Some(200),
+        "the worker is alive through the silence"
+    );
+    proxy.answer_again();
+    let all = (first + second) as usize;
+    support::wait_all_landed(&root, all, "after the lease table answered again").await;
+    support::assert_exactly_once(&root, all, "after the lease table answered again").await;
+}
