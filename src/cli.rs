@@ -312,8 +312,10 @@ pub struct LoadtestArgs {
     #[arg(long, value_name = "FILE")]
     pub worker_config: Option<PathBuf>,
     /// Fault run: while the producer runs, kill a random worker with SIGKILL every
-    /// --kill-every and start a replacement; workers compact every 3s (files of any age)
-    /// and fail over within 3s unless --worker-config says otherwise. The run fails unless
+    /// --kill-every and start a replacement; workers compact every 3s (files of any age),
+    /// fail over within 3s and reach Kinesis and DynamoDB through fault proxies that
+    /// delay, swallow and reset answers (--network-faults), unless --worker-config says
+    /// otherwise for the settings. The run fails unless
     /// every record is in its table exactly once and every closed shard was read to its end.
     #[arg(long)]
     pub chaos: bool,
@@ -323,6 +325,11 @@ pub struct LoadtestArgs {
     /// With --chaos: split the first open shard of every stream halfway through the run.
     #[arg(long, requires = "chaos")]
     pub split: bool,
+    /// With --chaos: the share of the answer chunks from Kinesis and DynamoDB that the
+    /// workers' fault proxies delay by 1.5 s (half of them), swallow (a quarter: the
+    /// connection stays open and silent) or reset (a quarter); 0 turns network faults off.
+    #[arg(long, default_value = "0.02", value_parser = crate::config::parse_share, requires = "chaos")]
+    pub network_faults: f64,
     /// How the workers read: polling (on kinesalite) or fan-out (on kinesis-local, the
     /// local engine with enhanced fan-out; it stores a few hundred records/s at most, so
     /// keep --rate low).

@@ -404,6 +404,7 @@ async fn loadtest_command(args: LoadtestArgs, shutdown: CancellationToken) -> Re
         chaos: args.chaos.then_some(pinstream::local::loadtest::Chaos {
             kill_every: args.kill_every,
             split: args.split,
+            network_faults: args.network_faults,
         }),
         reader: args.reader,
         emulator: args.emulator,

@@ -93,8 +93,9 @@ fn worker_logs(dir: &std::path::Path) -> String {
 }
 
 /// The fault run: 2 workers, one killed with SIGKILL (and replaced) every 4 s, a shard of
-/// every stream split halfway, workers compacting every 3 s; every record exactly once and
-/// every closed shard read to its end.
+/// every stream split halfway, workers compacting every 3 s, 5 % of the answers from
+/// Kinesis and DynamoDB delayed, swallowed or reset on the way; every record exactly once
+/// and every closed shard read to its end.
 #[test]
 fn loadtest_chaos_kills_workers_and_splits_shards_without_losing_or_doubling_a_record() {
     let r = loadtest(&[
@@ -110,6 +111,8 @@ fn loadtest_chaos_kills_workers_and_splits_shards_without_losing_or_doubling_a_r
         "--kill-every",
         "4s",
         "--split",
+        "--network-faults",
+        "0.05",
     ]);
     let produced = r["produced"].as_u64().unwrap();
     assert!(produced >= 3000, "about 300 rec/s for 16 s: {r}");
@@ -121,6 +124,17 @@ fn loadtest_chaos_kills_workers_and_splits_shards_without_losing_or_doubling_a_r
     );
     assert!(r["chaos"]["kills"].as_u64().unwrap() >= 3, "{r}");
     assert_eq!(r["chaos"]["splits"].as_u64(), Some(3), "{r}");
+    let network = r["chaos"]["network"].as_array().unwrap();
+    assert_eq!(
+        network.len(),
+        2,
+        "Kinesis and DynamoDB behind fault proxies: {r}"
+    );
+    let faults = |kind: &str| -> u64 { network.iter().map(|n| n[kind].as_u64().unwrap()).sum() };
+    assert!(
+        faults("swallowed") + faults("reset") >= 2 && faults("delayed") >= 2,
+        "answers were swallowed, reset and delayed: {r}"
+    );
     assert_eq!(r["unfinished_closed_shards"], serde_json::json!([]), "{r}");
     assert_eq!(
         r["worker_usage"].as_array().unwrap().len(),

@@ -1,7 +1,8 @@
 //! `pinstream loadtest --chaos`: while the producer runs, a randomly chosen worker is
 //! killed with SIGKILL every `--kill-every` and a replacement started; with `--split`, the
 //! first open shard of every stream is split halfway through. The workers compact on a
-//! short schedule meanwhile (see [`worker_defaults`]). At the end the load test checks what
+//! short schedule meanwhile (see [`worker_defaults`]), and reach Kinesis and DynamoDB through
+//! fault proxies (`netfault`) that delay, swallow and reset answers. At the end the load test checks what
 //! it always checks (every record exactly once in the cleaned and rejects tables) and that
 //! no shard was left unread (every closed shard's lease at SHARD_END).
 
@@ -21,6 +22,8 @@ pub struct Chaos {
     pub kill_every: Duration,
     /// Split the first open shard of every stream halfway through the run.
     pub split: bool,
+    /// The share of answer chunks the fault proxies fault (0: no network faults).
+    pub network_faults: f64,
 }
 
 /// What the chaos did.
@@ -28,17 +31,26 @@ pub struct Chaos {
 pub struct ChaosReport {
     pub kills: u32,
     pub splits: u32,
+    /// The network faults the workers met, per service (see `netfault`).
+    pub network: Vec<super::netfault::NetworkFaults>,
 }
 
 /// Worker settings a chaos run uses unless the worker config sets them: failover within a
-/// few seconds of a kill, and compaction every few seconds of files of any age, so that
-/// compactions overlap appends, hand-overs and each other.
-pub fn worker_defaults() -> [(&'static str, &'static str, toml::Value); 4] {
+/// few seconds of a kill, compaction every few seconds of files of any age, so that
+/// compactions overlap appends, hand-overs and each other, and calls bounded tightly enough
+/// that a swallowed answer costs seconds (sections may be dotted: `network.kinesis`).
+pub fn worker_defaults() -> [(&'static str, &'static str, toml::Value); 10] {
     [
         ("lease", "failover_time", "3s".into()),
         ("maintenance", "compact_interval", "3s".into()),
         ("maintenance", "compact_min_age", "0s".into()),
         ("maintenance", "compact_min_files", 2.into()),
+        ("network.kinesis", "attempt_timeout", "2s".into()),
+        ("network.kinesis", "operation_timeout", "6s".into()),
+        ("network.dynamodb", "attempt_timeout", "1s".into()),
+        ("network.dynamodb", "operation_timeout", "3s".into()),
+        ("reader", "quiet_timeout", "5s".into()),
+        ("reader", "stall_timeout", "15s".into()),
     ]
 }
 

@@ -25,6 +25,7 @@ pub mod backlog;
 mod chaos;
 mod fleet;
 pub mod measure;
+mod netfault;
 mod scrape;
 
 pub use analysis::{analyse, Analysis};
@@ -192,8 +193,15 @@ async fn run_in(
         &tables,
         &streams,
     )?;
+    // With --chaos the workers reach Kinesis and DynamoDB through fault proxies.
+    let (env, proxies) = match &opts.chaos {
+        Some(c) if c.network_faults > 0.0 => {
+            netfault::in_front_of(&stack.env, netfault::FaultRates::chaos(c.network_faults)).await?
+        }
+        _ => (stack.env.clone(), Vec::new()),
+    };
     // Workers: separate processes, so memory and CPU are theirs alone, read from outside.
-    let mut fleet = Fleet::start(opts.workers, &config, stack.env.clone(), run_dir)?;
+    let mut fleet = Fleet::start(opts.workers, &config, env, run_dir)?;
     announce(opts, &fleet, run_dir);
     wait_until_reading(
         &aws,
@@ -206,7 +214,7 @@ async fn run_in(
     let started = Instant::now();
     let emulator = Emulator::measure(stack.pid(session.kinesis_engine));
     let stream_names: Vec<String> = streams.iter().map(|(_, s)| s.clone()).collect();
-    let (produced, chaos) =
+    let (produced, mut chaos) =
         produce_beside_chaos(opts, &aws, &streams, &stream_names, &mut fleet, &interrupt).await?;
     eprintln!(
         "loadtest: produced {} records in {:.1}s; waiting for the workers to commit them...",
@@ -225,6 +233,9 @@ async fn run_in(
         &interrupt,
     )
     .await?;
+    if let Some(c) = chaos.as_mut() {
+        c.network = proxies.iter().map(netfault::FaultProxy::report).collect();
+    }
     let times = Times {
         end_to_end: started.elapsed(),
         drain: produced_at.elapsed(),
@@ -549,12 +560,18 @@ fn write_worker_config(
     }
     if chaos {
         for (section, key, value) in chaos::worker_defaults() {
-            let table = doc
-                .entry(section)
-                .or_insert_with(|| toml::Table::new().into());
-            if let Some(t) = table.as_table_mut() {
-                t.entry(key).or_insert(value);
+            let mut table = &mut doc;
+            for part in section.split('.') {
+                let Some(t) = table
+                    .entry(part)
+                    .or_insert_with(|| toml::Table::new().into())
+                    .as_table_mut()
+                else {
+                    return Err(bad(format!("`{section}` is not a table")));
+                };
+                table = t;
             }
+            table.entry(key).or_insert(value);
         }
     }
     let text = toml::to_string(&doc).map_err(|e| bad(e.to_string()))?;
@@ -653,6 +670,12 @@ pub fn to_text(r: &LoadtestReport) -> String {
             c.splits,
             r.unfinished_closed_shards.len()
         ));
+        for n in &c.network {
+            s.push_str(&format!(
+                "  network    {}: {} connections, {} answers delayed, {} swallowed, {} connections reset\n",
+                n.service, n.connections, n.delayed, n.swallowed, n.reset
+            ));
+        }
     }
     s.push_str(&format!(
         "  worker CPU per million records: {:.1} s; cores used on average: {:.2} (Kinesis emulator: {:.2})\n  drain      {:.1}s from the last send to the last commit\n  bottleneck {}\n",
