@@ -176,6 +176,39 @@ fn innermost(err: &(dyn std::error::Error + 'static)) -> String {
     text.lines().next().unwrap_or_default().trim().to_owned()
 }
 
+/// Every level of an error's chain, outermost first, joined (one line each level).
+fn whole_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    let mut e = Some(err);
+    while let Some(level) = e {
+        text.push_str(level.to_string().lines().next().unwrap_or_default());
+        text.push_str(" | ");
+        e = level.source();
+    }
+    text
+}
+
+/// The one line for a call that could not be signed because the credential chain found
+/// nothing: which source answered last (the instance metadata service refusing, timing out
+/// or answering 404 on a machine without a role) and the fix.
+fn no_credentials(cause: &str) -> String {
+    let imds = if cause.contains("IMDS") || cause.contains("metadata") {
+        if cause.contains("forbidden") || cause.contains("403") {
+            " (the instance metadata service refused: 403)"
+        } else if cause.contains("timed out") || cause.contains("timeout") {
+            " (the instance metadata service did not answer: not on EC2?)"
+        } else if cause.contains("404") || cause.contains("not found") || cause.contains("NotFound")
+        {
+            " (the instance metadata service has no role for this instance: 404)"
+        } else {
+            ""
+        }
+    } else {
+        ""
+    };
+    format!("no AWS credentials found{imds}: tried the environment, profiles, web identity, ECS and instance metadata; fix: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (an instance or task role on AWS); for the local stack run `eval \"$(infra/local/start.sh)\"`")
+}
+
 /// The likely fix for a service error code, in a few words.
 fn fix_for_code(service: &str, op: &str, code: &str) -> Option<String> {
     Some(match code {
@@ -235,8 +268,13 @@ impl ServiceError {
             }
             SdkError::DispatchFailure(d) => {
                 let cause = innermost(&err);
-                if cause.contains("no credentials") || cause.contains("credential provider") {
-                    "no AWS credentials found (tried the environment, profiles, web identity, ECS and instance metadata): set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; for the local stack run `eval \"$(infra/local/start.sh)\"`".to_owned()
+                let chain = whole_chain(&err);
+                if chain.contains("no credentials")
+                    || chain.contains("credential provider")
+                    || chain.contains("loading credentials")
+                    || chain.contains("credentials provider")
+                {
+                    no_credentials(&chain)
                 } else if d.is_timeout() {
                     format!("no answer from the {service} endpoint (timed out): check the endpoint (AWS_ENDPOINT_URL*) and the network")
                 } else if d.is_io() {

@@ -28,11 +28,13 @@ fn main() -> ExitCode {
     // (delta-rs logs a handled time-travel miss as an ERROR). delta-rs's commit logs a
     // lost race as WARN and ERROR; pinstream's appends and compactions write their commit
     // entries at one version at a time and handle that race themselves (`delta::entry`), so
-    // those lines are off.
+    // those lines are off. The AWS SDK's own warnings (each credential provider that found
+    // nothing, with Debug dumps of its answers) are for debugging: pinstream says what failed
+    // in one line of its own (`aws::ServiceError`); `PINSTREAM_LOG=aws_config=debug` shows them.
     let default_filter = match cli.command {
-        Command::Demo(_) => "warn,deltalake_core::kernel::transaction=off",
+        Command::Demo(_) => "warn,deltalake_core::kernel::transaction=off,aws_config=error,aws_smithy_runtime=error",
         Command::Query(_) | Command::Report(_) => "off,pinstream=warn",
-        _ => "warn,pinstream=info,deltalake_core::kernel::transaction=off",
+        _ => "warn,pinstream=info,deltalake_core::kernel::transaction=off,aws_config=error,aws_smithy_runtime=error",
     };
     init_logging(cli.log_format, default_filter);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -11,6 +11,7 @@ mod deletion_vectors;
 mod drain;
 mod fanout;
 mod fence;
+mod first_mistakes;
 mod flaky;
 mod forgetting;
 mod health;

@@ -1,0 +1,78 @@
+//! A new user's first mistakes end in a few lines naming the cause and the fix, with no
+//! SDK Debug dumps and no colours when piped. No AWS credentials, under each behaviour of
+//! the instance metadata service a machine may show (refusing with 403 as on a locked-down
+//! host, answering 404 as on EC2 without a role, never answering as on a laptop), served
+//! by local servers through `AWS_EC2_METADATA_SERVICE_ENDPOINT`.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+
+use crate::support;
+
+/// How the fake metadata service answers.
+#[derive(Clone, Copy, Debug)]
+enum Imds {
+    Forbidden,
+    NoRole,
+    Silent,
+}
+
+/// Serves `how` on a free loopback port (a thread per connection) and returns its URL.
+fn metadata_service(how: Imds) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = conn.read(&mut buf).unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    let answer = match how {
+                        Imds::Silent => continue,
+                        Imds::Forbidden => "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n".to_owned(),
+                        Imds::NoRole if request.starts_with("PUT") => "HTTP/1.1 200 OK\r\nx-aws-ec2-metadata-token-ttl-seconds: 21600\r\nContent-Length: 5\r\n\r\ntoken".to_owned(),
+                        Imds::NoRole => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_owned(),
+                    };
+                    if conn.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+#[test]
+fn no_credentials_ends_in_one_line_naming_the_fix_whatever_the_metadata_service_does() {
+    let home = support::tempdir();
+    for how in [Imds::Forbidden, Imds::NoRole, Imds::Silent] {
+        let out = support::pinstream()
+            .args(["status", "--lease-table", "no-credentials-test"])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", home.path())
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", metadata_service(how))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{how:?}: {stderr}");
+        assert!(
+            stderr.contains("no AWS credentials found") && stderr.contains("fix:"),
+            "{how:?}: the cause and the fix are named: {stderr}"
+        );
+        assert!(
+            stderr.lines().count() <= 3 && stderr.len() < 600,
+            "{how:?}: a few lines at most: {stderr}"
+        );
+        for dump in ["SdkBody", "ServiceError {", "\u{1b}["] {
+            assert!(!stderr.contains(dump), "{how:?}: no `{dump}` in: {stderr}");
+        }
+    }
+}
