@@ -258,6 +258,10 @@ impl ServiceError {
     {
         let code = err.code().map(str::to_owned);
         let message = match &err {
+            _ if whole_chain(&err).contains("signing region") => {
+                "no AWS region set; fix: set AWS_REGION (or `region` in the AWS profile in use)"
+                    .to_owned()
+            }
             SdkError::ServiceError(_) => {
                 let text = err.message().unwrap_or("no message");
                 let c = code.as_deref().unwrap_or("error");

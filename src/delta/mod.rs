@@ -42,7 +42,7 @@ pub enum DeltaError {
         table: String,
         source: DeltaTableError,
     },
-    #[error("table {table}: cannot use location {location}: {message}")]
+    #[error("table {table}: cannot use location {location}: {message}; fix: point `table_root` (or `--table-root`) at a directory this user can create and write, or at s3://bucket/prefix")]
     Location {
         table: String,
         location: String,

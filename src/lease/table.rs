@@ -101,7 +101,32 @@ impl LeaseTable {
             .send()
             .await;
         match described {
-            Ok(_) => {}
+            Ok(out) => {
+                // A table of the same name that is not a lease table (another application's,
+                // a typo naming an existing table): refuse before writing anything to it.
+                let keys: Vec<(String, String)> = out
+                    .table()
+                    .map(|t| {
+                        t.key_schema()
+                            .iter()
+                            .map(|k| {
+                                (
+                                    k.attribute_name().to_owned(),
+                                    k.key_type().as_str().to_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if keys != [("lease_key".to_owned(), "HASH".to_owned())] {
+                    return Err(LeaseError::Table {
+                        table: self.name.clone(),
+                        message: format!(
+                            "it exists but is not a pinstream lease table (its key is {keys:?}, a lease table's is lease_key, a string hash key); fix: give another `lease_table` (or `--lease-table`), or delete that table if it is a leftover"
+                        ),
+                    });
+                }
+            }
             Err(e) => {
                 let e = ServiceError::dynamodb("DescribeTable", e);
                 if !e.code_is("ResourceNotFoundException") {

@@ -76,3 +76,144 @@ fn no_credentials_ends_in_one_line_naming_the_fix_whatever_the_metadata_service_
         }
     }
 }
+
+/// `pinstream` with the local stack's credentials and `args`, `env` added; returns the exit
+/// code and stderr.
+fn run_with(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let out = support::pinstream()
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The last line says what failed and what to do; nothing is dumped.
+fn assert_named(what: &str, (code, stderr): (Option<i32>, String), needle: &str) {
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "{what}: exit non-zero: {code:?} {stderr}"
+    );
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: "),
+        "{what}: ends in one error line: {stderr}"
+    );
+    assert!(last.contains(needle), "{what}: `{needle}` in: {last}");
+    assert!(
+        last.contains("fix") || last.contains("check") || last.contains("start the local stack"),
+        "{what}: the line names the fix: {last}"
+    );
+    for dump in ["SdkBody", "ServiceError {", "\u{1b}["] {
+        assert!(!stderr.contains(dump), "{what}: no `{dump}` in: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_first_mistake_ends_in_one_line_naming_the_cause_and_the_fix() {
+    let aws = support::aws().await;
+    let dir = support::tempdir();
+    let tables = dir.path().join("tables");
+    let root = tables.to_string_lossy().into_owned();
+    assert_named(
+        "an endpoint where nothing listens",
+        run_with(
+            &["status"],
+            &[("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:9")],
+        ),
+        "cannot reach the DynamoDB endpoint",
+    );
+    let out = support::pinstream()
+        .arg("status")
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert_named(
+        "no region",
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ),
+        "no AWS region set",
+    );
+    // A DynamoDB table of that name that is not a lease table.
+    let foreign = support::unique("foreign");
+    aws.dynamodb
+        .create_table()
+        .table_name(&foreign)
+        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
+        .attribute_definitions(
+            aws_sdk_dynamodb::types::AttributeDefinition::builder()
+                .attribute_name("id")
+                .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
+                .build()
+                .unwrap(),
+        )
+        .key_schema(
+            aws_sdk_dynamodb::types::KeySchemaElement::builder()
+                .attribute_name("id")
+                .key_type(aws_sdk_dynamodb::types::KeyType::Hash)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_named(
+        "a lease table that is not one",
+        run_with(
+            &[
+                "run",
+                "--available-now",
+                "--lease-table",
+                &foreign,
+                "--table-root",
+                &root,
+            ],
+            &[],
+        ),
+        "not a pinstream lease table",
+    );
+    let app = support::unique("nostream");
+    assert_named(
+        "a stream that does not exist",
+        run_with(
+            &[
+                "run",
+                "--available-now",
+                "--app",
+                &app,
+                "--stream",
+                &format!("pin={app}-none"),
+                "--table-root",
+                &root,
+            ],
+            &[],
+        ),
+        "check the stream names",
+    );
+    // A file where the table root's directory would be.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let under_file = file.join("tables").to_string_lossy().into_owned();
+    assert_named(
+        "a table root that cannot be written",
+        run_with(
+            &[
+                "run",
+                "--available-now",
+                "--app",
+                &support::unique("ro"),
+                "--table-root",
+                &under_file,
+            ],
+            &[],
+        ),
+        "cannot use location",
+    );
+}
