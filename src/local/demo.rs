@@ -246,13 +246,17 @@ fn print_summary(
         "  Delta tables: {}/{{pin,geo,user,pin_rejects,geo_rejects,user_rejects}}",
         abs.display()
     );
+    // The local stack's own Python has deltalake (the system's may not); absolute, so the
+    // line works from any directory. deltalake's runtime threads abort the interpreter at
+    // exit ("terminate called without an active exception"), so the line leaves at once
+    // after printing.
     let python = crate::local::stack::locate()
         .ok()
         .map(|d| d.join(".venv/bin/python"))
         .filter(|p| p.is_file())
-        .map(|p| p.display().to_string())
+        .map(|p| std::path::absolute(&p).unwrap_or(p).display().to_string())
         .unwrap_or_else(|| "python3".into());
-    println!("  read one back: {python} -c \"import deltalake; print(deltalake.DeltaTable('{}/pin').to_pyarrow_table().num_rows)\"", abs.display());
+    println!("  read one back: {python} -c \"import os, deltalake; print(deltalake.DeltaTable('{}/pin').to_pyarrow_table().num_rows, flush=True); os._exit(0)\"", abs.display());
     println!(
         "  query them:    cargo run -- report category-by-country --table-root {}   (or: query \"SELECT ...\"; report --list)",
         abs.display()

@@ -335,7 +335,9 @@ fn flag_values_are_checked_the_same_way_by_every_command() {
 
 /// The first README command, as a new user runs it (small): the demo starts its own
 /// emulators (here on a free port range the stack script picks), lands every record, prints the summary,
-/// logs no ERROR and stops what it started.
+/// logs no ERROR and stops what it started. Then the next steps it prints are run as printed
+/// (in a shell; `cargo run --` is this build's binary): they work on a machine with nothing
+/// but the repository (the Python is the local stack's own).
 #[test]
 fn the_demo_lands_every_record_and_prints_the_summary() {
     let dir = crate::support::tempdir();
@@ -372,4 +374,48 @@ fn the_demo_lands_every_record_and_prints_the_summary() {
         stderr.contains("local-stack: stopped kinesalite"),
         "{stderr}"
     );
+    let step = |label: &str| -> String {
+        stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .unwrap_or_else(|| panic!("the demo prints `{label}`: {stdout}"))
+            .trim()
+            .to_owned()
+    };
+    let read_back = step("read one back:");
+    assert!(
+        !read_back.starts_with("python3 "),
+        "the stack's own Python, not the system's: {read_back}"
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &read_back])
+        .output()
+        .unwrap();
+    let pin_rows = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(
+        out.status.success(),
+        "{read_back}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("  {:<14} {:>8}", "pin", pin_rows)),
+        "the rows the summary counted: {pin_rows}\n{stdout}"
+    );
+    let query = step("query them:");
+    let command = query.split("   (or:").next().unwrap().trim();
+    let binary = env!("CARGO_BIN_EXE_pinstream");
+    for cmd in [
+        command.replacen("cargo run --", binary, 1),
+        format!("{binary} report --list"),
+    ] {
+        let out = std::process::Command::new("sh")
+            .args(["-c", &cmd])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && !out.stdout.is_empty(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
