@@ -130,6 +130,11 @@ pub const METRICS: &[Metric] = &[
         &["stream", "shard_id"],
         "Seconds since this worker's reader of a shard last had an answer (records or none), set at every lease renewal: it keeps growing while the shard is not being read, whatever the reader waits on; 0 once the lease is handed back. Alert when it passes reader.stall_timeout.",
     ),
+    gauge(
+        "pinstream_reader_stall_timeout_seconds",
+        &[],
+        "This worker's reader.stall_timeout, in seconds: what pinstream_shard_read_age_seconds is compared with (the shipped stall alert does).",
+    ),
     counter(
         "pinstream_reader_stalls_total",
         &["stream"],
@@ -213,6 +218,16 @@ pub const METRICS: &[Metric] = &[
         "pinstream_sink_failures_total",
         &["table"],
         "Table sinks that died; restarted, their leases handed back.",
+    ),
+    gauge(
+        "pinstream_leases_unowned",
+        &[],
+        "Unfinished leases no live worker holds (free, or expired), as this worker's last lease scan saw them; stays above 0 only when the fleet is short of workers or they cannot take them.",
+    ),
+    gauge(
+        "pinstream_ready",
+        &[],
+        "1 while /readyz would answer 200 (the lease table answers, commits are not failing for long, every held shard is being read, no table refused), else 0; set at each scrape.",
     ),
     counter(
         "pinstream_leases_taken_total",

@@ -167,13 +167,16 @@ pub fn install_recorder() -> Result<PrometheusHandle, String> {
 /// The operator routes: `/metrics`, `/healthz`, `/readyz` (GET only; other methods 405).
 pub fn routes(handle: PrometheusHandle, health: Arc<dyn Readiness>) -> Router {
     Router::new()
-        .route(
-            "/metrics",
+        .route("/metrics", {
+            let health = health.clone();
             get(move || {
+                // Readiness as a metric too, so that an alert can watch it.
+                let ready = health.ready().is_ok();
+                metrics::gauge!("pinstream_ready").set(if ready { 1.0 } else { 0.0 });
                 let body = handle.render();
                 async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body) }
-            }),
-        )
+            })
+        })
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",

@@ -215,6 +215,15 @@ impl Coordinator {
                 self.take_and_start(lease, how).await;
             }
             metrics::gauge!("pinstream_leases_held").set(self.held.len() as f64);
+            // Unfinished leases nobody holds (free, or expired on this worker's clock), as
+            // this scan saw them before taking: every worker says the same of the fleet.
+            let failover = self.shared.settings.lease.failover_time;
+            let unowned = all
+                .iter()
+                .filter(|l| !l.is_finished())
+                .filter(|l| l.owner.is_none() || self.tracker.is_expired(l, cycle_at, failover))
+                .count();
+            metrics::gauge!("pinstream_leases_unowned").set(unowned as f64);
             if self.opts.available_now
                 && self.readers.is_empty()
                 && self.held.values().all(|h| h.token.is_cancelled())

@@ -141,6 +141,9 @@ pub async fn run(
         closed_shards: tokio::sync::watch::Sender::new(Default::default()),
         health: opts.health.clone(),
     });
+    // The bound a stall alert compares the shards' read age with (docs/operations.md).
+    metrics::gauge!("pinstream_reader_stall_timeout_seconds")
+        .set(shared.settings.reader.stall_timeout.as_secs_f64());
     let mut c = Coordinator::start(shared, opts).await?;
     // Compaction and vacuum on a schedule, beside the sinks (never inside a flush), of the
     // tables whose maintenance this worker owns.

@@ -20,6 +20,7 @@ mod ingest;
 mod leases;
 mod liveness;
 mod loadtest;
+mod monitoring;
 mod pipeline;
 mod producer;
 mod readers;
