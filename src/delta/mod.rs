@@ -12,6 +12,7 @@ mod append;
 pub mod entry;
 pub mod features;
 mod in_data;
+mod storage_error;
 #[cfg(test)]
 pub(crate) mod watched_store;
 
@@ -37,7 +38,7 @@ use crate::config::TableRoot;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeltaError {
-    #[error("table {table}: {source}")]
+    #[error("table {table}: {}", storage_error::one_line(source))]
     Delta {
         table: String,
         source: DeltaTableError,

@@ -197,6 +197,25 @@ async fn each_first_mistake_ends_in_one_line_naming_the_cause_and_the_fix() {
         ),
         "check the stream names",
     );
+    // Tables in a bucket that does not exist (moto S3): the service's code and message, in
+    // one line (not its XML answer), and the fix. (AccessDenied and the other codes are
+    // mapped by the same code: `delta::storage_error` unit tests.)
+    let bucket = support::unique("no-bucket").to_lowercase();
+    assert_named(
+        "a bucket that does not exist",
+        run_with(
+            &[
+                "run",
+                "--available-now",
+                "--app",
+                &support::unique("s3"),
+                "--table-root",
+                &format!("s3://{bucket}/tables"),
+            ],
+            &[],
+        ),
+        "S3 answered NoSuchBucket",
+    );
     // A file where the table root's directory would be.
     let file = dir.path().join("a-file");
     std::fs::write(&file, "").unwrap();
