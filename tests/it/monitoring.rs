@@ -153,18 +153,8 @@ async fn a_real_prometheus_fires_the_stall_alert_while_get_records_goes_unanswer
     let extra = "[flush]\nmax_batch_age = \"300ms\"\n[lease]\nfailover_time = \"3s\"\n[reader]\nidle_poll_interval = \"100ms\"\nquiet_timeout = \"2s\"\nstall_timeout = \"5s\"\n[network.kinesis]\nattempt_timeout = \"1s\"\noperation_timeout = \"2s\"\n";
     let config = support::write_config(dir.path(), &settings, extra);
     let log = dir.path().join("w.log");
-    let _worker = support::KillOnDrop::new(
-        support::pinstream()
-            .args(["--log-format", "json", "run", "--config"])
-            .arg(&config)
-            .args(["--metrics-addr", "127.0.0.1:0"])
-            .env("AWS_ENDPOINT_URL_KINESIS", &proxy.url)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
-    let worker = support::logged_addr(&log, "serving /metrics").await;
+    let (_worker, worker) =
+        support::spawn_served_run(&config, &log, &[("AWS_ENDPOINT_URL_KINESIS", &proxy.url)]).await;
     let prom_config = dir.path().join("prometheus.yml");
     std::fs::write(
         &prom_config,

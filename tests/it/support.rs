@@ -594,3 +594,26 @@ pub async fn leases_of(
         .filter(|l| l.stream == stream)
         .collect()
 }
+
+/// A `pinstream run --config CONFIG` process with JSON logs to `log`, serving its metrics
+/// on a free port, with `env` added (an endpoint behind a test proxy, say); returns it and
+/// the metrics address it logged.
+pub async fn spawn_served_run(
+    config: &Path,
+    log: &Path,
+    env: &[(&str, &str)],
+) -> (KillOnDrop, String) {
+    let child = KillOnDrop::new(
+        pinstream()
+            .args(["--log-format", "json", "run", "--config"])
+            .arg(config)
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let addr = logged_addr(log, "serving /metrics").await;
+    (child, addr)
+}
