@@ -6,6 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
+use std::path::Path;
 
 use crate::support;
 
@@ -234,5 +235,69 @@ async fn each_first_mistake_ends_in_one_line_naming_the_cause_and_the_fix() {
             &[],
         ),
         "cannot use location",
+    );
+}
+
+/// Tables on S3 whose credentials may not touch the bucket: a moto server of this test's own
+/// that enforces IAM (after its first three calls: a user without any policy, its access
+/// key, the bucket), and the worker run with that user's keys. One line with S3's code,
+/// message and the permissions to grant.
+#[test]
+fn s3_access_denied_names_the_permissions_to_grant() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let moto = Path::new(env!("CARGO_MANIFEST_DIR")).join("infra/local/.venv/bin/moto_server");
+    let dir = support::tempdir();
+    let _server = support::KillOnDrop::new(
+        std::process::Command::new(moto)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("moto.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let setup = r#"
+import sys, time, boto3
+ep = sys.argv[1]
+kw = dict(endpoint_url=ep, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+for _ in range(100):
+    try:
+        iam = boto3.client("iam", **kw); iam.create_user(UserName="nobody"); break
+    except Exception:
+        time.sleep(0.1)
+key = iam.create_access_key(UserName="nobody")["AccessKey"]
+boto3.client("s3", **kw).create_bucket(Bucket="locked")
+print(key["AccessKeyId"], key["SecretAccessKey"])
+"#;
+    let keys = support::run_python(&["-c", setup, &endpoint]);
+    let (id, secret) = keys.split_once(' ').unwrap();
+    let (code, stderr) = run_with(
+        &[
+            "run",
+            "--available-now",
+            "--app",
+            &support::unique("denied"),
+            "--table-root",
+            "s3://locked/tables",
+        ],
+        &[
+            ("AWS_ENDPOINT_URL_S3", &endpoint),
+            ("AWS_ACCESS_KEY_ID", id),
+            ("AWS_SECRET_ACCESS_KEY", secret),
+        ],
+    );
+    assert_named(
+        "S3 access denied",
+        (code, stderr.clone()),
+        "S3 answered AccessDenied",
+    );
+    assert!(
+        stderr.contains("s3:PutObject"),
+        "the permissions are named: {stderr}"
     );
 }
