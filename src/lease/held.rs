@@ -368,12 +368,18 @@ impl Keeper {
             self.lease.bytes.load(Ordering::Relaxed),
             sent,
         );
+        // A checkpoint stands for a renewal (the next one is put off), so it reports the
+        // reading as a renewal does: else a shard checkpointing faster than it renews
+        // would keep a stale age and a stale stall on its lease row.
+        let (age, stalled) = self.lease.reading();
+        self.read_age_gauge().set(age.as_secs_f64());
         let position = CommittedPosition {
             checkpoint,
             sub_sequence,
             batch_version: versions.batch_version,
             rejects: rejects.as_ref(),
             load: Some(load),
+            read_stall: stalled.as_deref(),
         };
         let s = &self.settings;
         self.counter = s
@@ -385,7 +391,8 @@ impl Keeper {
         Ok(())
     }
 
-    /// `pinstream_shard_read_age_seconds` of this lease's shard: set at every renewal, so
+    /// `pinstream_shard_read_age_seconds` of this lease's shard: set at every renewal and
+    /// checkpoint, so
     /// it keeps growing while the reader gets no answer, whatever the reader is stuck on.
     fn read_age_gauge(&self) -> metrics::Gauge {
         metrics::gauge!("pinstream_shard_read_age_seconds", "stream" => self.lease.stream.clone(), "shard_id" => self.lease.shard_id.clone())

@@ -71,6 +71,8 @@ pub struct CommittedPosition<'a> {
     pub rejects: Option<&'a RejectsMark>,
     /// The shard's load, written with the checkpoint (which then stands for a renewal).
     pub load: Option<Load>,
+    /// Why the reader is stalled, written (or removed, when `None`) as a renewal does.
+    pub read_stall: Option<&'a str>,
 }
 
 #[derive(Clone, Debug)]
@@ -477,8 +479,15 @@ impl LeaseTable {
                 .expression_attribute_values(":rps", n(format!("{:.1}", load.records_per_second)))
                 .expression_attribute_values(":bps", n(format!("{:.1}", load.bytes_per_second)));
         }
-        // A position committed: whatever error the lease recorded is over.
-        set.push_str(" REMOVE last_error");
+        match position.read_stall {
+            Some(why) => {
+                set.push_str(", read_stall = :stall");
+                req = req.expression_attribute_values(":stall", s(why));
+                // A position committed: whatever error the lease recorded is over.
+                set.push_str(" REMOVE last_error");
+            }
+            None => set.push_str(" REMOVE last_error, read_stall"),
+        }
         let out = req
             .update_expression(set)
             .send()

@@ -158,6 +158,7 @@ async fn a_table_behind_its_lease_is_refused_with_the_reason_on_the_lease() {
         batch_version: 99,
         rejects: None,
         load: None,
+        read_stall: None,
     };
     let c = leases
         .checkpoint(&key, "setup", c, &position)

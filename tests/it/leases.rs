@@ -56,10 +56,16 @@ async fn conditional_writes_fence_every_lease_change() {
                 records_per_second: 12.5,
                 bytes_per_second: 3400.0,
             },
-            None,
+            Some("no answer from Kinesis GetRecords for 61 s"),
         )
         .await
         .unwrap();
+    let renewed = table.scan().await.unwrap().remove(0);
+    assert_eq!(
+        renewed.read_stall.as_deref(),
+        Some("no answer from Kinesis GetRecords for 61 s"),
+        "a renewal carries the reader's stall"
+    );
     // A checkpoint with a stale counter is refused.
     let one = Checkpoint::Sequence("1".into());
     let stale = table
@@ -73,6 +79,7 @@ async fn conditional_writes_fence_every_lease_change() {
                 batch_version: 1,
                 rejects: None,
                 load: None,
+                read_stall: None,
             },
         )
         .await;
@@ -94,6 +101,7 @@ async fn conditional_writes_fence_every_lease_change() {
                 batch_version: 1,
                 rejects: Some(&mark),
                 load: None,
+                read_stall: None,
             },
         )
         .await
@@ -112,6 +120,10 @@ async fn conditional_writes_fence_every_lease_change() {
             after.millis_behind_latest
         ),
         (2, 1, Some(42))
+    );
+    assert_eq!(
+        after.read_stall, None,
+        "a checkpoint reports the reading as a renewal does: no stall"
     );
     assert_eq!(after.records_per_second, Some(12.5));
     assert_eq!(
