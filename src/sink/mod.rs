@@ -127,6 +127,14 @@ pub struct TableSink {
     pub budget: Arc<budget::MemoryBudget>,
 }
 
+/// Flushes that failed in a row, and whether the last one was a refusal (a table feature
+/// pinstream cannot honour), which is logged once per run of refusals.
+#[derive(Debug, Default, Clone, Copy)]
+struct Failures {
+    count: u32,
+    refusing: bool,
+}
+
 /// Chunks in flight per sink before readers wait (backpressure).
 const CHANNEL_CHUNKS: usize = 16;
 
@@ -150,7 +158,7 @@ impl TableSink {
         // When the buffered batch must be committed (see `batch_due`).
         let mut due_at: Option<Instant> = None;
         let mut retry_at: Option<Instant> = None;
-        let mut failures = 0u32;
+        let mut failures = Failures::default();
         let holding = self.budget.holding();
         loop {
             // The budget this sink can give back if readers wait for room; nothing while
@@ -222,7 +230,8 @@ impl TableSink {
                         metrics::histogram!("pinstream_flush_bytes", "table" => self.kind.name())
                             .record(bytes as f64);
                         buffer_gauges(self.kind, 0, 0);
-                        (rows, bytes, due_at, retry_at, failures) = (0, 0, None, None, 0);
+                        (rows, bytes, due_at, retry_at, failures) =
+                            (0, 0, None, None, Failures::default());
                     }
                     let _ = reply.send(res);
                 }
@@ -241,7 +250,7 @@ impl TableSink {
         &mut self,
         buf: &mut BTreeMap<String, ShardBuf>,
         totals: &SinkTotals,
-        failures: &mut u32,
+        failures: &mut Failures,
         retry_at: &mut Option<Instant>,
         rows: &mut usize,
         bytes: &mut usize,
@@ -271,16 +280,20 @@ impl TableSink {
                 metrics::histogram!("pinstream_flush_bytes", "table" => self.kind.name())
                     .record(*bytes as f64);
                 buffer_gauges(self.kind, 0, 0);
-                (*rows, *bytes, *due_at, *retry_at, *failures) = (0, 0, None, None, 0)
+                (*rows, *bytes, *due_at, *retry_at, *failures) =
+                    (0, 0, None, None, Failures::default())
             }
             Err(e) => {
-                *failures += 1;
-                let wait = backoff(*failures);
+                failures.count += 1;
+                let wait = backoff(failures.count);
+                // Said once per run of refusals, whatever failed before it.
+                let first_refusal = refused.is_some() && !failures.refusing;
+                failures.refusing = refused.is_some();
                 match refused {
                     // Said once: retrying cannot help until the table changes. The rows
                     // stay buffered (readers wait on the memory budget, nothing is lost)
                     // and the flush is tried again, in case it did.
-                    Some(_) if *failures == 1 => {
+                    Some(_) if first_refusal => {
                         tracing::error!(table = self.kind.name(), error = %e, "refusing to append to the table; its rows stay buffered and its shards wait until it changes")
                     }
                     Some(_) => {
