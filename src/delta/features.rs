@@ -18,9 +18,10 @@ pub enum TableUse {
     Compact,
 }
 
-/// Features an append honours: they ask nothing of a writer that only adds new files with
-/// every column given, or only of readers.
-const APPEND_HONOURS: &[&str] = &[
+/// Features both uses honour: they ask nothing of a writer that adds files with every
+/// column given (or rewrites the same rows with `dataChange = false`), or only of readers.
+/// Compaction never touches a file with a deletion vector.
+const BOTH_HONOUR: &[&str] = &[
     "appendOnly",
     "deletionVectors",
     "changeDataFeed",
@@ -28,23 +29,15 @@ const APPEND_HONOURS: &[&str] = &[
     "domainMetadata",
     "vacuumProtocolCheck",
     "v2Checkpoint",
-    "typeWidening",
-    "typeWidening-preview",
     "checkpointProtection",
 ];
 
-/// Features a compaction honours: it writes the same rows again, so constraints,
-/// generated and identity columns hold as they did; it never touches a file with a
-/// deletion vector.
-const COMPACT_HONOURS: &[&str] = &[
-    "appendOnly",
-    "deletionVectors",
-    "changeDataFeed",
-    "timestampNtz",
-    "domainMetadata",
-    "vacuumProtocolCheck",
-    "v2Checkpoint",
-    "checkpointProtection",
+/// Features only an append honours besides: new files are written in the current types.
+const APPEND_ALSO_HONOURS: &[&str] = &["typeWidening", "typeWidening-preview"];
+
+/// Features only a compaction honours besides: it writes the same rows again, so
+/// constraints, generated and identity columns hold as they did.
+const COMPACT_ALSO_HONOURS: &[&str] = &[
     "invariants",
     "checkConstraints",
     "generatedColumns",
@@ -55,15 +48,19 @@ const COMPACT_HONOURS: &[&str] = &[
 /// (empty: go ahead).
 pub fn unhonoured(table: &DeltaTable, what: TableUse) -> Result<Vec<String>, DeltaTableError> {
     let state = table.snapshot()?;
-    let protocol = serde_json::to_value(state.protocol()).unwrap_or_default();
-    let metadata = serde_json::to_value(state.metadata()).unwrap_or_default();
-    let honoured = match what {
-        TableUse::Append => APPEND_HONOURS,
-        TableUse::Compact => COMPACT_HONOURS,
+    // Not knowing the features must refuse, never let everything through.
+    let json = |e: serde_json::Error| {
+        DeltaTableError::Generic(format!("reading the table's features: {e}"))
+    };
+    let protocol = serde_json::to_value(state.protocol()).map_err(json)?;
+    let metadata = serde_json::to_value(state.metadata()).map_err(json)?;
+    let also = match what {
+        TableUse::Append => APPEND_ALSO_HONOURS,
+        TableUse::Compact => COMPACT_ALSO_HONOURS,
     };
     let mut out: Vec<String> = in_use(&protocol, &metadata)
         .into_iter()
-        .filter(|f| !honoured.contains(&f.as_str()))
+        .filter(|f| !BOTH_HONOUR.contains(&f.as_str()) && !also.contains(&f.as_str()))
         .collect();
     out.sort();
     out.dedup();
