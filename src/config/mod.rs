@@ -905,6 +905,21 @@ mod tests {
     }
 
     #[test]
+    fn a_stall_bound_no_longer_than_a_call_a_reader_waits_on_is_refused() {
+        let s = resolve("", Overrides::default()).unwrap();
+        assert_eq!(s.reader.stall_timeout, Duration::from_secs(60));
+        for toml in [
+            "[reader]\nstall_timeout = \"30s\"\n", // = the Kinesis operation timeout
+            "[reader]\nstall_timeout = \"40s\"\nquiet_timeout = \"45s\"\n",
+            "[reader]\nstall_timeout = \"50s\"\n[network.kinesis]\nattempt_timeout = \"20s\"\n", // 3 attempts: 60 s
+        ] {
+            let e = resolve(toml, Overrides::default()).unwrap_err().to_string();
+            assert!(e.contains("reader.stall_timeout"), "{toml}: {e}");
+        }
+        assert!(resolve("[reader]\nstall_timeout = \"31s\"\n", Overrides::default()).is_ok());
+    }
+
+    #[test]
     fn flags_win_over_the_file() {
         let toml = "application = \"a\"\ntable_root = \"/x\"\n[streams]\npin = \"p1\"\n";
         let flags = Overrides {

@@ -56,10 +56,32 @@ async fn a_shard_idle_past_the_tables_txn_retention_is_read_on() {
                 .unwrap();
         }
     }
-    // Idle for longer than that: the shards' txns expire.
-    let idle_since = std::time::Instant::now();
-    support::wait_for("the txns expired", Duration::from_secs(30), || async {
-        (idle_since.elapsed() > Duration::from_secs(2)).then_some(())
+    // Idle for longer than that: wait until the table no longer knows any shard's txn.
+    let leases: Vec<_> = {
+        let mut all = Vec::new();
+        for kind in Kind::ALL {
+            for l in support::leases_of(&aws, &settings, &settings.streams[&kind]).await {
+                all.push((kind, l.app_id(&settings.application)));
+            }
+        }
+        all
+    };
+    assert_eq!(leases.len(), 3, "one shard per stream: {leases:?}");
+    support::wait_for("the txns expired", Duration::from_secs(30), || {
+        let (root, leases) = (root.clone(), leases.clone());
+        async move {
+            for (kind, app_id) in &leases {
+                let mut t = open(&root, kind.name()).await;
+                if pinstream::delta::txn_version(&mut t, app_id)
+                    .await
+                    .unwrap()
+                    .is_some()
+                {
+                    return None;
+                }
+            }
+            Some(())
+        }
     })
     .await;
     let second = 40u64;
